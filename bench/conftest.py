@@ -1,0 +1,18 @@
+"""Benchmarks: `pytest bench/ --benchmark-only`. GPU cases skip cleanly on machines without CUDA."""
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def sync():
+    """Call after GPU work inside a timed function so the benchmark measures the kernels, not launches."""
+    return torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)

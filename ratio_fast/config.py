@@ -1,0 +1,84 @@
+"""Training configuration: one flat dataclass, saved as JSON in the run directory and the checkpoint.
+
+Defaults are the authors' CIFAR-10 RATIO settings (WRN-34-10, eps 0.5 in / 1.0 out, ArgminPGD
+with 10 / 20 steps of 0.1, lambda 1, SGD-Nesterov 0.1 with cosine decay, EMA 0.999).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import UserError
+
+MODES = ("ratio", "at", "plain")  # RATIO; plain L2 adversarial training; plain (clean) training
+AMP_DTYPES = ("bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "wrn34"
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    out_data: str | None = None  # .npy path or a dataset name; None: the default for `dataset`
+    mode: str = "ratio"
+    epochs: int = 300
+    max_steps: int | None = None  # stop after this many optimizer steps in total
+    batch_size: int = 128  # in-distribution batch; the out-distribution batch has the same size
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eps_in: float = 0.5
+    eps_out: float = 1.0
+    steps_in: int = 10
+    steps_out: int = 20
+    step_size_in: float = 0.1
+    step_size_out: float = 0.1
+    attack_momentum: float = 0.9
+    lam: float = 1.0
+    ema_decay: float = 0.999
+    amp: bool = False
+    amp_dtype: str = "bf16"
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    augment: bool = True
+    backend: str = "auto"  # fused-op backend: auto | triton | torch
+    device: str = "auto"
+    seed: int = 0
+    synthetic_size: int | None = None  # training-set size of the built-in synthetic data
+    eval_samples: int = 1000  # test images for the per-epoch robust accuracy (0: skip)
+
+    def validate(self) -> "TrainConfig":
+        """Raise UserError naming the flag for any value that cannot work."""
+        def flag(name):
+            return "--" + name.replace("_", "-")
+
+        for name in ("eps_in", "eps_out", "lam", "weight_decay", "momentum", "attack_momentum",
+                     "steps_in", "steps_out", "eval_samples"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "step_size_in", "step_size_out"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
+            raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise UserError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
+        if self.backend not in ("auto", "triton", "torch"):
+            raise UserError(f"--backend must be auto, triton or torch, got {self.backend!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix (bad flags, files, checkpoints).
+
+The CLI prints these as a single line without a traceback; everything else is a bug and
+keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem with the user's input: the message names the flag or file and what is wrong."""

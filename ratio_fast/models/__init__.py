@@ -1,0 +1,42 @@
+"""Model zoo: every model takes images in [0, 1] (NCHW, channels_last allowed), normalizes
+them inside `forward` with its `mu`/`sigma` buffers and returns logits.
+
+Models are built on the CPU; moving them to a device is the caller's business.
+"""
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ..errors import UserError
+from .normalization import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
+                            NormalizedModel)
+from .resnet import ResNet, resnet18, resnet50
+from .tiny import TinyNet
+from .wide_resnet import WideResNet
+
+__all__ = [
+    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODEL_NAMES",
+    "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "create_model",
+]
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "wrn34": lambda **kw: WideResNet(depth=34, widen_factor=10, **kw),
+    "wrn28": lambda **kw: WideResNet(depth=28, widen_factor=10, **kw),
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "tiny": TinyNet,
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
+                 std: Sequence[float] = CIFAR10_STD) -> nn.Module:
+    """Build architecture `name` (one of MODEL_NAMES) on the CPU, freshly initialized."""
+    builder = _BUILDERS.get(name) if isinstance(name, str) else None
+    if builder is None:
+        raise UserError(f"--arch: unknown architecture {name!r}; "
+                        f"choose one of {', '.join(MODEL_NAMES)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return builder(num_classes=num_classes, mean=mean, std=std)

@@ -1,0 +1,45 @@
+"""Helpers shared by the fused ops: argument normalization and backend choice."""
+from __future__ import annotations
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+
+
+def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
+    """'auto' (or None) picks Triton for CUDA tensors and the plain-torch reference elsewhere."""
+    if backend is None or backend == "auto":
+        return "triton" if x.is_cuda else "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def per_sample(value: float | torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
+    """A float or a tensor broadcastable to (n,) as a contiguous fp32 (n,) tensor on like's device.
+
+    A float becomes a fill kernel, not a host-to-device copy, so this never synchronizes.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.to(device=like.device, dtype=torch.float32).reshape(-1).expand(n).contiguous()
+    return torch.full((n,), float(value), device=like.device, dtype=torch.float32)
+
+
+def sample_layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format the fused ops keep: channels_last if x has it, else contiguous.
+
+    Either way each sample is one dense run of C*H*W elements, which is all the kernels need.
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a / b with 0 where b == 0 (b is a norm, so a is all zeros there too)."""
+    return a / torch.where(b > 0, b, torch.ones_like(b))
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp32, the accumulation type of the kernels; fp64 when an input is fp64 (the tests' oracle)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32

@@ -1,0 +1,110 @@
+"""The random start of an L2 attack, fused: scale noise into the ball, clip to the box.
+
+Per sample i:  d = noise_i * (eps_i * radius_i / ||noise_i||_2);  x' = clamp(x + d, 0, 1);
+d = x' - x. With Gaussian noise, radius 1 puts d uniformly on the sphere and
+radius = u^(1/D), u ~ U(0,1), uniformly inside the ball (D = elements per sample); the caller
+draws noise and radius with torch's generator so both backends see the same random numbers.
+
+Contents: `random_start_ref`, the Triton kernel registered as `ratio_fast::random_start`,
+the dispatch `random_start`, and `sample_ball`, which draws the noise and radius and calls it.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._common import compute_dtype, per_sample, resolve_backend, safe_div, sample_layout
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def random_start_ref(x, noise, radius, eps):
+    """Plain-torch random start. Returns (x_adv, delta)."""
+    n = x.shape[0]
+    acc = compute_dtype(x, noise)
+    x32 = x.to(acc).reshape(n, -1)
+    z = noise.to(acc).reshape(n, -1)
+    scale = (per_sample(eps, n, x) * per_sample(radius, n, x)).to(acc)
+    d = safe_div(z, z.norm(dim=1, keepdim=True)) * scale[:, None]
+    x_adv = (x32 + d).clamp(0.0, 1.0)
+    layout = sample_layout(x)
+    return (
+        x_adv.reshape(x.shape).to(x.dtype).contiguous(memory_format=layout),
+        (x_adv - x32).reshape(x.shape).contiguous(memory_format=layout),
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _random_start_kernel(x_ptr, noise_ptr, scale_ptr, x_out_ptr, delta_out_ptr, D, BLOCK: tl.constexpr):
+        pid = tl.program_id(0)
+        base = pid.to(tl.int64) * D
+        sq_acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            z = tl.load(noise_ptr + base + offs, mask=offs < D, other=0.0).to(tl.float32)
+            sq_acc += z * z
+        norm = tl.sqrt(tl.sum(sq_acc, axis=0))
+        factor = tl.load(scale_ptr + pid) / tl.where(norm > 0, norm, 1.0)
+        for start in range(0, D, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < D
+            z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+            x_adv = tl.minimum(tl.maximum(x + z * factor, 0.0), 1.0)
+            tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
+            tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
+
+    @torch.library.custom_op("ratio_fast::random_start", mutates_args=())  # opaque, as pgd_step
+    def _random_start_triton(
+        x: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, block: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        d_elems = x.numel() // max(n, 1)
+        layout = sample_layout(x)
+        x = x.contiguous(memory_format=layout)
+        noise = noise.contiguous(memory_format=layout)
+        x_out = torch.empty_like(x)
+        delta_out = torch.empty_like(x, dtype=torch.float32)
+        if n == 0 or d_elems == 0:
+            return x_out, delta_out
+        if block <= 0:
+            block = min(triton.next_power_of_2(d_elems), 4096)
+        _random_start_kernel[(n,)](
+            x, noise, scale, x_out, delta_out, d_elems, BLOCK=block, num_warps=4
+        )
+        return x_out, delta_out
+
+    @_random_start_triton.register_fake
+    def _(x, noise, scale, block):
+        x = x.contiguous(memory_format=sample_layout(x))
+        return torch.empty_like(x), torch.empty_like(x, dtype=torch.float32)
+
+
+def random_start(x, noise, radius, eps, backend=None, block=0):
+    """Place x + delta at `radius` (fraction of eps) along `noise`, clipped to [0,1].
+
+    Returns (x_adv, delta). eps and radius: floats or per-sample (N,) tensors.
+    """
+    n = x.shape[0]
+    if resolve_backend(backend, x) == "torch":
+        return random_start_ref(x, noise, radius, eps)
+    if triton is None:
+        raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
+    scale = per_sample(eps, n, x) * per_sample(radius, n, x)
+    return tuple(torch.ops.ratio_fast.random_start(x, noise, scale, int(block)))
+
+
+def sample_ball(x, eps, on_sphere=False, generator=None, backend=None):
+    """A random point of the L2 ball of radius eps around each x (uniform in volume, or on the sphere), clipped to [0,1]."""
+    noise = torch.randn(x.shape, device=x.device, dtype=torch.float32, generator=generator)
+    if on_sphere:
+        radius = 1.0
+    else:
+        dims = x[0].numel() if x.shape[0] else 1
+        radius = torch.rand(x.shape[0], device=x.device, generator=generator) ** (1.0 / dims)
+    return random_start(x, noise, radius, eps, backend=backend)

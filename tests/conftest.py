@@ -1,0 +1,46 @@
+import os
+
+# Triton's interpreter runs the kernels on CPU tensors; it must be chosen before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def to_float_nchw(images_uint8):
+    """uint8 (N,H,W,C) numpy images -> float (N,C,H,W) in [0,1]."""
+    return torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float().div(255).contiguous()
+
+
+@pytest.fixture(scope="session")
+def synthetic_split():
+    """A small synthetic train/test split and out-distribution set as float tensors."""
+    from ratio_fast.data.synthetic import make_synthetic, make_synthetic_out
+
+    train_x, train_y = make_synthetic(1024, seed=0)
+    test_x, test_y = make_synthetic(256, seed=1)
+    out_x = make_synthetic_out(256, seed=2)
+    return {
+        "train": (to_float_nchw(train_x), torch.from_numpy(train_y)),
+        "test": (to_float_nchw(test_x), torch.from_numpy(test_y)),
+        "out": to_float_nchw(out_x),
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(synthetic_split):
+    """The tiny model trained cleanly on the synthetic set until it classifies the test split well."""
+    from ratio_fast.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    x, y = synthetic_split["train"]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for idx in torch.randperm(len(y), generator=g).split(64):
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

@@ -1,0 +1,201 @@
+"""Fused ops (Triton, run by its interpreter on CPU) against their plain-torch references.
+
+Tolerance rule (flash-attention's): |fused - ref_fp64| <= 2 * |ref_same_dtype - ref_fp64| + atol,
+where ref_same_dtype is the reference fed the same inputs as the kernel.
+"""
+import pytest
+import torch
+
+from ratio_fast.ops import pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
+
+ATOL = 2e-6
+
+
+def to_layout(t, layout):
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # a non-contiguous view of the same values
+        return t.transpose(2, 3).contiguous().transpose(2, 3)
+    return t.contiguous()
+
+
+def make_inputs(shape, grad_dtype, layout, seed=0, momentum=True):
+    g = torch.Generator().manual_seed(seed)
+    n = shape[0]
+    x = torch.rand(shape, generator=g)
+    delta = torch.randn(shape, generator=g) * 0.05
+    grad = (torch.randn(shape, generator=g) * 1e-2).to(grad_dtype)
+    velocity = torch.randn(shape, generator=g) * 1e-3 if momentum else None
+    eps = torch.rand(n, generator=g) * 1.5
+    eps[0] = 0.0  # eps 0 in every batch
+    step = 0.05 + torch.rand(n, generator=g) * 0.2
+    tensors = [to_layout(t, layout) if t is not None else None for t in (x, delta, grad, velocity)]
+    return (*tensors, eps, step)
+
+
+def assert_close_to_oracle(fused, same, oracle, atol=ATOL):
+    for f, s, o in zip(fused, same, oracle):
+        if o is None:
+            assert f is None and s is None
+            continue
+        assert f.shape == o.shape
+        assert torch.isfinite(f).all()
+        err = (f.double() - o).abs()
+        bound = 2 * (s.double() - o).abs() + atol
+        assert (err <= bound).all(), f"max excess {(err - bound).max().item():.3g}"
+
+
+def pgd_oracle(x, delta, grad, velocity, eps, step, momentum):
+    dbl = lambda t: None if t is None else t.double()
+    return pgd_step_ref(dbl(x), dbl(delta), dbl(grad), eps, step, dbl(velocity), momentum)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 4, 4), (7, 3, 5, 3), (5, 3, 32, 32), (2, 1, 9, 13)])
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_pgd_step_matches_reference(shape, grad_dtype, layout, momentum):
+    x, delta, grad, velocity, eps, step = make_inputs(shape, grad_dtype, layout, momentum=momentum > 0)
+    fused = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="triton")
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
+    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum))
+
+
+@pytest.mark.parametrize("block", [16, 64, 256])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_pgd_step_multi_tile_path_matches_reference(block, momentum):
+    # Tiles smaller than a sample take the three-sweep path used for large images.
+    x, delta, grad, velocity, eps, step = make_inputs((3, 3, 16, 16), torch.float16, "contiguous", seed=1,
+                                                      momentum=momentum > 0)
+    fused = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="triton", block=block)
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
+    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum), atol=1e-5)
+
+
+def test_pgd_step_keeps_layout_and_dtype():
+    x, delta, grad, velocity, eps, step = make_inputs((3, 3, 8, 8), torch.bfloat16, "channels_last")
+    for backend in ("triton", "torch"):
+        x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend)
+        assert x_adv.dtype == x.dtype and d.dtype == torch.float32 and v.dtype == torch.float32
+        for t in (x_adv, d, v):
+            assert t.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("block", [0, 32])
+def test_pgd_step_respects_ball_and_box(backend, block):
+    x, delta, grad, velocity, eps, step = make_inputs((6, 3, 8, 8), torch.float32, "contiguous", seed=3)
+    x = torch.full_like(x, 0.5)  # mid-box: the projection, not the clipping, bounds the norm
+    grad = grad * 1e3
+    step = step * 20  # big steps so the projection is active
+    x_adv, d, _ = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend, block=block)
+    norms = d.flatten(1).norm(dim=1)
+    assert (norms <= eps + 1e-5).all()
+    assert ((x_adv >= 0) & (x_adv <= 1)).all()
+    assert torch.allclose(x + d, x_adv, atol=1e-6)
+    assert (norms[1:] > 0.99 * eps[1:]).all(), "large steps should reach the sphere"
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("block", [0, 32])
+def test_pgd_step_degenerate_inputs_never_nan(backend, block):
+    x, delta, grad, velocity, eps, step = make_inputs((5, 3, 8, 8), torch.float16, "contiguous", seed=4)
+    grad = grad.clone()
+    grad[1] = 0  # zero gradient
+    grad[2, 0, 0, 0] = float("inf")  # fp16 overflow
+    grad[3, 1, 2, 3] = float("nan")
+    velocity = velocity.clone()
+    velocity[1] = 0  # zero gradient and zero velocity: no direction at all
+    x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend, block=block)
+    for t in (x_adv, d, v):
+        assert torch.isfinite(t).all()
+    # eps 0 (sample 0): no perturbation at all
+    assert d[0].abs().max() == 0 and torch.equal(x_adv[0], x[0])
+    # zero direction (sample 1): delta only projected and clipped, velocity stays 0
+    assert v[1].abs().max() == 0
+    # non-finite gradient (samples 2, 3): iterate and velocity kept as they were
+    for i in (2, 3):
+        assert torch.allclose(d[i], (x[i] + delta[i]).clamp(0, 1) - x[i], atol=1e-7)
+        assert torch.equal(v[i], velocity[i])
+    # the healthy sample still moves
+    assert not torch.allclose(d[4], delta[4])
+
+
+def test_pgd_step_without_momentum_is_textbook_pgd_l2():
+    x, delta, grad, _, eps, step = make_inputs((4, 3, 8, 8), torch.float32, "contiguous", seed=5, momentum=False)
+    eps = torch.full((4,), 10.0)  # inactive ball
+    g = grad.flatten(1)
+    expected = delta + step.view(-1, 1, 1, 1) * (g / g.norm(dim=1, keepdim=True)).view_as(grad)
+    expected = (x + expected).clamp(0, 1)
+    for backend in ("triton", "torch"):
+        x_adv, _, v = pgd_step(x, delta, grad, eps, step, backend=backend)
+        assert v is None
+        assert torch.allclose(x_adv, expected, atol=1e-6)
+
+
+def test_pgd_step_momentum_accumulates_l1_normalized_gradient():
+    x, delta, grad, velocity, eps, step = make_inputs((3, 3, 4, 4), torch.float32, "contiguous", seed=6)
+    _, _, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+    g = grad.flatten(1)
+    expected = 0.9 * velocity + (g / g.abs().sum(1, keepdim=True)).view_as(grad)
+    assert torch.allclose(v, expected, atol=1e-7)
+
+
+def test_pgd_step_scalar_eps_and_step_and_empty_batch():
+    x, delta, grad, velocity, _, _ = make_inputs((3, 3, 4, 4), torch.float32, "contiguous", seed=7)
+    a = pgd_step(x, delta, grad, 0.5, 0.1, velocity, 0.9, backend="triton")
+    b = pgd_step_ref(x, delta, grad, torch.full((3,), 0.5), torch.full((3,), 0.1), velocity, 0.9)
+    for s, t in zip(a, b):
+        assert torch.allclose(s, t, atol=1e-6)
+    empty = torch.empty(0, 3, 4, 4)
+    out = pgd_step(empty, empty, empty, 0.5, 0.1, empty, 0.9, backend="triton")
+    assert all(t.shape == empty.shape for t in out)
+
+
+def test_pgd_step_traced_by_torch_compile_without_graph_breaks():
+    x, delta, grad, velocity, eps, step = make_inputs((3, 3, 8, 8), torch.float32, "contiguous", seed=8)
+
+    def attack_step(x, delta, grad, velocity):
+        return pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+
+    compiled = torch.compile(attack_step, backend="aot_eager", fullgraph=True)
+    for s, t in zip(compiled(x, delta, grad, velocity), attack_step(x, delta, grad, velocity)):
+        assert torch.allclose(s, t)
+
+
+def test_backend_auto_uses_reference_on_cpu_and_rejects_unknown():
+    x, delta, grad, velocity, eps, step = make_inputs((2, 3, 4, 4), torch.float32, "contiguous")
+    auto = pgd_step(x, delta, grad, eps, step, velocity, 0.9)
+    ref = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
+    assert all(torch.equal(a, b) for a, b in zip(auto, ref))
+    with pytest.raises(ValueError, match="backend"):
+        pgd_step(x, delta, grad, eps, step, backend="cuda-magic")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("block", [0, 16])
+def test_random_start_matches_reference(layout, block):
+    g = torch.Generator().manual_seed(9)
+    x = to_layout(torch.rand(5, 3, 8, 8, generator=g), layout)
+    noise = torch.randn(5, 3, 8, 8, generator=g)
+    noise[4] = 0  # zero noise: no perturbation, not NaN
+    radius = torch.rand(5, generator=g)
+    eps = torch.tensor([0.0, 0.5, 1.0, 3.0, 1.0])
+    fused = random_start(x, noise, radius, eps, backend="triton", block=block)
+    same = random_start_ref(x, noise, radius, eps)
+    oracle = random_start_ref(x.double(), noise.double(), radius, eps)
+    assert_close_to_oracle(fused, same, oracle)
+    assert fused[1][4].abs().max() == 0 and fused[1][0].abs().max() == 0
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_sample_ball_inside_ball_and_on_sphere(backend):
+    x = torch.full((64, 3, 8, 8), 0.5)  # far from the box edges for eps 0.5: no clipping
+    g = torch.Generator().manual_seed(10)
+    _, d_ball = sample_ball(x, 0.5, generator=g, backend=backend)
+    _, d_sphere = sample_ball(x, 0.5, on_sphere=True, generator=g, backend=backend)
+    ball, sphere = d_ball.flatten(1).norm(dim=1), d_sphere.flatten(1).norm(dim=1)
+    assert torch.allclose(sphere, torch.full_like(sphere, 0.5), atol=1e-5)
+    # uniform in a 192-dimensional ball: radius eps * u^(1/192), mean eps * 192/193, never on the sphere
+    assert (ball < 0.5).all()
+    assert abs(ball.mean().item() - 0.5 * 192 / 193) < 0.004
