@@ -21,7 +21,7 @@ def _train_parser(sub) -> None:
                    help="out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), "
                         "or cifar10 / cifar100 / synthetic; default: cifar100 for cifar10, cifar10 for "
                         "cifar100, synthetic for synthetic")
-    g.add_argument("--synthetic-size", type=int, default=None, help="training images of the synthetic set (default 5120)")
+    g.add_argument("--synthetic-size", type=int, default=None, help="training images of the synthetic set (default 10240)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
 
     g = p.add_argument_group("model and optimization")

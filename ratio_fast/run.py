@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .data import DeviceLoader, load_in_distribution, load_out_distribution
 from .errors import UserError
 from .evaluate import clean_accuracy, robust_accuracy
-from .models import create_model
+from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 from .progress import Progress
 from .train import RatioTrainer
 
@@ -72,7 +72,8 @@ class Run:
                                            augment=cfg.augment, channels_last=channels_last)
 
         self.steps_per_epoch = len(self.train_loader)
-        model = create_model(cfg.arch, num_classes=train.num_classes)
+        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
+        model = create_model(cfg.arch, num_classes=train.num_classes, mean=mean, std=std)
         self.trainer = RatioTrainer(model, cfg, cfg.epochs * self.steps_per_epoch, self.device)
         if checkpoint_state is not None:
             self.trainer.load_state_dict(checkpoint_state["trainer"])
@@ -123,7 +124,9 @@ class Run:
                 sums[key] = sums.get(key, 0.0) + value
             done = index + 1 - start
             # Reading metrics syncs with the GPU; do it only every 20 steps.
-            postfix = f"loss {float(sums['loss']) / done:.3f}" if done % 20 == 0 or index + 1 == end else None
+            postfix = None
+            if done % 20 == 0 or index + 1 == end:
+                postfix = f"loss {float(sums['loss']) / done:.3f} adv-acc {100 * float(sums['adv_acc']) / done:.1f}%"
             progress.update(1, postfix)
         progress.close()
         seconds = time.perf_counter() - began

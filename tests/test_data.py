@@ -306,7 +306,7 @@ def test_synthetic_out_is_deterministic_and_unlike_classes():
 def test_in_distribution_sources(tmp_path):
     train = load_in_distribution("synthetic", tmp_path, train=True)
     test = load_in_distribution("synthetic", tmp_path, train=False)
-    assert (len(train), len(test), train.num_classes, train.name) == (5120, 1024, 10, "synthetic")
+    assert (len(train), len(test), train.num_classes, train.name) == (10240, 1024, 10, "synthetic")
     assert len(load_in_distribution("synthetic", tmp_path, train=True, synthetic_size=64)) == 64
 
     write_cifar10(tmp_path)

@@ -21,7 +21,7 @@ from ratio_fast.errors import UserError
 IN_DISTRIBUTIONS = ("cifar10", "cifar100", "synthetic")
 OUT_DISTRIBUTIONS = ("synthetic", "cifar10", "cifar100")  # or a path to a .npy file
 
-SYNTHETIC_TRAIN_SIZE = 5120
+SYNTHETIC_TRAIN_SIZE = 10240
 SYNTHETIC_TEST_SIZE = 1024
 SYNTHETIC_NUM_CLASSES = 10
 
@@ -50,7 +50,7 @@ def load_in_distribution(
 ) -> InDistribution:
     """Load the train or test split of ``name`` (``cifar10``, ``cifar100`` or ``synthetic``).
 
-    ``synthetic_size`` sets the number of synthetic images (default 5120 train, 1024 test);
+    ``synthetic_size`` sets the number of synthetic images (default 10240 train, 1024 test);
     ``seed`` picks the synthetic images (its class templates are fixed), CIFAR ignores it.
     """
     if name in CIFAR_SPECS:
@@ -77,7 +77,7 @@ def load_out_distribution(
     """Load unlabelled out-distribution images uint8 (N,32,32,3) for ``--out-data``.
 
     ``spec`` is a path to a ``.npy`` file (memory-mapped), ``synthetic`` (generated, default
-    5120 images), or ``cifar10`` / ``cifar100`` (that set's train split, labels dropped).
+    10240 images), or ``cifar10`` / ``cifar100`` (that set's train split, labels dropped).
     Using the in-distribution itself as out-distribution is refused: it would train the model
     to be unsure on exactly the images it must classify. (``synthetic`` with the synthetic
     in-distribution is fine: the out-distribution generator shares nothing with its classes.)
