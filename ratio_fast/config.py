@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .errors import UserError
+from .models import check_model_name
 
 MODES = ("ratio", "at", "plain")  # RATIO; plain L2 adversarial training; plain (clean) training
 AMP_DTYPES = ("bf16", "fp16")
@@ -51,6 +52,7 @@ class TrainConfig:
         def flag(name):
             return "--" + name.replace("_", "-")
 
+        check_model_name(self.arch)
         for name in ("eps_in", "eps_out", "lam", "weight_decay", "momentum", "attack_momentum",
                      "steps_in", "steps_out", "eval_samples"):
             if getattr(self, name) < 0:

@@ -16,7 +16,7 @@ from .wide_resnet import WideResNet
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODEL_NAMES",
-    "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "create_model",
+    "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name", "create_model",
 ]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -30,13 +30,17 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 
+def check_model_name(name: str) -> None:
+    """UserError naming --arch unless `name` is one of MODEL_NAMES."""
+    if not isinstance(name, str) or name not in _BUILDERS:
+        raise UserError(f"--arch: unknown architecture {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
 def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
                  std: Sequence[float] = CIFAR10_STD) -> nn.Module:
     """Build architecture `name` (one of MODEL_NAMES) on the CPU, freshly initialized."""
-    builder = _BUILDERS.get(name) if isinstance(name, str) else None
-    if builder is None:
-        raise UserError(f"--arch: unknown architecture {name!r}; "
-                        f"choose one of {', '.join(MODEL_NAMES)}")
+    check_model_name(name)
+    builder = _BUILDERS[name]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return builder(num_classes=num_classes, mean=mean, std=std)
