@@ -1,15 +1,6 @@
-"""Benchmarks: `pytest bench/ --benchmark-only`. GPU cases skip cleanly on machines without CUDA."""
+"""Benchmarks: `pytest bench/ --benchmark-only`. GPU cases skip without CUDA (../conftest.py)."""
 import pytest
 import torch
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -45,12 +45,3 @@ def trained_tiny(synthetic_split):
             opt.step()
     return model.eval()
 
-
-def pytest_collection_modifyitems(config, items):
-    """GPU tests skip cleanly on machines without CUDA (CI, the development machines)."""
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

@@ -66,6 +66,17 @@ def pgd_step_ref(x, delta, grad, eps, step_size, velocity=None, momentum=0.0):
 if triton is not None:
 
     @triton.jit
+    def _new_velocity(grad_ptr, vel_ptr, idx, mask, finite, inv_l1, momentum, HAS_VELOCITY: tl.constexpr):
+        """(momentum * v + g / ||g||_1, v) at idx; g counts as 0 in a sample whose gradient is not finite."""
+        g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        v_new = tl.where(finite, g, 0.0) * inv_l1
+        v_old = tl.zeros_like(v_new)
+        if HAS_VELOCITY:
+            v_old = tl.load(vel_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            v_new = momentum * v_old + v_new
+        return v_new, v_old
+
+    @triton.jit
     def _pgd_step_kernel(
         x_ptr, delta_ptr, grad_ptr, vel_ptr, eps_ptr, step_ptr,
         x_out_ptr, delta_out_ptr, vel_out_ptr,
@@ -119,10 +130,7 @@ if triton is not None:
             for start in range(0, D, BLOCK):
                 offs = start + tl.arange(0, BLOCK)
                 mask = offs < D
-                g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                v = tl.where(finite, g, 0.0) * inv_l1
-                if HAS_VELOCITY:
-                    v = momentum * tl.load(vel_ptr + base + offs, mask=mask, other=0.0).to(tl.float32) + v
+                v, _ = _new_velocity(grad_ptr, vel_ptr, base + offs, mask, finite, inv_l1, momentum, HAS_VELOCITY)
                 d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
                 vv_acc += v * v
                 dv_acc += d * v
@@ -138,11 +146,7 @@ if triton is not None:
             for start in range(0, D, BLOCK):
                 offs = start + tl.arange(0, BLOCK)
                 mask = offs < D
-                g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                v = tl.where(finite, g, 0.0) * inv_l1
-                if HAS_VELOCITY:
-                    v_old = tl.load(vel_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                    v = momentum * v_old + v
+                v, v_old = _new_velocity(grad_ptr, vel_ptr, base + offs, mask, finite, inv_l1, momentum, HAS_VELOCITY)
                 d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
                 x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
                 d_new = tl.where(finite, (d + step_dir * v) * scale, d)
