@@ -102,6 +102,9 @@ class Run:
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         total = cfg.epochs * self.steps_per_epoch
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
+        start = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
+        self._print(f"{start}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
+                    f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device} -> {self.run_dir}")
         last = {}
         while trainer.steps_done < stop_at:
             epoch, start = divmod(trainer.steps_done, self.steps_per_epoch)

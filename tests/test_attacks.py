@@ -85,6 +85,18 @@ def test_attack_restores_mode_and_leaves_weights_alone(synthetic_split):
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_attack_computes_no_weight_gradients(trained_tiny, batch):
+    x, y = batch
+    fired = []
+    handles = [p.register_hook(lambda g, name=name: fired.append(name)) for name, p in trained_tiny.named_parameters()]
+    try:
+        L2PGD(eps=0.5, steps=2, step_size=0.1, momentum=0.9, keep_best=True)(trained_tiny, x, y)
+    finally:
+        for h in handles:
+            h.remove()
+    assert fired == []  # autograd never produced a gradient for any weight
+
+
 def textbook_pgd_l2(model, x, y, eps, steps, step_size):
     """Madry et al.'s PGD-L2, written out plainly: normalized-gradient step, project, clip."""
     delta = torch.zeros_like(x)

@@ -72,6 +72,17 @@ def test_pgd_step_multi_tile_path_matches_reference(block, momentum):
     assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum), atol=1e-5)
 
 
+def test_pgd_step_large_images_take_the_multi_tile_path_by_default():
+    from ratio_fast.ops.pgd_step import MAX_SINGLE_TILE
+
+    shape = (2, 3, 64, 64)  # 12288 elements per sample, more than one tile holds
+    assert shape[1] * shape[2] * shape[3] > MAX_SINGLE_TILE
+    x, delta, grad, velocity, eps, step = make_inputs(shape, torch.bfloat16, "channels_last", seed=2)
+    fused = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
+    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9), atol=1e-5)
+
+
 def test_pgd_step_keeps_layout_and_dtype():
     x, delta, grad, velocity, eps, step = make_inputs((3, 3, 8, 8), torch.bfloat16, "channels_last")
     for backend in ("triton", "torch"):
