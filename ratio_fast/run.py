@@ -22,7 +22,7 @@ from .errors import UserError
 from .evaluate import clean_accuracy, robust_accuracy
 from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 from .progress import Progress
-from .train import RatioTrainer
+from .train import RatioTrainer, wants_channels_last
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -56,7 +56,7 @@ class Run:
         test = load_in_distribution(cfg.dataset, cfg.data_dir, train=False, seed=cfg.seed)
         if len(train.labels) < cfg.batch_size:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train.labels)} images)")
-        channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        channels_last = wants_channels_last(cfg, self.device)
         self.train_loader = DeviceLoader(train.images, train.labels, cfg.batch_size, self.device, seed=cfg.seed,
                                          augment=cfg.augment, channels_last=channels_last)
         self.test_loader = DeviceLoader(test.images, test.labels, 256, self.device, seed=cfg.seed, augment=False,
@@ -102,8 +102,8 @@ class Run:
         (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         total = cfg.epochs * self.steps_per_epoch
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
-        start = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
-        self._print(f"{start}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
+        opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
+        self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
                     f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device} -> {self.run_dir}")
         last = {}
         while trainer.steps_done < stop_at:

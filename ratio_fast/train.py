@@ -29,6 +29,11 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
+def wants_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """channels_last unless the config says otherwise: on for CUDA (tensor cores), off for CPU."""
+    return device.type == "cuda" if config.channels_last is None else config.channels_last
+
+
 class RatioTrainer:
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, device="cpu"):
         self.config = config
@@ -53,8 +58,7 @@ class RatioTrainer:
 
     @property
     def uses_channels_last(self) -> bool:
-        cl = self.config.channels_last
-        return self.device.type == "cuda" if cl is None else cl
+        return wants_channels_last(self.config, self.device)
 
     def autocast(self):
         """bf16/fp16 autocast when AMP is on; the attacks keep their perturbation in fp32 regardless."""
