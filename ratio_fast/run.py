@@ -8,6 +8,7 @@ function of (seed, e, b), so a resumed run continues exactly where the checkpoin
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,9 @@ class Run:
         self.run_dir = Path(run_dir)
         self.log = log if log is not None else sys.stdout
         self.device = resolve_device(cfg.device)
+        if cfg.backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
+                            "in Triton's interpreter on the CPU)")
         checkpoint_state = self._checkpoint_to_resume(resume)
 
         torch.manual_seed(cfg.seed)

@@ -113,6 +113,11 @@ def test_bad_flags_give_one_line_errors(tmp_path, capsys, flags, expected):
     assert expected in error_of(FAST + ["--out", str(tmp_path / "run")] + flags, capsys)
 
 
+def test_triton_backend_on_cpu_without_the_interpreter(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert "--backend triton" in error_of(FAST + ["--backend", "triton", "--out", str(tmp_path / "run")], capsys)
+
+
 def test_missing_cifar_offline_says_where_to_put_it(tmp_path, capsys, monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
