@@ -18,6 +18,7 @@ import torch
 
 from .losses import cross_entropy, kl_to_uniform
 from .ops import pgd_step, sample_ball
+from .ops._common import per_sample
 
 Objective = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -62,39 +63,32 @@ def l2_pgd(
     if loss_fn is cross_entropy and y is None:
         raise ValueError("the 'ce' objective needs labels y")
     x = x.detach()
+    # Per-sample tensors once, not a fill kernel in every step.
+    eps, step_size = per_sample(eps, x.shape[0], x), per_sample(step_size, x.shape[0], x)
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            return _pgd_loop(
-                model, x, y, loss_fn, eps, steps, step_size, momentum, random_start, keep_best, backend, generator
-            )
+            if random_start:
+                x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend)
+            else:
+                x_adv, delta = x, torch.zeros_like(x, dtype=torch.float32)
+            velocity = torch.zeros_like(delta) if momentum else None
+            best_x, best_loss = x_adv, None
+            for _ in range(steps):
+                x_in = x_adv.detach().requires_grad_(True)
+                loss = loss_fn(model(x_in), y)
+                (grad,) = torch.autograd.grad(loss.sum(), x_in)
+                if keep_best:
+                    best_x, best_loss = _keep_better(best_x, best_loss, x_in.detach(), loss.detach())
+                x_adv, delta, velocity = pgd_step(x, delta, grad, eps, step_size, velocity, momentum, backend=backend)
+        if not keep_best:
+            return x_adv.detach()
+        with torch.no_grad():  # the last iterate still needs its loss
+            loss = loss_fn(model(x_adv), y)
+        return _keep_better(best_x, best_loss, x_adv, loss)[0].detach()
     finally:
         model.train(was_training)
-
-
-def _pgd_loop(model, x, y, loss_fn, eps, steps, step_size, momentum, random_start, keep_best, backend, generator):
-    if random_start:
-        x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend)
-    else:
-        x_adv, delta = x, torch.zeros_like(x, dtype=torch.float32)
-    velocity = torch.zeros_like(delta) if momentum else None
-    best_x, best_loss = x_adv, None
-
-    for _ in range(steps):
-        x_in = x_adv.detach().requires_grad_(True)
-        loss = loss_fn(model(x_in), y)
-        (grad,) = torch.autograd.grad(loss.sum(), x_in)
-        if keep_best:
-            best_x, best_loss = _keep_better(best_x, best_loss, x_in.detach(), loss.detach())
-        x_adv, delta, velocity = pgd_step(x, delta, grad, eps, step_size, velocity, momentum, backend=backend)
-
-    if not keep_best:
-        return x_adv.detach()
-    with torch.no_grad():  # the last iterate still needs its loss
-        loss = loss_fn(model(x_adv), y)
-    best_x, _ = _keep_better(best_x, best_loss, x_adv, loss)
-    return best_x.detach()
 
 
 def _keep_better(best_x, best_loss, x_new, loss_new):

@@ -35,6 +35,11 @@ def sample_layout(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+def empty_in_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialized tensor shaped like x, in the layout the kernels keep (`sample_layout`)."""
+    return torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device, memory_format=sample_layout(x))
+
+
 def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a / b with 0 where b == 0 (b is a norm, so a is all zeros there too)."""
     return a / torch.where(b > 0, b, torch.ones_like(b))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import compute_dtype, per_sample, resolve_backend, safe_div, sample_layout
+from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 
 try:
     import triton
@@ -175,15 +175,12 @@ if triton is not None:
         x = x.contiguous(memory_format=layout)
         delta = delta.contiguous(memory_format=layout)
         grad = grad.contiguous(memory_format=layout)
-        x_out = torch.empty_like(x)
-        delta_out = torch.empty_like(x, dtype=torch.float32)
+        x_out, delta_out, vel_out = _empty_outputs(x, velocity)
         has_velocity = velocity is not None
         if has_velocity:
             velocity = velocity.contiguous(memory_format=layout)
-            vel_out = torch.empty_like(x, dtype=torch.float32)
-        else:  # the kernel never touches these pointers
+        else:  # the kernel never reads it
             velocity = delta
-            vel_out = delta_out.new_empty(0)
         if n == 0 or d_elems == 0:
             return x_out, delta_out, vel_out
         if block <= 0:  # one tile if the sample fits, else loop over tiles of the largest size
@@ -200,10 +197,14 @@ if triton is not None:
 
     @_pgd_step_triton.register_fake
     def _(x, delta, grad, velocity, eps, step_size, momentum, block):
-        layout = sample_layout(x)
-        x = x.contiguous(memory_format=layout)
-        vel_out = torch.empty_like(x, dtype=torch.float32) if velocity is not None else x.new_empty(0, dtype=torch.float32)
-        return torch.empty_like(x), torch.empty_like(x, dtype=torch.float32), vel_out
+        return _empty_outputs(x, velocity)
+
+
+def _empty_outputs(x, velocity):
+    """(x_adv, delta, velocity) outputs in x's layout; velocity has no elements when there is none."""
+    f32 = torch.float32
+    vel_out = empty_in_layout(x, f32) if velocity is not None else x.new_empty(0, dtype=f32)
+    return empty_in_layout(x), empty_in_layout(x, f32), vel_out
 
 
 def pgd_step(x, delta, grad, eps, step_size, velocity=None, momentum=0.0, backend=None, block=0):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import compute_dtype, per_sample, resolve_backend, safe_div, sample_layout
+from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 
 try:
     import triton
@@ -68,8 +68,7 @@ if triton is not None:
         layout = sample_layout(x)
         x = x.contiguous(memory_format=layout)
         noise = noise.contiguous(memory_format=layout)
-        x_out = torch.empty_like(x)
-        delta_out = torch.empty_like(x, dtype=torch.float32)
+        x_out, delta_out = empty_in_layout(x), empty_in_layout(x, torch.float32)
         if n == 0 or d_elems == 0:
             return x_out, delta_out
         if block <= 0:
@@ -81,8 +80,7 @@ if triton is not None:
 
     @_random_start_triton.register_fake
     def _(x, noise, scale, block):
-        x = x.contiguous(memory_format=sample_layout(x))
-        return torch.empty_like(x), torch.empty_like(x, dtype=torch.float32)
+        return empty_in_layout(x), empty_in_layout(x, torch.float32)
 
 
 def random_start(x, noise, radius, eps, backend=None, block=0):
