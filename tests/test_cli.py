@@ -59,10 +59,9 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, capsys, stop_at):
 
     a, b = load(straight / "checkpoint.pt")["trainer"], load(split / "checkpoint.pt")["trainer"]
     assert a["steps_done"] == b["steps_done"] == 16
-    for part in ("model", "ema"):
-        sa, sb = (a[part] if part == "model" else a[part]["model"]), (b[part] if part == "model" else b[part]["model"])
+    for sa, sb in ((a["model"], b["model"]), (a["ema"]["model"], b["ema"]["model"])):
         for key in sa:
-            assert torch.equal(sa[key], sb[key]), (part, key)
+            assert torch.equal(sa[key], sb[key]), key
     for ma, mb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(ma["momentum_buffer"], mb["momentum_buffer"])
 
