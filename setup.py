@@ -15,6 +15,10 @@ setup(
         "torch>=2.11,<2.14",
         "triton>=3.4",
         "numpy>=1.24",
+        # DALI decodes and augments on the GPU; the bare "nvidia-dali" name is a placeholder.
+        'nvidia-dali-cuda130>=1.50; platform_system == "Linux"',
+        "pillow>=9",  # PNG/JPEG folders on the torch loader, counterfactual grids
+        "safetensors>=0.4",  # model export
     ],
     extras_require={"dev": ["pytest>=8", "pytest-benchmark>=4"]},
     entry_points={"console_scripts": ["ratio-fast=ratio_fast.cli:main"]},

@@ -73,17 +73,27 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_train(sub) -> None:
+    _train_parser(sub)
+    sub.choices["train"].set_defaults(run=_run_train)
+
+
+# Each entry adds one subcommand and sets `run` (args -> exit code) as its default.
+SUBCOMMANDS = [_add_train]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _run_train}[args.command](args)
+        return args.run(args)
     except UserError as e:
         print(f"ratio-fast: error: {e}", file=sys.stderr)
         return 2
