@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import AMP_DTYPES, MODES, TrainConfig
+from .config import AMP_DTYPES, ATTACKS, LOADERS, MODES, TrainConfig
 from .errors import UserError
 
 DEFAULTS = TrainConfig()
@@ -21,6 +21,12 @@ def _train_parser(sub) -> None:
                    help="out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), "
                         "or cifar10 / cifar100 / synthetic; default: cifar100 for cifar10, cifar10 for "
                         "cifar100, synthetic for synthetic")
+    g.add_argument("--out-exclude", default=None, metavar="FILE",
+                   help="text file of out-distribution indices to leave out, one per line "
+                        "(e.g. the published Tiny Images / CIFAR overlap list)")
+    g.add_argument("--loader", default=d.loader, choices=LOADERS,
+                   help="gpu: whole data set on the device; dali: NVIDIA DALI pipeline; torch: DataLoader "
+                        "workers; auto: the fastest that fits, as measured")
     g.add_argument("--synthetic-size", type=int, default=None, help="training images of the synthetic set (default 10240)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
 
@@ -37,6 +43,8 @@ def _train_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
 
     g = p.add_argument_group("attacks (L2, ArgminPGD: momentum on the L1-normalized gradient, best iterate)")
+    g.add_argument("--attack", default=d.attack, choices=ATTACKS,
+                   help="pgd: the authors' ArgminPGD; apgd: APGD (step-size schedule, stronger, same cost)")
     g.add_argument("--eps-in", type=float, default=d.eps_in)
     g.add_argument("--eps-out", type=float, default=d.eps_out)
     g.add_argument("--steps-in", type=int, default=d.steps_in)

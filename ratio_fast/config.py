@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from .errors import UserError
 from .models import check_model_name
 
-MODES = ("ratio", "at", "plain")  # RATIO; plain L2 adversarial training; plain (clean) training
+MODES = ("ratio", "at", "plain")
+LOADERS = ("auto", "dali", "gpu", "torch")
+ATTACKS = ("pgd", "apgd")  # RATIO; plain L2 adversarial training; plain (clean) training
 AMP_DTYPES = ("bf16", "fp16")
 
 
@@ -21,6 +23,8 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str = "data"
     out_data: str | None = None  # .npy path or a dataset name; None: the default for `dataset`
+    out_exclude: str | None = None  # text file of out-distribution indices to leave out (one per line)
+    loader: str = "auto"  # auto | dali | gpu | torch
     mode: str = "ratio"
     epochs: int = 300
     max_steps: int | None = None  # stop after this many optimizer steps in total
@@ -35,6 +39,7 @@ class TrainConfig:
     step_size_in: float = 0.1
     step_size_out: float = 0.1
     attack_momentum: float = 0.9
+    attack: str = "pgd"  # pgd: the authors' ArgminPGD; apgd: APGD (Croce & Hein 2020), the stronger option
     lam: float = 1.0
     ema_decay: float = 0.999
     amp: bool = False
@@ -71,6 +76,10 @@ class TrainConfig:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.loader not in LOADERS:
+            raise UserError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
+        if self.attack not in ATTACKS:
+            raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise UserError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
         if self.backend not in ("auto", "triton", "torch"):
