@@ -7,3 +7,7 @@ keeps its traceback.
 
 class UserError(Exception):
     """A problem with the user's input: the message names the flag or file and what is wrong."""
+
+
+class TrainingStopped(Exception):
+    """A run that cannot usefully continue (e.g. every step diverges): reported in one line, exit 1."""

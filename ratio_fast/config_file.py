@@ -1,0 +1,48 @@
+"""Training settings from a JSON file (`--config FILE`), checked field by field against TrainConfig.
+
+A run directory's config.json is a valid input, so a finished run can be repeated or varied:
+`ratio-fast train --config runs/a/config.json --seed 1 --out runs/b`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import UserError
+
+# Field annotation (as written in config.py) -> JSON types accepted for it.
+_ACCEPTED = {
+    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+    "int | None": (int, type(None)), "float | None": (int, float, type(None)),
+    "bool | None": (bool, type(None)), "str | None": (str, type(None)),
+}
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The settings in `path` as TrainConfig field values; UserError naming the file and the field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path}: cannot read it ({e})") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config {path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a JSON object of settings, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UserError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
+    for name, value in values.items():
+        accepted = _ACCEPTED[str(fields[name].type)]
+        is_bool_as_number = isinstance(value, bool) and bool not in accepted
+        if not isinstance(value, accepted) or is_bool_as_number:
+            wanted = str(fields[name].type).replace("None", "null")
+            raise UserError(f"--config {path}: {name} must be {wanted}, got {json.dumps(value)}")
+    return values

@@ -1,0 +1,237 @@
+"""The `eval`, `counterfactuals` and `export` subcommands: what users do with a trained checkpoint.
+
+Each `add_*` adds one subparser to the CLI and sets its `run` function; torch and the data
+stack are imported only when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .errors import UserError
+
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+EVAL_STATE = "eval_state.pt"
+EVAL_RESULTS = "eval.json"
+
+
+def _common(p) -> None:
+    p.add_argument("checkpoint", help="a ratio-fast checkpoint.pt")
+    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="the EMA weights or the raw model's")
+
+
+def _device_flags(p) -> None:
+    p.add_argument("--data-dir", default=None, help="where the data sets are (default: the training run's --data-dir)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--backend", default="auto", choices=("auto", "triton", "torch"),
+                   help="fused attack step: Triton on CUDA (auto), or the plain-torch reference")
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", formatter_class=FORMATTER,
+                       help="clean and robust accuracy, OOD detection (clean and worst case) of a checkpoint")
+    _common(p)
+    p.add_argument("--out", default=None, help="results folder (default: <checkpoint folder>/eval); "
+                                               "re-running with the same --out resumes")
+    _device_flags(p)
+    g = p.add_argument_group("robust accuracy (L2)")
+    g.add_argument("--eps", type=float, default=None, help="attack radius (default: the run's --eps-in)")
+    g.add_argument("--attacks", default="apgd-ce,apgd-t",
+                   help="comma list of apgd-ce (APGD on cross-entropy) and apgd-t (APGD, targeted DLR), or none")
+    g.add_argument("--steps", type=int, default=100, help="APGD steps per attack (per target class for apgd-t)")
+    g.add_argument("--targets", type=int, default=9, help="apgd-t target classes, most likely first")
+    g.add_argument("--autoattack", action="store_true",
+                   help="also AutoAttack's standard L2 version (needs the autoattack package)")
+    g.add_argument("--robust-samples", type=int, default=1000, help="test images under attack (0: all)")
+    g = p.add_argument_group("out-of-distribution detection (max softmax confidence)")
+    g.add_argument("--ood", default=None,
+                   help="comma list of out-distribution sets: cifar10, cifar100 (their test splits), synthetic, "
+                        "or .npy files; none to skip (default: cifar100 for cifar10 runs, cifar10 for cifar100, "
+                        "synthetic for synthetic)")
+    g.add_argument("--ood-samples", type=int, default=1000, help="images per out-distribution set (0: all)")
+    g.add_argument("--ood-eps", type=float, default=1.0, help="radius of the worst-case attack (maximizes confidence)")
+    g.add_argument("--ood-steps", type=int, default=100, help="APGD steps of the worst-case attack (0: skip it)")
+    g = p.add_argument_group("run")
+    g.add_argument("--samples", type=int, default=0, help="test images for clean accuracy and OOD (0: all)")
+    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
+    p.set_defaults(run=_run_eval)
+
+
+def add_counterfactuals(sub) -> None:
+    p = sub.add_parser("counterfactuals", formatter_class=FORMATTER,
+                       help="targeted attacks at growing radii, shown as a PNG grid: what makes an image class T")
+    _common(p)
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/counterfactuals)")
+    p.add_argument("--images", default="0,1,2,3,4,5,6,7", help="comma list of test-set indices")
+    p.add_argument("--target", type=int, default=None,
+                   help="target class for every image (default: per image, the most likely class but its own)")
+    p.add_argument("--radii", default="0.5,1,1.5,2,2.5,3", help="comma list of L2 radii")
+    p.add_argument("--steps", type=int, default=500, help="APGD steps per radius")
+    p.add_argument("--batch-size", type=int, default=256, help="images x radii per attack batch")
+    _device_flags(p)
+    p.set_defaults(run=_run_counterfactuals)
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", formatter_class=FORMATTER,
+                       help="write model.pt (plain state_dict, RobustBench names) and model.safetensors")
+    _common(p)
+    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/export)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_eval(args) -> int:
+    from .evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
+
+    model, config, device, channels_last = _load(args)
+    attacks = _names("--attacks", args.attacks)
+    settings = EvalSettings(
+        eps=config.eps_in if args.eps is None else args.eps, steps=args.steps, attacks=tuple(attacks),
+        targets=args.targets, robust_samples=args.robust_samples, autoattack=args.autoattack,
+        ood_eps=args.ood_eps, ood_steps=args.ood_steps, batch_size=args.batch_size, seed=args.seed,
+        backend=args.backend,
+    ).validate()
+    for flag, value in (("--samples", args.samples), ("--ood-samples", args.ood_samples)):
+        if value < 0:
+            raise UserError(f"{flag} must be >= 0, got {value}")
+    data_dir = args.data_dir or config.data_dir
+    test = _test_split(config, data_dir)
+    source = dict(batch_size=settings.batch_size, device=device, channels_last=channels_last)
+    test_set = batch_source(test.images, test.labels, limit=args.samples, **source)
+    ood_specs = _names("--ood", args.ood) if args.ood is not None else [_default_ood(config.dataset)]
+    ood_sets = {spec: batch_source(_ood_images(spec, config, data_dir), None, limit=args.ood_samples, **source)
+                for spec in ood_specs}
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    state = EvalState(out / EVAL_STATE, _identity(args, data_dir))
+    print(f"evaluating {config.arch} ({args.weights} weights) from {args.checkpoint} on {device} -> {out}", flush=True)
+    results = evaluate_model(model, test_set, ood_sets, settings, state)
+    results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "arch": config.arch,
+               "dataset": config.dataset, **results}
+    (out / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"results: {out / EVAL_RESULTS}")
+    return 0
+
+
+def _run_counterfactuals(args) -> int:
+    import numpy as np
+    import torch
+
+    from .counterfactuals import CLASS_NAMES, counterfactuals, runner_up, save_grid, save_tensors, target_probability
+
+    model, config, device, _ = _load(args)
+    test = _test_split(config, args.data_dir or config.data_dir)
+    indices = [_int("--images", v) for v in _names("--images", args.images)]
+    bad = [i for i in indices if not 0 <= i < len(test)]
+    if bad:
+        raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
+    radii = [_float("--radii", v) for v in _names("--radii", args.radii)]
+    if not radii or any(r <= 0 for r in radii):
+        raise UserError(f"--radii must be positive numbers, got {args.radii!r}")
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if args.target is not None and not 0 <= args.target < test.num_classes:
+        raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {args.target}")
+
+    images = np.ascontiguousarray(test.images[indices])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
+    labels = torch.as_tensor(test.labels[indices], dtype=torch.int64, device=device)
+    targets = runner_up(model, x, labels) if args.target is None else torch.full_like(labels, args.target)
+    adv, conf = counterfactuals(model, x, targets, radii, steps=args.steps, backend=args.backend,
+                                batch_size=args.batch_size)
+    original_conf = target_probability(model, x, targets)
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(out / "counterfactuals.png", x, adv, conf, original_conf, radii, labels, targets,
+              class_names=CLASS_NAMES.get(config.dataset))
+    save_tensors(out / "counterfactuals.safetensors", original=x, counterfactuals=adv, target_confidence=conf,
+                 original_target_confidence=original_conf, radii=torch.tensor(radii), labels=labels,
+                 targets=targets, indices=torch.tensor(indices))
+    print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
+          f"({args.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
+    return 0
+
+
+def _run_export(args) -> int:
+    from .export import export_checkpoint
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
+    pt_path, st_path = export_checkpoint(args.checkpoint, out, args.weights)
+    print(f"exported {args.weights} weights: {pt_path}, {st_path}")
+    return 0
+
+
+def _load(args):
+    """(model on its device in eval mode, TrainConfig, device, channels_last) for a command's flags."""
+    import torch
+
+    from .export import model_from_checkpoint
+    from .run import resolve_device
+    from .train import wants_channels_last
+
+    device = resolve_device(args.device)
+    model, config = model_from_checkpoint(args.checkpoint, args.weights)
+    channels_last = wants_channels_last(config, device)
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return model, config, device, channels_last
+
+
+def _test_split(config, data_dir):
+    from .data import load_in_distribution
+
+    return load_in_distribution(config.dataset, data_dir, train=False, seed=config.seed)
+
+
+def _default_ood(dataset: str) -> str:
+    return {"cifar10": "cifar100", "cifar100": "cifar10"}.get(dataset, "synthetic")
+
+
+def _ood_images(spec: str, config, data_dir):
+    """uint8 (N,32,32,3) images of an out-distribution set for evaluation.
+
+    CIFAR sets give their test split: the train split may be the very out-distribution the
+    model was trained on (the default for CIFAR-10 runs), which would flatter the numbers.
+    The synthetic set uses another seed than training for the same reason.
+    """
+    from .data import load_in_distribution, load_out_distribution
+
+    if spec in ("cifar10", "cifar100"):
+        if spec == config.dataset:
+            raise UserError(f"--ood: {spec!r} is the in-distribution of this model; pick another set")
+        return load_in_distribution(spec, data_dir, train=False).images
+    return load_out_distribution(spec, data_dir, in_name=config.dataset, seed=config.seed + 1)
+
+
+def _identity(args, data_dir) -> dict:
+    """What must not change between a run and its resumption: the weights (by file), data, batching, seed."""
+    stat = Path(args.checkpoint).stat()
+    return {"checkpoint": str(Path(args.checkpoint).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "weights": args.weights, "data_dir": str(data_dir), "batch_size": args.batch_size, "seed": args.seed}
+
+
+def _names(flag: str, text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items == ["none"]:
+        return []
+    if not items:
+        raise UserError(f"{flag}: empty list")
+    return items
+
+
+def _int(flag: str, text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not an integer") from None
+
+
+def _float(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{flag}: {text!r} is not a number") from None

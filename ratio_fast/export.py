@@ -1,0 +1,111 @@
+"""From a training checkpoint to a model, and to weight files others can load.
+
+`model_from_checkpoint` rebuilds the trained network (EMA weights by default) for evaluation
+and counterfactuals. `export_checkpoint` writes what RobustBench and plain-PyTorch users take:
+`model.pt`, a plain state_dict (no `module.` / `_orig_mod.` prefixes, the `mu`/`sigma`
+normalization buffers included; our WideResNet's names are RobustBench's, key for key, so it
+loads into `Augustin2020AdversarialWideNet` with strict=True), and `model.safetensors`, the
+same tensors with the architecture in the metadata.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .config import TrainConfig
+from .errors import UserError
+from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
+
+WEIGHTS = ("ema", "model")
+# Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+NUM_CLASSES = {"cifar100": 100}  # every other data set of ratio-fast has 10
+
+
+def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state_dict with wrapper prefixes removed (at any depth of wrapping), as contiguous CPU tensors."""
+    cleaned = {}
+    for key, value in state_dict.items():
+        name = key
+        while name.startswith(WRAPPER_PREFIXES):
+            name = name.split(".", 1)[1]
+        name = name.replace("._orig_mod.", ".")  # a compiled submodule
+        if name in cleaned:
+            raise ValueError(f"two parameters become {name!r} once wrapper prefixes are removed")
+        cleaned[name] = value.detach().cpu().contiguous()
+    return cleaned
+
+
+def checkpoint_weights(state: dict, weights: str, path) -> dict[str, torch.Tensor]:
+    """The 'ema' or 'model' state_dict of a loaded checkpoint, prefixes removed."""
+    if weights not in WEIGHTS:
+        raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    trainer = state.get("trainer", {})
+    found = trainer.get("ema", {}).get("model") if weights == "ema" else trainer.get("model")
+    if not isinstance(found, dict):
+        raise UserError(f"checkpoint {path}: holds no '{weights}' weights")
+    return clean_state_dict(found)
+
+
+def model_from_checkpoint(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, TrainConfig]:
+    """The trained model (on the CPU, in eval mode) and the run's config; UserError if they do not fit."""
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if config.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
+    model = create_model(config.arch, num_classes=NUM_CLASSES.get(config.dataset, 10), mean=mean, std=std)
+    tensors = checkpoint_weights(state, weights, path)
+    problem = _mismatch(model.state_dict(), tensors)
+    if problem:
+        raise UserError(f"checkpoint {path}: its '{weights}' weights do not fit a {config.arch} model "
+                        f"for {config.dataset} ({problem})")
+    model.load_state_dict(tensors, strict=True)
+    return model.eval(), config
+
+
+def _mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """A short description of how `given` differs from `expected` in names and shapes; '' if it fits."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    resized = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if resized:
+        k = resized[0]
+        parts.append(f"{len(resized)} of another shape, e.g. {k} {tuple(given[k].shape)} "
+                     f"instead of {tuple(expected[k].shape)}")
+    return "; ".join(parts)
+
+
+def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema") -> tuple[Path, Path]:
+    """Write out_dir/model.pt (plain state_dict) and out_dir/model.safetensors; returns both paths."""
+    from safetensors.torch import save_file
+
+    model, config = model_from_checkpoint(path, weights)  # checks the weights fit the architecture
+    tensors = clean_state_dict(model.state_dict())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pt_path, st_path = out_dir / "model.pt", out_dir / "model.safetensors"
+    _atomic(pt_path, lambda tmp: torch.save(tensors, tmp))
+    metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
+                "num_classes": str(NUM_CLASSES.get(config.dataset, 10)), "input": "NCHW RGB in [0,1]"}
+    _atomic(st_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return pt_path, st_path
+
+
+def _atomic(path: Path, write) -> None:
+    """write(tmp_path) then rename over path, so an interrupted export leaves no half file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

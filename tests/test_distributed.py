@@ -1,0 +1,86 @@
+"""torch.distributed on CPU with gloo and 2 real processes launched by torchrun."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ratio_fast.cli import main
+from ratio_fast.distributed import context_from_env
+from ratio_fast.errors import UserError
+
+WORKER = Path(__file__).with_name("dist_worker.py")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(args, nproc=2, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_context_from_torchrun_variables():
+    assert context_from_env({}).world_size == 1
+    ctx = context_from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.is_main, ctx.is_distributed) == (1, 4, 1, False, True)
+    with pytest.raises(UserError, match="WORLD_SIZE"):
+        context_from_env({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(UserError, match="RANK"):
+        context_from_env({"RANK": "one"})
+
+
+@pytest.mark.slow
+def test_all_reduce_batchnorm_matches_batchnorm_on_the_whole_batch(tmp_path):
+    torchrun([str(WORKER), "sync_batchnorm", str(tmp_path)])
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    torch.manual_seed(0)
+    full = (torch.randn(8, 3, 5, 5) * 3 + 1).requires_grad_(True)
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 0.3]))
+    y = bn(full)
+    (y * torch.cat([torch.arange(y.numel() // 2).float().sin()] * 2).view_as(y)).sum().backward()
+
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), full.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ranks[0]["param_grads"], torch.stack([bn.weight.grad, bn.bias.grad]), atol=1e-4, rtol=1e-5)
+    for r in ranks:
+        torch.testing.assert_close(r["running_mean"], bn.running_mean)
+        torch.testing.assert_close(r["running_var"], bn.running_var)
+
+
+@pytest.mark.slow
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    torchrun([str(WORKER), "stop_agreement", str(tmp_path)])
+    stopped = [torch.load(tmp_path / f"rank{r}.pt")["stopped_after"] for r in range(2)]
+    assert stopped[0] == stopped[1] and stopped[0] in (3, 4)  # the agreement costs at most one step
+
+
+# Global batch 32 (16 per rank under torchrun), 8 steps of the tiny model with short attacks.
+RUN = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
+       "--batch-size", "32", "--steps-in", "2", "--steps-out", "2", "--eval-samples", "32", "--epochs", "1",
+       "--sync-bn"]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
+    torchrun(["-m", "ratio_fast.cli", *RUN, "--out", str(tmp_path / "two")])
+    assert main(RUN + ["--out", str(tmp_path / "one")]) == 0
+
+    one, two = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("one", "two"))
+    assert one["trainer"]["steps_done"] == two["trainer"]["steps_done"] == 8
+    assert two["world_size"] == 2 and len(two["rng"]) == 2
+    for key, value in one["trainer"]["model"].items():
+        torch.testing.assert_close(two["trainer"]["model"][key], value, atol=2e-4, rtol=1e-3, msg=key)
+    # rank 0 alone writes the logs: one metrics line per epoch, with the same numbers as one process
+    (m_one,), (m_two,) = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                          for run in ("one", "two"))
+    assert m_two["loss"] == pytest.approx(m_one["loss"], rel=1e-3)
+    assert m_two["test_clean_acc"] == pytest.approx(m_one["test_clean_acc"], abs=0.02)
