@@ -320,7 +320,9 @@ def test_in_distribution_sources(tmp_path):
 def test_out_distribution_sources(tmp_path):
     write_cifar100(tmp_path)
     c100 = load_out_distribution("cifar100", tmp_path, in_name="cifar10")
-    assert c100.shape == (150, 32, 32, 3) and c100.dtype == np.uint8
+    assert c100.shape == (150, 32, 32, 3)
+    train_images, _ = load_cifar("cifar100", tmp_path, train=True, download=False)
+    assert np.array_equal(c100.read(np.array([3, 0, 3])), train_images[[3, 0, 3]])
 
     syn = load_out_distribution("synthetic", tmp_path, in_name="synthetic", synthetic_size=32)
     assert syn.shape == (32, 32, 32, 3)

@@ -82,11 +82,14 @@ def test_kill_9_mid_run_keeps_a_loadable_checkpoint_and_resumes_exactly(tmp_path
     """--checkpoint-every 1 rewrites the checkpoint after every step, so the kill lands during or
     between writes; whatever is on disk afterwards must load, and resuming must finish the run."""
     proc = start(LONG + ["--checkpoint-every", "1"], tmp_path, "run")
+    path = tmp_path / "run" / "checkpoint.pt"
     wait_for_line(proc, "starting:")
-    time.sleep(2.0)
+    began = time.monotonic()
+    while not path.exists() and time.monotonic() - began < 300:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a few more steps, each rewriting the checkpoint
     proc.kill()
     proc.communicate(timeout=60)
-    path = tmp_path / "run" / "checkpoint.pt"
     state = load_checkpoint(path, arch="tiny")
     assert 0 < state["trainer"]["steps_done"] < 128
     assert main(LONG + ["--out", str(tmp_path / "run"), "--resume"]) == 0

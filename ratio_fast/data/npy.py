@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ratio_fast.data.image_source import ArraySource
 from ratio_fast.errors import UserError
 
 EXPECTED_SHAPE = "(N, 32, 32, 3)"
@@ -41,6 +42,20 @@ def load_npy_images(path: str | os.PathLike) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: cannot memory-map the array ({e})") from e
+
+
+class NpyImages(ArraySource):
+    """A checked ``.npy`` file as an image source; pickles as its path (workers re-map it)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path).expanduser()
+        super().__init__(load_npy_images(self.path))
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
 
 
 def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:

@@ -1,0 +1,111 @@
+"""The "torch" loader: a DataLoader whose workers read and augment the planned batches.
+
+Each item of the DataLoader is one whole batch (a global step), produced in a worker: the
+planned rows are read from the source, cropped and flipped there with the gpu loader's own
+gather (``augment.crop_flip`` on CPU tensors), and returned as uint8 (4x less to pin and copy
+than float). The main process copies them to the device (asynchronously from pinned memory)
+and converts them with ``augment.to_model_input``, so the output equals the gpu loader's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import traceback
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ratio_fast.data.augment import crop_flip, to_model_input
+from ratio_fast.data.image_source import ImageSource, as_source
+from ratio_fast.data.loader import labels_array
+from ratio_fast.data.streaming import DEFAULT_WORKERS, PlannedReader, StreamingLoader, raise_user_error_behind
+
+PREFETCH_PER_WORKER = 2
+
+
+class TorchLoader(StreamingLoader):
+    """Batches from ``workers`` DataLoader processes (0: in the calling process).
+
+    Arguments and output: see ``loader.Loader``; ``images`` is an array, memmap or ImageSource.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | ImageSource,
+        labels: np.ndarray | torch.Tensor | None,
+        batch_size: int,
+        device: torch.device | str,
+        *,
+        seed: int,
+        augment: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        source = as_source(images)
+        super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
+                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size)
+        self.workers = workers
+        self._steps = _AugmentedSteps(PlannedReader(source, labels_array(labels), self))
+
+    def _open_stream(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        pin = self.device.type == "cuda"
+        loader = DataLoader(self._steps, batch_size=None, sampler=_StepsFrom(step), num_workers=self.workers,
+                            pin_memory=pin, prefetch_factor=PREFETCH_PER_WORKER if self.workers else None)
+        return _on_device(loader, self._steps.reader, step, self.device, self.channels_last)
+
+    def _close_stream(self, stream: Iterator) -> None:
+        stream.close()  # drops the DataLoader iterator: its workers exit
+
+
+def _on_device(loader: DataLoader, reader: PlannedReader, step: int, device: torch.device, channels_last: bool):
+    """The loader's uint8 batches (global steps ``step``, ``step + 1``, ...) as model input on ``device``.
+
+    A plain function, not a method: a generator holding ``self`` would make a reference cycle,
+    and the workers would then only stop when the garbage collector gets to it.
+    """
+    batches = iter(loader)
+    while True:
+        try:
+            images, labels = next(batches)
+        except Exception as e:  # a worker's exception, re-raised with its traceback in the message
+            # Stop the workers now: drop every reference to the DataLoader iterator, ours and those
+            # in the frames of the exception's traceback (which a test or a log may keep alive).
+            traceback.clear_frames(e.__traceback__)
+            del batches
+            raise_user_error_behind(e, reader, range(step, step + 1))  # DataLoader keeps order
+            raise
+        x = to_model_input(images.to(device, non_blocking=True), channels_last)
+        yield x, (None if labels is None else labels.to(device, non_blocking=True))
+        step += 1
+
+
+class _AugmentedSteps(Dataset):
+    """Item ``step``: that step's batch cropped and flipped, uint8 (b, 32, 32, 3), and labels."""
+
+    def __init__(self, reader: PlannedReader) -> None:
+        self.reader = reader
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch = self.reader.read(step)
+        images = torch.from_numpy(batch.images)
+        if self.reader.augment:
+            images = crop_flip(images, torch.arange(len(images)), torch.from_numpy(batch.shift),
+                               torch.from_numpy(batch.flip))
+        labels = None if batch.labels is None else torch.from_numpy(batch.labels)
+        return images, labels
+
+
+class _StepsFrom(Sampler):
+    """Global steps start, start + 1, ... without end (the loader stops asking)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start)
