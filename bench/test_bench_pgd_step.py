@@ -1,16 +1,28 @@
-"""The projected L2 PGD step alone: fused Triton vs the eager plain-torch reference.
+"""The projected L2 PGD step alone, every backend against the memory-bandwidth floor.
 
-Bytes moved per step (the memory-bandwidth floor): read x, delta, grad, velocity and write
-x_adv, delta, velocity, all fp32 -> 7 * 4 bytes per element. `extra_info['gb_per_s']` is
-that traffic over the measured median.
+Bytes moved per step: read x, delta, grad, velocity and write x_adv, delta, velocity, all fp32
+-> 7 * 4 bytes per element. extra_info records `gb_per_s` (that traffic over the median time of
+one step) and, on GPU, `floor_fraction` (against a large device-to-device copy measured on the
+same GPU: the bandwidth a memory-bound kernel can reach) and `peak_fraction` (against the
+nominal 3.35 TB/s of an H100 SXM), with the device name.
+
+CPU: the native C++/OpenMP kernel, the eager torch reference and torch.compile of the reference.
+GPU: Triton, native CUDA, eager torch and torch.compile at batch 128/512/2048. GPU rounds launch
+`GPU_STEPS_PER_ROUND` steps and synchronize once, so launch latency overlaps the kernels as in an
+attack loop.
 """
+import functools
+
 import pytest
 import torch
 
-from ratio_fast.ops import pgd_step
+from ratio_fast.ops import native, pgd_step, pgd_step_ref
 
-CPU_BATCHES = [32]
+CPU_BATCHES = [32, 128]
 GPU_BATCHES = [128, 512, 2048]
+GPU_STEPS_PER_ROUND = 20
+H100_SXM_PEAK_GB_PER_S = 3350.0
+BYTES_PER_ELEMENT = 7 * 4
 
 
 def make_inputs(batch, device):
@@ -23,28 +35,63 @@ def make_inputs(batch, device):
     return x, delta, grad, velocity
 
 
-def run_case(benchmark, sync, batch, device, backend):
-    x, delta, grad, velocity = make_inputs(batch, device)
+def step_function(backend, device):
+    """(x, delta, grad, velocity) -> one step; 'compiled' is torch.compile of the reference."""
+    if backend == "compiled":
+        return torch.compile(functools.partial(pgd_step_ref, eps=0.5, step_size=0.1, momentum=0.9), dynamic=False)
+    if backend == "native" and not native.library_path(device).exists():
+        pytest.skip("the native library is not built (pip install -e .)")
+    return functools.partial(pgd_step, eps=0.5, step_size=0.1, momentum=0.9, backend=backend)
 
-    def step():
-        out = pgd_step(x, delta, grad, 0.5, 0.1, velocity, 0.9, backend=backend)
+
+def run_case(benchmark, sync, batch, device, backend, steps_per_round=1):
+    x, delta, grad, velocity = make_inputs(batch, device)
+    step = step_function(backend, device)
+
+    def steps():
+        for _ in range(steps_per_round):
+            out = step(x, delta, grad, velocity=velocity)
         sync()
         return out
 
-    step()  # warm-up: compilation and caches
-    benchmark.pedantic(step, rounds=50, iterations=5, warmup_rounds=2)
-    seconds = benchmark.stats.stats.median  # per call: pytest-benchmark divides by iterations
+    steps()  # warm-up: compilation, caches, the library load
+    benchmark.pedantic(steps, rounds=30, iterations=3, warmup_rounds=2)
+    seconds = benchmark.stats.stats.median / steps_per_round  # pytest-benchmark divides by iterations
+    gb_per_s = BYTES_PER_ELEMENT * x.numel() / seconds / 1e9
     benchmark.extra_info.update(batch=batch, device=str(device), backend=backend,
-                                gb_per_s=7 * 4 * x.numel() / seconds / 1e9)
+                                us_per_step=seconds * 1e6, gb_per_s=gb_per_s)
+    return gb_per_s
 
 
+@pytest.mark.parametrize("backend", ["native", "torch", "compiled"])
 @pytest.mark.parametrize("batch", CPU_BATCHES)
-def test_pgd_step_cpu_reference(benchmark, sync, batch):
-    run_case(benchmark, sync, batch, "cpu", "torch")
+def test_pgd_step_cpu(benchmark, sync, batch, backend):
+    run_case(benchmark, sync, batch, "cpu", backend)
+    benchmark.extra_info.update(threads=torch.get_num_threads())
+
+
+@pytest.fixture(scope="session")
+def copy_gb_per_s():
+    """Device-to-device copy bandwidth (read + write) of a 1 GiB buffer, median of 10 copies."""
+    src = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    seconds = sorted(times[2:])[len(times[2:]) // 2]
+    return 2 * src.numel() * 4 / seconds / 1e9
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["triton", "native", "torch", "compiled"])
 @pytest.mark.parametrize("batch", GPU_BATCHES)
-def test_pgd_step_gpu(benchmark, sync, batch, backend):
-    run_case(benchmark, sync, batch, "cuda", backend)
+def test_pgd_step_gpu(benchmark, sync, copy_gb_per_s, batch, backend):
+    gb_per_s = run_case(benchmark, sync, batch, "cuda", backend, steps_per_round=GPU_STEPS_PER_ROUND)
+    benchmark.extra_info.update(gpu=torch.cuda.get_device_name(), copy_gb_per_s=copy_gb_per_s,
+                                floor_fraction=gb_per_s / copy_gb_per_s,
+                                peak_fraction=gb_per_s / H100_SXM_PEAK_GB_PER_S)

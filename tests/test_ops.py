@@ -1,4 +1,5 @@
-"""Fused ops (Triton, run by its interpreter on CPU) against their plain-torch references.
+"""Fused ops (Triton, run by its interpreter on CPU, and the native C++ kernels) against their
+plain-torch references.
 
 Tolerance rule (flash-attention's): |fused - ref_fp64| <= 2 * |ref_same_dtype - ref_fp64| + atol,
 where ref_same_dtype is the reference fed the same inputs as the kernel.
@@ -6,9 +7,36 @@ where ref_same_dtype is the reference fed the same inputs as the kernel.
 import pytest
 import torch
 
-from ratio_fast.ops import pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
+from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
 
 ATOL = 2e-6
+
+
+def require_backend(backend, device="cpu"):
+    """Skip 'native' only where the environment disabled its build; a missing library fails."""
+    if backend != "native":
+        return
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    path = native.library_path(kind)
+    if path.exists():
+        return
+    if native.build_disabled(kind):
+        pytest.skip(f"native {kind} build disabled by {native.NO_NATIVE_ENV} / {native.NO_CUDA_ENV}")
+    pytest.fail(f"{path} was not built although the environment does not disable it: run `pip install -e .`")
+
+
+@pytest.fixture(params=["triton", "native"])
+def fused(request):
+    """Each fused backend in turn."""
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture(params=["triton", "native", "torch"])
+def backend(request):
+    """Every backend in turn, the reference included."""
+    require_backend(request.param)
+    return request.param
 
 
 def to_layout(t, layout):
@@ -54,11 +82,11 @@ def pgd_oracle(x, delta, grad, velocity, eps, step, momentum):
 @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_pgd_step_matches_reference(shape, grad_dtype, layout, momentum):
+def test_pgd_step_matches_reference(fused, shape, grad_dtype, layout, momentum):
     x, delta, grad, velocity, eps, step = make_inputs(shape, grad_dtype, layout, momentum=momentum > 0)
-    fused = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="triton")
+    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend=fused)
     same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
-    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum))
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum))
 
 
 @pytest.mark.parametrize("block", [16, 64, 256])
@@ -67,32 +95,30 @@ def test_pgd_step_multi_tile_path_matches_reference(block, momentum):
     # Tiles smaller than a sample take the three-sweep path used for large images.
     x, delta, grad, velocity, eps, step = make_inputs((3, 3, 16, 16), torch.float16, "contiguous", seed=1,
                                                       momentum=momentum > 0)
-    fused = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="triton", block=block)
+    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="triton", block=block)
     same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
-    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum), atol=1e-5)
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum), atol=1e-5)
 
 
-def test_pgd_step_large_images_take_the_multi_tile_path_by_default():
+def test_pgd_step_large_images_take_the_multi_tile_path_by_default(fused):
     from ratio_fast.ops.pgd_step import MAX_SINGLE_TILE
 
     shape = (2, 3, 64, 64)  # 12288 elements per sample, more than one tile holds
     assert shape[1] * shape[2] * shape[3] > MAX_SINGLE_TILE
     x, delta, grad, velocity, eps, step = make_inputs(shape, torch.bfloat16, "channels_last", seed=2)
-    fused = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+    out = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=fused)
     same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
-    assert_close_to_oracle(fused, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9), atol=1e-5)
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9), atol=1e-5)
 
 
-def test_pgd_step_keeps_layout_and_dtype():
+def test_pgd_step_keeps_layout_and_dtype(backend):
     x, delta, grad, velocity, eps, step = make_inputs((3, 3, 8, 8), torch.bfloat16, "channels_last")
-    for backend in ("triton", "torch"):
-        x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend)
-        assert x_adv.dtype == x.dtype and d.dtype == torch.float32 and v.dtype == torch.float32
-        for t in (x_adv, d, v):
-            assert t.is_contiguous(memory_format=torch.channels_last)
+    x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend)
+    assert x_adv.dtype == x.dtype and d.dtype == torch.float32 and v.dtype == torch.float32
+    for t in (x_adv, d, v):
+        assert t.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("block", [0, 32])
 def test_pgd_step_respects_ball_and_box(backend, block):
     x, delta, grad, velocity, eps, step = make_inputs((6, 3, 8, 8), torch.float32, "contiguous", seed=3)
@@ -107,7 +133,6 @@ def test_pgd_step_respects_ball_and_box(backend, block):
     assert (norms[1:] > 0.99 * eps[1:]).all(), "large steps should reach the sphere"
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("block", [0, 32])
 def test_pgd_step_degenerate_inputs_never_nan(backend, block):
     x, delta, grad, velocity, eps, step = make_inputs((5, 3, 8, 8), torch.float16, "contiguous", seed=4)
@@ -132,42 +157,41 @@ def test_pgd_step_degenerate_inputs_never_nan(backend, block):
     assert not torch.allclose(d[4], delta[4])
 
 
-def test_pgd_step_without_momentum_is_textbook_pgd_l2():
+def test_pgd_step_without_momentum_is_textbook_pgd_l2(backend):
     x, delta, grad, _, eps, step = make_inputs((4, 3, 8, 8), torch.float32, "contiguous", seed=5, momentum=False)
     eps = torch.full((4,), 10.0)  # inactive ball
     g = grad.flatten(1)
     expected = delta + step.view(-1, 1, 1, 1) * (g / g.norm(dim=1, keepdim=True)).view_as(grad)
     expected = (x + expected).clamp(0, 1)
-    for backend in ("triton", "torch"):
-        x_adv, _, v = pgd_step(x, delta, grad, eps, step, backend=backend)
-        assert v is None
-        assert torch.allclose(x_adv, expected, atol=1e-6)
+    x_adv, _, v = pgd_step(x, delta, grad, eps, step, backend=backend)
+    assert v is None
+    assert torch.allclose(x_adv, expected, atol=1e-6)
 
 
-def test_pgd_step_momentum_accumulates_l1_normalized_gradient():
+def test_pgd_step_momentum_accumulates_l1_normalized_gradient(fused):
     x, delta, grad, velocity, eps, step = make_inputs((3, 3, 4, 4), torch.float32, "contiguous", seed=6)
-    _, _, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+    _, _, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=fused)
     g = grad.flatten(1)
     expected = 0.9 * velocity + (g / g.abs().sum(1, keepdim=True)).view_as(grad)
     assert torch.allclose(v, expected, atol=1e-7)
 
 
-def test_pgd_step_scalar_eps_and_step_and_empty_batch():
+def test_pgd_step_scalar_eps_and_step_and_empty_batch(fused):
     x, delta, grad, velocity, _, _ = make_inputs((3, 3, 4, 4), torch.float32, "contiguous", seed=7)
-    a = pgd_step(x, delta, grad, 0.5, 0.1, velocity, 0.9, backend="triton")
+    a = pgd_step(x, delta, grad, 0.5, 0.1, velocity, 0.9, backend=fused)
     b = pgd_step_ref(x, delta, grad, torch.full((3,), 0.5), torch.full((3,), 0.1), velocity, 0.9)
     for s, t in zip(a, b):
         assert torch.allclose(s, t, atol=1e-6)
     empty = torch.empty(0, 3, 4, 4)
-    out = pgd_step(empty, empty, empty, 0.5, 0.1, empty, 0.9, backend="triton")
+    out = pgd_step(empty, empty, empty, 0.5, 0.1, empty, 0.9, backend=fused)
     assert all(t.shape == empty.shape for t in out)
 
 
-def test_pgd_step_traced_by_torch_compile_without_graph_breaks():
+def test_pgd_step_traced_by_torch_compile_without_graph_breaks(fused):
     x, delta, grad, velocity, eps, step = make_inputs((3, 3, 8, 8), torch.float32, "contiguous", seed=8)
 
     def attack_step(x, delta, grad, velocity):
-        return pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton")
+        return pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=fused)
 
     compiled = torch.compile(attack_step, backend="aot_eager", fullgraph=True)
     for s, t in zip(compiled(x, delta, grad, velocity), attack_step(x, delta, grad, velocity)):
@@ -185,21 +209,20 @@ def test_backend_auto_uses_reference_on_cpu_and_rejects_unknown():
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("block", [0, 16])
-def test_random_start_matches_reference(layout, block):
+def test_random_start_matches_reference(fused, layout, block):
     g = torch.Generator().manual_seed(9)
     x = to_layout(torch.rand(5, 3, 8, 8, generator=g), layout)
     noise = torch.randn(5, 3, 8, 8, generator=g)
     noise[4] = 0  # zero noise: no perturbation, not NaN
     radius = torch.rand(5, generator=g)
     eps = torch.tensor([0.0, 0.5, 1.0, 3.0, 1.0])
-    fused = random_start(x, noise, radius, eps, backend="triton", block=block)
+    out = random_start(x, noise, radius, eps, backend=fused, block=block)
     same = random_start_ref(x, noise, radius, eps)
     oracle = random_start_ref(x.double(), noise.double(), radius, eps)
-    assert_close_to_oracle(fused, same, oracle)
-    assert fused[1][4].abs().max() == 0 and fused[1][0].abs().max() == 0
+    assert_close_to_oracle(out, same, oracle)
+    assert out[1][4].abs().max() == 0 and out[1][0].abs().max() == 0
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_sample_ball_inside_ball_and_on_sphere(backend):
     x = torch.full((64, 3, 8, 8), 0.5)  # far from the box edges for eps 0.5: no clipping
     g = torch.Generator().manual_seed(10)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "native", "torch")
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
-    """'auto' (or None) picks Triton for CUDA tensors and the plain-torch reference elsewhere."""
+    """'auto' (or None) picks Triton for CUDA tensors and the plain-torch reference elsewhere.
+
+    'native' (kernels/, C++ or CUDA by x's device) is only ever chosen explicitly.
+    """
     if backend is None or backend == "auto":
         return "triton" if x.is_cuda else "torch"
     if backend not in BACKENDS:

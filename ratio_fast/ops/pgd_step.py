@@ -11,14 +11,15 @@ With momentum 0 this is textbook PGD-L2; with momentum 0.9 it is the authors' Ar
 A sample whose gradient is not finite keeps d and v (so fp16 overflow cannot poison an
 iterate); zero gradients, zero velocity and eps 0 give zero steps, never NaN.
 
-Contents: `pgd_step_ref` (plain torch, the test oracle and CPU path), the Triton kernel, its
-launcher registered as the custom op `ratio_fast::pgd_step` (so torch.compile traces it), and
-`pgd_step`, the dispatch.
+Contents: `pgd_step_ref` (plain torch, the test oracle and CPU path), the Triton kernel and its
+launcher, the custom op `ratio_fast::pgd_step` (so torch.compile traces it) that runs the Triton
+kernel or the native one (kernels/, through `native.py`), and `pgd_step`, the dispatch.
 """
 from __future__ import annotations
 
 import torch
 
+from . import native
 from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 
 try:
@@ -156,48 +157,49 @@ if triton is not None:
                 if HAS_VELOCITY:
                     tl.store(vel_out_ptr + base + offs, tl.where(finite, v, v_old), mask=mask)
 
-    # An opaque custom op (not triton_op): torch.compile treats the launch as one node with the
-    # fake implementation below, which works the same for GPU launches and interpreter runs.
-    @torch.library.custom_op("ratio_fast::pgd_step", mutates_args=())
-    def _pgd_step_triton(
-        x: torch.Tensor,
-        delta: torch.Tensor,
-        grad: torch.Tensor,
-        velocity: torch.Tensor | None,
-        eps: torch.Tensor,
-        step_size: torch.Tensor,
-        momentum: float,
-        block: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        d_elems = x.numel() // max(n, 1)
-        layout = sample_layout(x)
-        x = x.contiguous(memory_format=layout)
-        delta = delta.contiguous(memory_format=layout)
-        grad = grad.contiguous(memory_format=layout)
-        x_out, delta_out, vel_out = _empty_outputs(x, velocity)
-        has_velocity = velocity is not None
-        if has_velocity:
-            velocity = velocity.contiguous(memory_format=layout)
-        else:  # the kernel never reads it
-            velocity = delta
-        if n == 0 or d_elems == 0:
-            return x_out, delta_out, vel_out
+    def _launch_triton(x, delta, grad, velocity, eps, step_size, momentum, block, x_out, delta_out, vel_out):
+        n, d_elems = x.shape[0], x.numel() // x.shape[0]
         if block <= 0:  # one tile if the sample fits, else loop over tiles of the largest size
             block = min(triton.next_power_of_2(d_elems), MAX_SINGLE_TILE)
-        single = block >= d_elems
         _pgd_step_kernel[(n,)](
-            x, delta, grad, velocity, eps, step_size,
+            x, delta, grad, velocity if velocity is not None else delta, eps, step_size,  # no velocity: never read
             x_out, delta_out, vel_out,
             d_elems, momentum,
-            HAS_VELOCITY=has_velocity, SINGLE_TILE=single, BLOCK=block,
+            HAS_VELOCITY=velocity is not None, SINGLE_TILE=block >= d_elems, BLOCK=block,
             num_warps=8 if block >= 4096 else 4,
         )
-        return x_out, delta_out, vel_out
 
-    @_pgd_step_triton.register_fake
-    def _(x, delta, grad, velocity, eps, step_size, momentum, block):
-        return _empty_outputs(x, velocity)
+
+# An opaque custom op (not triton_op): torch.compile treats the launch as one node with the fake
+# implementation below, which works the same for GPU launches, interpreter runs and native kernels.
+@torch.library.custom_op("ratio_fast::pgd_step", mutates_args=())
+def _pgd_step_op(
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    grad: torch.Tensor,
+    velocity: torch.Tensor | None,
+    eps: torch.Tensor,
+    step_size: torch.Tensor,
+    momentum: float,
+    kernel: str,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused step by `kernel` ('triton' or 'native'); inputs are made dense in x's layout first."""
+    layout = sample_layout(x)
+    x, delta, grad = (t.contiguous(memory_format=layout) for t in (x, delta, grad))
+    if velocity is not None:
+        velocity = velocity.contiguous(memory_format=layout)
+    outputs = _empty_outputs(x, velocity)
+    if x.numel() == 0:
+        return outputs
+    launch = native.pgd_step_into if kernel == "native" else _launch_triton
+    launch(x, delta, grad, velocity, eps, step_size, momentum, block, *outputs)
+    return outputs
+
+
+@_pgd_step_op.register_fake
+def _(x, delta, grad, velocity, eps, step_size, momentum, kernel, block):
+    return _empty_outputs(x, velocity)
 
 
 def _empty_outputs(x, velocity):
@@ -214,17 +216,20 @@ def pgd_step(x, delta, grad, eps, step_size, velocity=None, momentum=0.0, backen
     perturbation (fp32, same shape). grad: gradient of the attacked loss at x + delta (fp32, fp16
     or bf16). eps, step_size: floats or per-sample (N,) tensors. velocity: fp32 momentum buffer
     (pass None with momentum 0 to skip it). backend: 'auto' (Triton on CUDA, torch elsewhere),
-    'triton' or 'torch'. block: tile size override (testing the multi-tile path); 0 picks it.
-    Never synchronizes with the host.
+    'triton', 'native' (the C++/CUDA kernels of kernels/) or 'torch'. block: overrides the
+    Triton tile size or the native CUDA kernel's threads per block (a multiple of 32), forcing
+    the multi-tile path (for tests); the native CPU kernel has a single path and ignores it;
+    0 picks it. Never synchronizes with the host.
     """
     n = x.shape[0]
     eps_t = per_sample(eps, n, x)
     step_t = per_sample(step_size, n, x)
-    if resolve_backend(backend, x) == "torch":
+    kernel = resolve_backend(backend, x)
+    if kernel == "torch":
         return pgd_step_ref(x, delta, grad, eps_t, step_t, velocity, momentum)
-    if triton is None:
+    if kernel == "triton" and triton is None:
         raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
     x_out, d_out, v_out = torch.ops.ratio_fast.pgd_step(
-        x, delta, grad, velocity, eps_t, step_t, float(momentum), int(block)
+        x, delta, grad, velocity, eps_t, step_t, float(momentum), kernel, int(block)
     )
     return x_out, d_out, (v_out if velocity is not None else None)

@@ -5,13 +5,15 @@ d = x' - x. With Gaussian noise, radius 1 puts d uniformly on the sphere and
 radius = u^(1/D), u ~ U(0,1), uniformly inside the ball (D = elements per sample); the caller
 draws noise and radius with torch's generator so both backends see the same random numbers.
 
-Contents: `random_start_ref`, the Triton kernel registered as `ratio_fast::random_start`,
-the dispatch `random_start`, and `sample_ball`, which draws the noise and radius and calls it.
+Contents: `random_start_ref`, the Triton kernel, the custom op `ratio_fast::random_start` that
+runs it or the native kernel (kernels/, through `native.py`), the dispatch `random_start`, and
+`sample_ball`, which draws the noise and radius and calls it.
 """
 from __future__ import annotations
 
 import torch
 
+from . import native
 from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 
 try:
@@ -59,42 +61,48 @@ if triton is not None:
             tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
             tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
 
-    @torch.library.custom_op("ratio_fast::random_start", mutates_args=())  # opaque, as pgd_step
-    def _random_start_triton(
-        x: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, block: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
-        d_elems = x.numel() // max(n, 1)
-        layout = sample_layout(x)
-        x = x.contiguous(memory_format=layout)
-        noise = noise.contiguous(memory_format=layout)
-        x_out, delta_out = empty_in_layout(x), empty_in_layout(x, torch.float32)
-        if n == 0 or d_elems == 0:
-            return x_out, delta_out
+    def _launch_triton(x, noise, scale, block, x_out, delta_out):
+        n, d_elems = x.shape[0], x.numel() // x.shape[0]
         if block <= 0:
             block = min(triton.next_power_of_2(d_elems), 4096)
-        _random_start_kernel[(n,)](
-            x, noise, scale, x_out, delta_out, d_elems, BLOCK=block, num_warps=4
-        )
-        return x_out, delta_out
+        _random_start_kernel[(n,)](x, noise, scale, x_out, delta_out, d_elems, BLOCK=block, num_warps=4)
 
-    @_random_start_triton.register_fake
-    def _(x, noise, scale, block):
-        return empty_in_layout(x), empty_in_layout(x, torch.float32)
+
+@torch.library.custom_op("ratio_fast::random_start", mutates_args=())  # opaque, as pgd_step
+def _random_start_op(
+    x: torch.Tensor, noise: torch.Tensor, scale: torch.Tensor, kernel: str, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random start by `kernel` ('triton' or 'native'); inputs are made dense in x's layout first."""
+    layout = sample_layout(x)
+    x = x.contiguous(memory_format=layout)
+    noise = noise.contiguous(memory_format=layout)
+    x_out, delta_out = empty_in_layout(x), empty_in_layout(x, torch.float32)
+    if x.numel() == 0:
+        return x_out, delta_out
+    launch = native.random_start_into if kernel == "native" else _launch_triton
+    launch(x, noise, scale, block, x_out, delta_out)
+    return x_out, delta_out
+
+
+@_random_start_op.register_fake
+def _(x, noise, scale, kernel, block):
+    return empty_in_layout(x), empty_in_layout(x, torch.float32)
 
 
 def random_start(x, noise, radius, eps, backend=None, block=0):
     """Place x + delta at `radius` (fraction of eps) along `noise`, clipped to [0,1].
 
-    Returns (x_adv, delta). eps and radius: floats or per-sample (N,) tensors.
+    Returns (x_adv, delta). eps and radius: floats or per-sample (N,) tensors. backend and
+    block: as for `pgd_step`.
     """
     n = x.shape[0]
-    if resolve_backend(backend, x) == "torch":
+    kernel = resolve_backend(backend, x)
+    if kernel == "torch":
         return random_start_ref(x, noise, radius, eps)
-    if triton is None:
+    if kernel == "triton" and triton is None:
         raise RuntimeError("backend='triton' needs the triton package; install it or use backend='torch'")
     scale = per_sample(eps, n, x) * per_sample(radius, n, x)
-    return tuple(torch.ops.ratio_fast.random_start(x, noise, scale, int(block)))
+    return tuple(torch.ops.ratio_fast.random_start(x, noise, scale, kernel, int(block)))
 
 
 def sample_ball(x, eps, on_sphere=False, generator=None, backend=None):

@@ -1,0 +1,148 @@
+"""The native kernels of kernels/ (C++ with OpenMP, and CUDA), called through their C ABI.
+
+CMake (run by setup.py, see kernels/README.md) builds them into this directory:
+`libratio_fast_cpu.so` always, `libratio_fast_cuda.so` where nvcc is found. A library is loaded
+with ctypes the first time an op runs on its device, never at import. The launchers here write
+into outputs the custom ops (`ratio_fast::pgd_step`, `ratio_fast::random_start`) allocated, on
+the caller's current CUDA stream; they never synchronize with the host.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+ABI_VERSION = 1  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
+LIBRARY_DIR = Path(__file__).resolve().parent
+NO_NATIVE_ENV = "RATIO_FAST_NO_NATIVE"  # set to 1: setup.py builds no native library at all
+NO_CUDA_ENV = "RATIO_FAST_NO_CUDA"  # set to 1: setup.py builds the CPU library only
+
+# rf_dtype codes: the storage types the kernels read for x and the gradient.
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_ERRORS = {-1: "unsupported dtype", -2: "invalid argument"}  # rf_error codes
+
+_p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+_SIGNATURES = {
+    "cpu": {
+        "ratio_fast_cpu_pgd_step": [_p, _i, _p, _p, _i, _p, _p, _p, _p, _p, _p, _i64, _i64, _f, _i],
+        "ratio_fast_cpu_random_start": [_p, _i, _p, _p, _p, _p, _i64, _i64, _i],
+        "ratio_fast_cpu_convert": [_p, _i, _p, _i, _i64],
+    },
+    "cuda": {
+        "ratio_fast_cuda_pgd_step": [_p, _i, _p, _p, _i, _p, _p, _p, _p, _p, _p, _i64, _i64, _f, _i, _i, _p],
+        "ratio_fast_cuda_random_start": [_p, _i, _p, _p, _p, _p, _i64, _i64, _i, _i, _p],
+    },
+}
+
+
+def library_path(kind: str) -> Path:
+    """Where the build puts the library of `kind` ('cpu' or 'cuda')."""
+    suffix = ".dylib" if sys.platform == "darwin" else ".so"
+    return LIBRARY_DIR / f"libratio_fast_{kind}{suffix}"
+
+
+def build_disabled(kind: str = "cpu") -> bool:
+    """True when the environment tells setup.py not to build the library of `kind`."""
+    skip = os.environ.get(NO_NATIVE_ENV, "") == "1"
+    return skip or (kind == "cuda" and os.environ.get(NO_CUDA_ENV, "") == "1")
+
+
+@functools.cache  # a failed load raises and is retried next time; a successful one is kept
+def load_library(kind: str) -> ctypes.CDLL:
+    """The library of `kind` ('cpu' or 'cuda'), loaded and checked; UserError if it was not built."""
+    path = library_path(kind)
+    if not path.exists():
+        needs = "cmake and a C++ compiler" + (", and nvcc for the CUDA library" if kind == "cuda" else "")
+        raise UserError(
+            f"backend 'native' on {kind} needs {path}, which was not built: run `pip install -e .` "
+            f"without {NO_NATIVE_ENV}=1 (it needs {needs}; see kernels/README.md), or pick another backend"
+        )
+    lib = ctypes.CDLL(str(path))
+    lib.ratio_fast_abi_version.restype = ctypes.c_int
+    version = lib.ratio_fast_abi_version()
+    if version != ABI_VERSION:
+        raise UserError(f"{path} is stale (ABI {version}, these sources expect {ABI_VERSION}): rebuild it with `pip install -e .`")
+    for name, argtypes in _SIGNATURES[kind].items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    if kind == "cuda":
+        lib.ratio_fast_cuda_error_string.argtypes, lib.ratio_fast_cuda_error_string.restype = [_i], ctypes.c_char_p
+    return lib
+
+
+def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, block, x_out, delta_out, velocity_out):
+    """The native PGD step of x's device, written into the outputs.
+
+    All tensors are dense in one memory format (each sample one run of D elements); x and grad
+    are fp32, fp16 or bf16, the rest is read as fp32. velocity None: no momentum buffer.
+    """
+    n = x.shape[0]
+    delta, velocity = _fp32(delta), _fp32(velocity)
+    args = (
+        _ptr(x), _dtype_code(x, "x"), _ptr(delta), _ptr(grad), _dtype_code(grad, "grad"), _ptr(velocity),
+        _ptr(eps), _ptr(step_size), _ptr(x_out), _ptr(delta_out), _ptr(velocity_out if velocity is not None else None),
+        n, x.numel() // max(n, 1), momentum,
+    )
+    _check_devices(x, delta, grad, velocity, eps, step_size)
+    if x.is_cuda:
+        lib = load_library("cuda")
+        status = lib.ratio_fast_cuda_pgd_step(*args, block, *_cuda_launch_place(x))
+    else:
+        lib = load_library("cpu")
+        status = lib.ratio_fast_cpu_pgd_step(*args, torch.get_num_threads())
+    _check(status, lib, "pgd_step")
+
+
+def random_start_into(x, noise, scale, block, x_out, delta_out):
+    """The native random start of x's device, written into x_out and delta_out (layouts as above)."""
+    n = x.shape[0]
+    noise = _fp32(noise)
+    args = (_ptr(x), _dtype_code(x, "x"), _ptr(noise), _ptr(scale), _ptr(x_out), _ptr(delta_out), n, x.numel() // max(n, 1))
+    _check_devices(x, noise, scale)
+    if x.is_cuda:
+        lib = load_library("cuda")
+        status = lib.ratio_fast_cuda_random_start(*args, block, *_cuda_launch_place(x))
+    else:
+        lib = load_library("cpu")
+        status = lib.ratio_fast_cpu_random_start(*args, torch.get_num_threads())
+    _check(status, lib, "random_start")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t as fp32 (itself when it already is; a conversion keeps the memory format)."""
+    return None if t is None else t.to(torch.float32)
+
+
+def _dtype_code(t: torch.Tensor, name: str) -> int:
+    if t.dtype not in DTYPE_CODES:
+        raise TypeError(f"the native kernels take float32, float16 or bfloat16 {name}, got {t.dtype}")
+    return DTYPE_CODES[t.dtype]
+
+
+def _check_devices(x, *others):
+    for t in others:
+        if t is not None and t.device != x.device:
+            raise ValueError(f"all inputs must be on {x.device}, got one on {t.device}")
+
+
+def _cuda_launch_place(x):
+    """(device index, current stream handle): launches follow torch's stream, so graphs capture them."""
+    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
+
+
+def _check(status, lib, op):
+    if status == 0:
+        return
+    if status in _ERRORS:
+        raise RuntimeError(f"native {op}: {_ERRORS[status]}")
+    raise RuntimeError(f"native {op}: CUDA error {status}: {lib.ratio_fast_cuda_error_string(status).decode()}")
