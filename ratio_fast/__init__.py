@@ -2,15 +2,18 @@
 
 Public API:
     L2PGD, l2_pgd         the attack object and its functional form
+    joint_l2_pgd          in- and out-distribution attacks as one concatenated batch
+    APGD, APGDTargeted    APGD (Croce & Hein 2020) on the same fused ops
     pgd_step              the bare fused projected L2 PGD step (ratio_fast.ops has the rest)
     RatioTrainer, TrainConfig
     create_model
 """
-from .attacks import L2PGD, l2_pgd
+from .apgd import APGD, APGDTargeted
+from .attacks import L2PGD, joint_l2_pgd, l2_pgd
 from .config import TrainConfig
 from .models import create_model
 from .ops import pgd_step
 from .train import RatioTrainer
 
-__all__ = ["L2PGD", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model"]
+__all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model"]
 __version__ = "0.1.0"

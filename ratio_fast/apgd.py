@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attacks import OBJECTIVES, Objective, _attacking
+from .attacks import OBJECTIVES, Objective, attacking
 from .losses import cross_entropy
 from .ops import pgd_step, sample_ball
 from .ops._common import per_sample
@@ -112,7 +112,7 @@ def eval_mode(model: torch.nn.Module):
     """Run the block with the model in eval mode (BatchNorm running stats) and restore its mode.
 
     For the no-grad forwards around the attacks (target choice, checks); attacks themselves
-    run under `attacks._attacking`.
+    run under `attacks.attacking`.
     """
     was_training = model.training
     model.eval()
@@ -145,7 +145,7 @@ def apgd(
     x = x.detach()
     n = x.shape[0]
     eps = per_sample(eps, n, x)
-    with _attacking(model, input_grad_only=True):  # eval mode, weights frozen, grad enabled
+    with attacking(model, input_grad_only=True):  # eval mode, weights frozen, grad enabled
         if random_start:
             x_k, delta = sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend)
         else:

@@ -5,12 +5,17 @@
 
 Inputs are images in [0,1]; the model returns logits. The attack puts the model in eval mode
 (BatchNorm uses running statistics, samples stay independent) and restores its mode after;
-it differentiates with respect to the input only, so no weight gradient is computed and no
-parameter's `.grad` is touched. The loop has no host synchronization: the best-iterate
-bookkeeping is done with `torch.where`.
+it differentiates with respect to the input only: the weights are marked as not requiring
+gradients for the duration, so autograd (and a torch.compile'd model's backward) computes no
+weight gradient and no parameter's `.grad` is touched. The loop has no host synchronization:
+the best-iterate bookkeeping is done with `torch.where`.
+
+`joint_l2_pgd` runs RATIO's two attacks as one batch cat([x, z]) with per-sample eps, step
+size and objective: one launch per layer serves both distributions.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +42,78 @@ def resolve_objective(objective: str | Objective) -> Objective:
     return OBJECTIVES[objective]
 
 
+@dataclass
+class _Iterates:
+    """A PGD run in progress, one row per sample: clean point, radius, step, iterate, momentum, best."""
+
+    x: torch.Tensor
+    eps: torch.Tensor
+    step_size: torch.Tensor
+    x_adv: torch.Tensor
+    delta: torch.Tensor
+    velocity: torch.Tensor | None
+    best_x: torch.Tensor | None = None
+    best_loss: torch.Tensor | None = None
+
+    def rows(self, index: slice) -> "_Iterates":
+        """The same run restricted to the samples in `index` (views, no copies)."""
+        return _Iterates(*(None if t is None else t[index] for t in (
+            self.x, self.eps, self.step_size, self.x_adv, self.delta, self.velocity, self.best_x, self.best_loss)))
+
+
+@contextmanager
+def attacking(model: torch.nn.Module, input_grad_only: bool):
+    """Eval mode and gradients enabled; with input_grad_only, the weights stop requiring grad."""
+    was_training = model.training
+    frozen = [p for p in model.parameters() if p.requires_grad] if input_grad_only else []
+    model.eval()
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+def _start(x, eps, step_size, momentum, random_start, generator, backend) -> _Iterates:
+    x = x.detach()
+    # Per-sample tensors once, not a fill kernel in every step.
+    eps, step_size = per_sample(eps, x.shape[0], x), per_sample(step_size, x.shape[0], x)
+    if random_start:
+        x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend)
+    else:
+        x_adv, delta = x, torch.zeros_like(x, dtype=torch.float32)
+    velocity = torch.zeros_like(delta) if momentum else None
+    return _Iterates(x, eps, step_size, x_adv, delta, velocity)
+
+
+def _iterate(model, it: _Iterates, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only) -> _Iterates:
+    """`steps` PGD steps: forward, input gradient, best-iterate bookkeeping, fused projected step."""
+    # With input_grad_only the weights are frozen; otherwise their gradients are requested too
+    # (and dropped), which is what a plain loss.backward() would cost.
+    weights = [] if input_grad_only else [p for p in model.parameters() if p.requires_grad]
+    for _ in range(steps):
+        x_in = it.x_adv.detach().requires_grad_(True)
+        loss = loss_fn(model(x_in), y)
+        grad = torch.autograd.grad(loss.sum(), [x_in, *weights])[0]
+        if keep_best:
+            it.best_x, it.best_loss = _keep_better(it.best_x, it.best_loss, x_in.detach(), loss.detach())
+        it.x_adv, it.delta, it.velocity = pgd_step(it.x, it.delta, grad, it.eps, it.step_size, it.velocity,
+                                                   momentum, backend=backend)
+    return it
+
+
+def _result(model, it: _Iterates, y, loss_fn, keep_best) -> torch.Tensor:
+    if not keep_best:
+        return it.x_adv.detach()
+    with torch.no_grad():  # the last iterate still needs its loss
+        loss = loss_fn(model(it.x_adv), y)
+    return _keep_better(it.best_x, it.best_loss, it.x_adv, loss)[0].detach()
+
+
 def l2_pgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -51,44 +128,24 @@ def l2_pgd(
     objective: str | Objective = "ce",
     backend: str = "auto",
     generator: torch.Generator | None = None,
+    input_grad_only: bool = True,
 ) -> torch.Tensor:
     """Projected L2 PGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps and step_size are floats or per-sample (N,) tensors. momentum > 0 accumulates the
     L1-normalized gradient (the authors' ArgminPGD); keep_best returns, per sample, the iterate
     with the highest loss among all of them (the starting point included); otherwise the last.
+    input_grad_only=False also computes (and discards) the weight gradients in every step: the
+    cost of a plain backward, there only to measure what skipping them saves.
     Returns x_adv, detached, in x's dtype and memory layout.
     """
     loss_fn = resolve_objective(objective)
     if loss_fn is cross_entropy and y is None:
         raise ValueError("the 'ce' objective needs labels y")
-    x = x.detach()
-    # Per-sample tensors once, not a fill kernel in every step.
-    eps, step_size = per_sample(eps, x.shape[0], x), per_sample(step_size, x.shape[0], x)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            if random_start:
-                x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend)
-            else:
-                x_adv, delta = x, torch.zeros_like(x, dtype=torch.float32)
-            velocity = torch.zeros_like(delta) if momentum else None
-            best_x, best_loss = x_adv, None
-            for _ in range(steps):
-                x_in = x_adv.detach().requires_grad_(True)
-                loss = loss_fn(model(x_in), y)
-                (grad,) = torch.autograd.grad(loss.sum(), x_in)
-                if keep_best:
-                    best_x, best_loss = _keep_better(best_x, best_loss, x_in.detach(), loss.detach())
-                x_adv, delta, velocity = pgd_step(x, delta, grad, eps, step_size, velocity, momentum, backend=backend)
-        if not keep_best:
-            return x_adv.detach()
-        with torch.no_grad():  # the last iterate still needs its loss
-            loss = loss_fn(model(x_adv), y)
-        return _keep_better(best_x, best_loss, x_adv, loss)[0].detach()
-    finally:
-        model.train(was_training)
+    with attacking(model, input_grad_only):
+        it = _start(x, eps, step_size, momentum, random_start, generator, backend)
+        it = _iterate(model, it, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only)
+        return _result(model, it, y, loss_fn, keep_best)
 
 
 def _keep_better(best_x, best_loss, x_new, loss_new):
@@ -116,6 +173,7 @@ class L2PGD:
     keep_best: bool = False
     objective: str | Objective = "ce"
     backend: str = "auto"
+    input_grad_only: bool = True
 
     def __post_init__(self):
         if isinstance(self.eps, (int, float)) and self.eps < 0:
@@ -129,5 +187,57 @@ class L2PGD:
             model, x, y,
             eps=self.eps, steps=self.steps, step_size=self.step_size, momentum=self.momentum,
             random_start=self.random_start, keep_best=self.keep_best, objective=self.objective,
-            backend=self.backend, generator=generator,
+            backend=self.backend, generator=generator, input_grad_only=self.input_grad_only,
         )
+
+
+# Settings that must agree for two attacks to share one batch (per-sample eps, step size and
+# objective are what the joint batch can differ in).
+_SHARED = ("momentum", "random_start", "keep_best", "backend", "input_grad_only")
+
+
+def joint_l2_pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    z: torch.Tensor,
+    attack_x: L2PGD,
+    attack_z: L2PGD,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attack_x(model, x, y), attack_z(model, z)) computed on the one batch cat([x, z]).
+
+    In eval mode the samples of a batch are independent, so both attacks share each forward and
+    backward: per-sample eps and step size, each half scored by its own objective, min(steps)
+    steps together, then the attack with more steps continues alone on its half. Equal to the
+    two separate calls up to the rounding differences of a larger batch (and, with random_start,
+    different random draws).
+    """
+    mismatched = [name for name in _SHARED if getattr(attack_x, name) != getattr(attack_z, name)]
+    if mismatched:
+        raise ValueError(f"joint_l2_pgd needs the two attacks to agree on {', '.join(mismatched)}")
+    loss_x, loss_z = resolve_objective(attack_x.objective), resolve_objective(attack_z.objective)
+    if loss_x is cross_entropy and y is None:
+        raise ValueError("the 'ce' objective needs labels y")
+    n = x.shape[0]
+
+    def joint_loss(logits, labels):
+        return torch.cat([loss_x(logits[:n], labels), loss_z(logits[n:], None)])
+
+    a = attack_x  # the shared settings
+    common = min(attack_x.steps, attack_z.steps)
+    with attacking(model, a.input_grad_only):
+        eps = torch.cat([per_sample(attack_x.eps, n, x), per_sample(attack_z.eps, z.shape[0], z)])
+        step = torch.cat([per_sample(attack_x.step_size, n, x), per_sample(attack_z.step_size, z.shape[0], z)])
+        it = _start(torch.cat([x, z]), eps, step, a.momentum, a.random_start, generator, a.backend)
+        it = _iterate(model, it, y, joint_loss, common, a.momentum, a.keep_best, a.backend, a.input_grad_only)
+        if attack_x.steps == attack_z.steps:
+            joint = _result(model, it, y, joint_loss, a.keep_best)
+            return joint[:n], joint[n:]
+        results = []
+        for rows, attack, loss_fn, labels in ((slice(0, n), attack_x, loss_x, y),
+                                              (slice(n, None), attack_z, loss_z, None)):
+            part = _iterate(model, it.rows(rows), labels, loss_fn, attack.steps - common, a.momentum,
+                            a.keep_best, a.backend, a.input_grad_only)
+            results.append(_result(model, part, labels, loss_fn, a.keep_best))
+        return results[0], results[1]

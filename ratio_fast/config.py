@@ -13,8 +13,12 @@ from .models import check_model_name
 
 MODES = ("ratio", "at", "plain")
 LOADERS = ("auto", "dali", "gpu", "torch")
-ATTACKS = ("pgd", "apgd")  # RATIO; plain L2 adversarial training; plain (clean) training
+ATTACKS = ("pgd", "apgd")
+BACKENDS = ("auto", "triton", "native", "torch")  # fused ops: Triton, kernels/ (C++/CUDA), plain torch  # RATIO; plain L2 adversarial training; plain (clean) training
 AMP_DTYPES = ("bf16", "fp16")
+# How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
+# two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
+ATTACK_SCHEDULES = ("auto", "sequential", "streams", "concat")
 
 
 @dataclass
@@ -42,15 +46,25 @@ class TrainConfig:
     attack: str = "pgd"  # pgd: the authors' ArgminPGD; apgd: APGD (Croce & Hein 2020), the stronger option
     lam: float = 1.0
     ema_decay: float = 0.999
-    amp: bool = False
+    # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.
+    amp: bool | None = None  # autocast to amp_dtype; perturbations stay fp32
     amp_dtype: str = "bf16"
-    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    channels_last: bool | None = None
+    attack_schedule: str = "auto"
+    cuda_graphs: bool | None = None  # the attacks replayed from a CUDA graph (CUDA only)
+    compile: bool | None = None  # torch.compile the model
+    fp32_first_conv: bool = True  # under AMP, the first convolution stays fp32 (attack strength)
+    input_grad_only: bool = True  # attacks compute no weight gradients
+    fused_optimizer: bool = True  # SGD's fused kernel (one launch for the whole update)
     augment: bool = True
     backend: str = "auto"  # fused-op backend: auto | triton | torch
     device: str = "auto"
     seed: int = 0
     synthetic_size: int | None = None  # training-set size of the built-in synthetic data
     eval_samples: int = 1000  # test images for the per-epoch robust accuracy (0: skip)
+    checkpoint_every: int | None = None  # optimizer steps between checkpoints (None: every epoch)
+    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun
+    max_skipped_steps: int = 20  # stop when this many steps in a row had a non-finite loss or gradient
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
@@ -68,6 +82,10 @@ class TrainConfig:
         for name in ("lr", "step_size_in", "step_size_out"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise UserError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.max_skipped_steps < 1:
+            raise UserError(f"--max-skipped-steps must be >= 1, got {self.max_skipped_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
@@ -82,8 +100,11 @@ class TrainConfig:
             raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
         if self.amp_dtype not in AMP_DTYPES:
             raise UserError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
-        if self.backend not in ("auto", "triton", "torch"):
-            raise UserError(f"--backend must be auto, triton or torch, got {self.backend!r}")
+        if self.attack_schedule not in ATTACK_SCHEDULES:
+            raise UserError(f"--attack-schedule must be one of {', '.join(ATTACK_SCHEDULES)}, "
+                            f"got {self.attack_schedule!r}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         return self
 
     def to_dict(self) -> dict:

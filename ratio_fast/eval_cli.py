@@ -9,9 +9,11 @@ import argparse
 import json
 from pathlib import Path
 
+from .cli_format import HelpFormatter
+from .config import BACKENDS
 from .errors import UserError
 
-FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
 
@@ -24,8 +26,8 @@ def _common(p) -> None:
 def _device_flags(p) -> None:
     p.add_argument("--data-dir", default=None, help="where the data sets are (default: the training run's --data-dir)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="auto", choices=("auto", "triton", "torch"),
-                   help="fused attack step: Triton on CUDA (auto), or the plain-torch reference")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="fused attack step: auto (Triton on CUDA, torch on CPU), triton, native or torch")
 
 
 def add_eval(sub) -> None:

@@ -2,8 +2,13 @@
 
 The run directory holds `config.json` (the resolved settings), `metrics.jsonl` (one line per
 epoch) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
-atomically after every epoch and when the run stops early). Batch b of epoch e is a pure
-function of (seed, e, b), so a resumed run continues exactly where the checkpoint was taken.
+atomically after every epoch, every --checkpoint-every steps, and when the run stops early).
+Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
+where the checkpoint was taken.
+
+Under torchrun every rank runs this same code on its slice of each global batch (DDP for the
+train-mode step); rank 0 alone writes logs, metrics and checkpoints. SIGTERM or SIGINT stops
+the run at the next step boundary with a checkpoint (see stop.py).
 """
 from __future__ import annotations
 
@@ -14,74 +19,111 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import L2PGD
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import DeviceLoader, load_in_distribution, load_out_distribution
-from .errors import UserError
+from .data import load_in_distribution, load_out_distribution, make_loader, resolve_loader_kind
+from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
+                          init_process_group, shutdown)
+from .errors import TrainingStopped, UserError
 from .evaluate import clean_accuracy, robust_accuracy
 from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 from .progress import Progress
+from .stop import StopRequest
 from .train import RatioTrainer, wants_channels_last
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """The --device value as a torch.device; under torchrun, CUDA means this rank's local GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device: '{name}' is not a device (try cpu, cuda or cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and ctx is not None and ctx.is_distributed:
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {ctx.local_rank}: this node has only {torch.cuda.device_count()} GPUs "
+                            "(lower --nproc_per_node)")
+        device = torch.device("cuda", ctx.local_rank)
     return device
 
 
 class Run:
     """Everything a training run needs, built from a TrainConfig; `fit()` runs it."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str = False, log=None):
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str = False, log=None,
+                 dist_context: DistContext | None = None):
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
-        self.log = log if log is not None else sys.stdout
-        self.device = resolve_device(cfg.device)
+        self.ctx = ctx = dist_context or context_from_env()
+        self.log = (log if log is not None else sys.stdout) if ctx.is_main else None
+        self.device = resolve_device(cfg.device, ctx)
+        if ctx.is_distributed and cfg.batch_size % ctx.world_size:
+            raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes "
+                            "(it is the global batch; each rank takes an equal slice)")
         if cfg.backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                             "in Triton's interpreter on the CPU)")
-        checkpoint_state = self._checkpoint_to_resume(resume)
+        if cfg.backend == "native":  # a missing build fails now, in one line, not at the first step
+            from .ops.native import load_library
 
-        torch.manual_seed(cfg.seed)
+            load_library("cuda" if self.device.type == "cuda" else "cpu")
+        checkpoint_state = self._checkpoint_to_resume(resume)
+        init_process_group(ctx, self.device)
+
+        # Offset by rank so random attack starts differ between ranks; the data order does not
+        # use this generator (it is drawn from (seed, epoch) and sliced per rank).
+        torch.manual_seed(cfg.seed + ctx.rank)
         train = load_in_distribution(cfg.dataset, cfg.data_dir, train=True,
                                      synthetic_size=cfg.synthetic_size, seed=cfg.seed)
         test = load_in_distribution(cfg.dataset, cfg.data_dir, train=False, seed=cfg.seed)
         if len(train.labels) < cfg.batch_size:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train.labels)} images)")
         channels_last = wants_channels_last(cfg, self.device)
-        self.train_loader = DeviceLoader(train.images, train.labels, cfg.batch_size, self.device, seed=cfg.seed,
-                                         augment=cfg.augment, channels_last=channels_last)
-        self.test_loader = DeviceLoader(test.images, test.labels, 256, self.device, seed=cfg.seed, augment=False,
-                                        shuffle=False, drop_last=False, channels_last=channels_last)
+        shard = dict(rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
+        self.loader_kinds = [resolve_loader_kind(cfg.loader, train.images, self.device)]
+        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, cfg.batch_size, self.device,
+                                        seed=cfg.seed, augment=cfg.augment, **shard)
+        # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
+        self.test_loader = make_loader("gpu", test.images, test.labels, 256, self.device, seed=cfg.seed,
+                                       augment=False, shuffle=False, drop_last=False, channels_last=channels_last)
         self.out_loader = None
         if cfg.mode == "ratio":
             out_images = load_out_distribution(cfg.out_data or _default_out_data(cfg.dataset), cfg.data_dir,
-                                               in_name=cfg.dataset, seed=cfg.seed)
+                                               in_name=cfg.dataset, seed=cfg.seed, exclude=cfg.out_exclude)
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
-            self.out_loader = DeviceLoader(out_images, None, cfg.batch_size, self.device, seed=cfg.seed + 1,
-                                           augment=cfg.augment, channels_last=channels_last)
+            self.loader_kinds.append(resolve_loader_kind(cfg.loader, out_images, self.device))
+            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, cfg.batch_size, self.device,
+                                          seed=cfg.seed + 1, augment=cfg.augment, **shard)
 
         self.steps_per_epoch = len(self.train_loader)
         mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
         model = create_model(cfg.arch, num_classes=train.num_classes, mean=mean, std=std)
-        self.trainer = RatioTrainer(model, cfg, cfg.epochs * self.steps_per_epoch, self.device)
+        if cfg.sync_bn and ctx.is_distributed:
+            model = convert_sync_batchnorm(model, self.device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=memory_format)
+        train_module = None
+        if ctx.is_distributed:  # gradients all-reduced in the train step; attacks use the bare model
+            train_module = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # shapes are static (drop_last), so tuning pays once
+        self.trainer = RatioTrainer(model, cfg, cfg.epochs * self.steps_per_epoch, self.device,
+                                    train_module=train_module, log=self._print)
         if checkpoint_state is not None:
             self.trainer.load_state_dict(checkpoint_state["trainer"])
-            _set_rng_state(checkpoint_state["rng"])
+            self._restore_rng(checkpoint_state["rng"])
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
                                  keep_best=True, backend=cfg.backend)
 
@@ -100,54 +142,93 @@ class Run:
         return state
 
     def fit(self) -> dict:
-        """Train until --epochs or --max-steps; returns the last epoch's metrics."""
+        """Train until --epochs or --max-steps (or a stop signal); returns the last epoch's metrics."""
+        try:
+            with StopRequest(self.ctx) as stop:
+                return self._fit(stop)
+        finally:
+            for loader in (self.train_loader, self.out_loader):
+                if hasattr(loader, "close"):  # streaming loaders own worker processes
+                    loader.close()
+            shutdown()
+
+    def _fit(self, stop: StopRequest) -> dict:
         cfg, trainer = self.config, self.trainer
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if self.ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         total = cfg.epochs * self.steps_per_epoch
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
+        ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
-                    f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device} -> {self.run_dir}")
+                    f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device}{ranks}, "
+                    f"{'/'.join(self.loader_kinds)} loader -> {self.run_dir}")
         last = {}
         while trainer.steps_done < stop_at:
             epoch, start = divmod(trainer.steps_done, self.steps_per_epoch)
             end = min(self.steps_per_epoch, start + stop_at - trainer.steps_done)
-            last = self._train_epoch(epoch, start, end)
+            last = self._train_epoch(epoch, start, end, stop)
             self._save()
+            if stop.stopped and trainer.steps_done < stop_at:
+                self._print(f"stopped by {stop.signal_name} after step {trainer.steps_done}; checkpoint "
+                            f"{self.run_dir / CHECKPOINT} saved; continue with --resume")
+                return last
         self._print(f"done: {trainer.steps_done} steps; checkpoint {self.run_dir / CHECKPOINT}")
         return last
 
-    def _train_epoch(self, epoch: int, start: int, end: int) -> dict:
+    def _train_epoch(self, epoch: int, start: int, end: int, stop: StopRequest) -> dict:
         cfg, trainer = self.config, self.trainer
-        progress = Progress(end - start, desc=f"epoch {epoch + 1}/{cfg.epochs}")
+        progress = Progress(end - start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                            stream=None if self.ctx.is_main else open(os.devnull, "w"))
         sums: dict[str, torch.Tensor] = {}
         began = time.perf_counter()
+        stopped = False
         for index in range(start, end):
             x, y = self.train_loader.batch(epoch, index)
             z = self._out_batch(trainer.steps_done)
             metrics = trainer.step(x, y, z)
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value
-            done = index + 1 - start
+            _accumulate(sums, metrics)
             # Reading metrics syncs with the GPU; do it only every 20 steps.
             postfix = None
-            if done % 20 == 0 or index + 1 == end:
-                postfix = f"loss {float(sums['loss']) / done:.3f} adv-acc {100 * float(sums['adv_acc']) / done:.1f}%"
+            if (index + 1 - start) % 20 == 0 or index + 1 == end:
+                kept = max(float(sums["kept"]), 1.0)
+                postfix = f"loss {float(sums['loss']) / kept:.3f} adv-acc {100 * float(sums['adv_acc']) / kept:.1f}%"
+                self._check_skipped_steps()
             progress.update(1, postfix)
+            if cfg.checkpoint_every and trainer.steps_done % cfg.checkpoint_every == 0 and index + 1 < end:
+                self._save()
+            if stop.at_step_boundary():
+                stopped, end = True, index + 1
+                break
         progress.close()
         seconds = time.perf_counter() - began
         steps = end - start
+        sums = all_reduce_mean(sums, self.ctx)
         record = {"epoch": epoch + 1, "step": trainer.steps_done, "steps": steps, "complete": end == self.steps_per_epoch}
-        record.update({key: float(value) / steps for key, value in sums.items()})
+        kept = float(sums.pop("kept"))
+        record.update({key: float(value) / max(kept, 1.0) for key, value in sums.items()})
+        record["skipped_steps"] = round(steps - kept)
         record["lr"] = float(metrics["lr"])
         record["seconds"] = round(seconds, 2)
         record["images_per_s"] = round(steps * cfg.batch_size / seconds, 1)
-        record.update(self._evaluate())
-        with open(self.run_dir / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if not stopped:  # a preempted run has seconds left: checkpoint first, evaluate after resuming
+            record.update(self._evaluate())
+        if self.ctx.is_main:
+            with open(self.run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
         self._print(_summary_line(record, cfg))
         return record
+
+    def _check_skipped_steps(self) -> None:
+        """Stop a run whose steps keep failing (non-finite loss or gradients); skipped steps change nothing."""
+        in_a_row = int(self.trainer.skipped_in_a_row)
+        if in_a_row >= self.config.max_skipped_steps:
+            checkpoint = self.run_dir / CHECKPOINT
+            kept = f"; {checkpoint} holds the last epoch's weights" if checkpoint.exists() else ""
+            raise TrainingStopped(
+                f"{in_a_row} steps in a row had a non-finite loss or gradient and were skipped "
+                f"(--max-skipped-steps {self.config.max_skipped_steps}){kept}; lower --lr, or try --amp-dtype bf16")
 
     def _out_batch(self, step: int):
         if self.out_loader is None:
@@ -156,23 +237,65 @@ class Run:
         return self.out_loader.batch(out_epoch, index)[0]
 
     def _evaluate(self) -> dict:
-        """Test accuracy of the EMA model: clean on the whole test set, robust on the first eval_samples."""
+        """Test accuracy of the EMA model: clean on the whole test set, robust on the first eval_samples.
+
+        Rank 0 evaluates; the other ranks wait for it (and get its numbers) so they leave together.
+        """
         cfg, model = self.config, self.trainer.ema.model
-        result = {"test_clean_acc": clean_accuracy(model, self.test_loader.epoch(0))}
-        if cfg.eval_samples > 0 and cfg.eps_in > 0 and cfg.steps_in > 0:
-            batches = _first_samples(self.test_loader.epoch(0), cfg.eval_samples)
-            result["test_robust_acc"] = robust_accuracy(model, batches, self.eval_attack)
+        result = {}
+        if self.ctx.is_main:
+            result["test_clean_acc"] = clean_accuracy(model, self.test_loader.epoch(0))
+            if cfg.eval_samples > 0 and cfg.eps_in > 0 and cfg.steps_in > 0:
+                batches = _first_samples(self.test_loader.epoch(0), cfg.eval_samples)
+                result["test_robust_acc"] = robust_accuracy(model, batches, self.eval_attack)
+        if self.ctx.is_distributed:
+            shared = [result]
+            dist.broadcast_object_list(shared, src=0)
+            result = shared[0]
         return result
 
     def _save(self) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, {
-            "config": self.config.to_dict(),
-            "trainer": self.trainer.state_dict(),
-            "rng": _rng_state(),
-        })
+        """Every rank contributes its RNG state; rank 0 writes the file; all leave together."""
+        rng = _rng_state()
+        if self.ctx.is_distributed:
+            rng_per_rank = [None] * self.ctx.world_size
+            dist.all_gather_object(rng_per_rank, rng)
+        else:
+            rng_per_rank = [rng]
+        if self.ctx.is_main:
+            save_checkpoint(self.run_dir / CHECKPOINT, {
+                "config": self.config.to_dict(),
+                "trainer": self.trainer.state_dict(),
+                "rng": rng_per_rank,
+                "world_size": self.ctx.world_size,
+            })
+        if self.ctx.is_distributed:
+            dist.barrier()
+
+    def _restore_rng(self, saved) -> None:
+        per_rank = saved if isinstance(saved, list) else [saved]  # one dict: single-process checkpoints
+        if len(per_rank) == self.ctx.world_size:
+            _set_rng_state(per_rank[self.ctx.rank])
+        else:  # another process count: data order is global, only random attack starts change
+            self._print(f"note: checkpoint written by {len(per_rank)} processes, resumed by {self.ctx.world_size}; "
+                        "the data order continues exactly, attack random starts are re-seeded")
 
     def _print(self, line: str) -> None:
-        print(line, file=self.log, flush=True)
+        if self.log is not None:
+            print(line, file=self.log, flush=True)
+
+
+def _accumulate(sums: dict, metrics: dict) -> None:
+    """Add one step's metrics to the epoch's sums, on the device (no sync).
+
+    A skipped step (non-finite loss or gradient) counts in "kept" as 0 and adds nothing, so the
+    epoch means are over the steps that trained.
+    """
+    kept = 1.0 - metrics["skipped"].float()
+    sums["kept"] = sums.get("kept", 0.0) + kept
+    for key, value in metrics.items():
+        if key not in ("skipped", "lr"):
+            sums[key] = sums.get(key, 0.0) + torch.where(kept > 0, value, torch.zeros_like(value))
 
 
 def _default_out_data(dataset: str) -> str:
@@ -210,7 +333,10 @@ def _summary_line(r: dict, cfg: TrainConfig) -> str:
         parts.append(f"adv {100 * r['adv_acc']:.1f}%")
     if "out_conf" in r:
         parts.append(f"out-conf {r['out_conf']:.3f}")
-    parts.append(f"test clean {100 * r['test_clean_acc']:.1f}%")
+    if "skipped_steps" in r and r["skipped_steps"]:
+        parts.append(f"skipped {r['skipped_steps']} non-finite steps")
+    if "test_clean_acc" in r:
+        parts.append(f"test clean {100 * r['test_clean_acc']:.1f}%")
     if "test_robust_acc" in r:
         parts.append(f"robust(L2 {cfg.eps_in}, {cfg.steps_in} steps) {100 * r['test_robust_acc']:.1f}%")
     parts.append(f"[{r['seconds']:.0f}s, {r['images_per_s']:.0f} img/s]")

@@ -10,18 +10,33 @@ forward on the joined batch (BatchNorm sees both) with the loss
 0.5 * CE(x_adv) + 0.5 * lam * KL(U || p(z_adv)), SGD-Nesterov, per-step cosine LR, EMA.
 Mode 'at' drops the out-distribution term (plain L2 adversarial training); mode 'plain' also
 drops the in-distribution attack (clean training). The loop below is the whole algorithm.
+
+Speed (see speed.py for the switches): the attack phase runs under one of the schedules of
+attack_schedule.py, optionally replayed from a CUDA graph (cuda_graph.py) and through a
+torch.compile'd model. A step whose loss or gradients are not finite is skipped on the device
+(no host sync): weights, momentum, BatchNorm statistics and EMA stay bit-identical, and
+`skipped_in_a_row` counts such steps until a finite one.
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
 
 import torch
 
+from .attack_schedule import ScheduleChoice, choose_schedule, run_attacks, time_call
+from .apgd import APGD
 from .attacks import L2PGD
 from .config import TrainConfig
+from .cuda_graph import GraphedCall
 from .ema import ModelEMA
 from .losses import ratio_loss
+from .models import keep_first_conv_fp32
+from .speed import resolve_speed, wants_channels_last
+
+__all__ = ["RatioTrainer", "cosine_lr", "wants_channels_last"]
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -29,70 +44,168 @@ def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def wants_channels_last(config: TrainConfig, device: torch.device) -> bool:
-    """channels_last unless the config says otherwise: on for CUDA (tensor cores), off for CPU."""
-    return device.type == "cuda" if config.channels_last is None else config.channels_last
+# schedule_timer(name, run) -> seconds per call of run(), which runs the attacks under schedule `name`.
+ScheduleTimer = Callable[[str, Callable[[], object]], float]
 
 
 class RatioTrainer:
-    def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, device="cpu"):
+    """The RATIO step. `model` is trained in place; `trainer.ema.model` is its average.
+
+    train_module: the module for the train-mode forward, e.g. a DistributedDataParallel wrapper
+    of `model` (attacks and EMA use `model` itself). schedule_timer, schedule_cache: how
+    attack_schedule 'auto' measures (default: CUDA events on the first batch) and where it keeps
+    the answer (default: attack_schedule.default_cache_path()). log: called with one line when
+    'auto' has chosen.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, device="cpu", *,
+                 train_module: torch.nn.Module | None = None, schedule_timer: ScheduleTimer | None = None,
+                 schedule_cache: str | Path | None = None, log: Callable[[str], None] | None = None):
         self.config = config
         self.device = torch.device(device)
+        self.speed = speed = resolve_speed(config, self.device)
         self.total_steps = total_steps
         self.steps_done = 0
-        self.memory_format = torch.channels_last if self.uses_channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if speed.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
+        if speed.fp32_first_conv:
+            keep_first_conv_fp32(self.model)
+        # The attacks and the train forward call `forward_model`; EMA, state and DDP use `model`.
+        self.forward_model = torch.compile(self.model, dynamic=False) if speed.compile else self.model
+        self.train_module = train_module if train_module is not None else self.forward_model
         self.ema = ModelEMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,
-            weight_decay=config.weight_decay, fused=True if self.device.type == "cuda" else None,
+            weight_decay=config.weight_decay, fused=True if speed.fused_optimizer else None,
         )
-        use_fp16 = config.amp and config.amp_dtype == "fp16"
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_fp16)
-        self.attack_in = L2PGD(config.eps_in, config.steps_in, config.step_size_in,
-                               momentum=config.attack_momentum, keep_best=True, objective="ce",
-                               backend=config.backend)
-        self.attack_out = L2PGD(config.eps_out, config.steps_out, config.step_size_out,
-                                momentum=config.attack_momentum, keep_best=True, objective="kl_uniform",
-                                backend=config.backend)
+        if config.momentum > 0:
+            # Zero momentum buffers from the start make the first step an ordinary one (0.9 * 0 + g
+            # is exactly g), so a skipped first step leaves no half-made optimizer state.
+            for p in self.model.parameters():
+                self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=speed.amp_dtype == torch.float16)
+        self.attack_in, self.attack_out = training_attacks(config, speed.input_grad_only)
+        # BatchNorm statistics change in the train forward, before the step is known to be finite.
+        self._running_buffers = [b for b in self.model.buffers()]
+        self.skipped_in_a_row = torch.zeros((), device=self.device)
+        self.schedule_choice: ScheduleChoice | None = None  # set when 'auto' has chosen
+        self._schedule = speed.attack_schedule
+        self._schedule_timer = schedule_timer
+        self._schedule_cache = schedule_cache
+        self._log = log
+        self._phases: dict[str, Callable] = {}
+        self._side_stream = None
 
     @property
     def uses_channels_last(self) -> bool:
-        return wants_channels_last(self.config, self.device)
+        return self.speed.channels_last
 
-    def autocast(self):
-        """bf16/fp16 autocast when AMP is on; the attacks keep their perturbation in fp32 regardless."""
-        if not self.config.amp:
+    @property
+    def attack_schedule(self) -> str:
+        """The schedule the attacks run under: 'auto' until the first step has chosen one."""
+        return self._schedule
+
+    def autocast(self, cache_enabled: bool = True):
+        """Autocast to the AMP dtype, or nothing in fp32. The attacks keep their perturbation in fp32."""
+        if self.speed.amp_dtype is None:
             return nullcontext()
-        dtype = torch.bfloat16 if self.config.amp_dtype == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.speed.amp_dtype, cache_enabled=cache_enabled)
+
+    # ---- the attack phase: clean logits and adversarial examples, in eval mode --------------
+
+    def _attack_phase(self, schedule: str, x, y, z):
+        """(clean logits, x_adv, z_adv) of one batch; z_adv is None without an out-distribution batch."""
+        model, fm = self.model, self.forward_model
+        # No autocast weight cache: under a CUDA graph a cached cast would be replayed stale.
+        with self.autocast(cache_enabled=False):
+            with torch.no_grad():  # clean accuracy in eval mode, as the attack sees the model
+                model.eval()
+                clean_logits = fm(x)
+                model.train()
+            if z is None:
+                return clean_logits, self.attack_in(fm, x, y), None
+            x_adv, z_adv = run_attacks(schedule, fm, x, y, z, self.attack_in, self.attack_out,
+                                       self._stream_for(schedule))
+            return clean_logits, x_adv, z_adv
+
+    def _stream_for(self, schedule: str):
+        if schedule != "streams" or self.device.type != "cuda":
+            return None
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=self.device)
+        return self._side_stream
+
+    def _phase(self, schedule: str) -> Callable:
+        if schedule not in self._phases:
+            def phase(x, y, z, schedule=schedule):
+                return self._attack_phase(schedule, x, y, z)
+            self._phases[schedule] = GraphedCall(phase) if self.speed.cuda_graphs else phase
+        return self._phases[schedule]
+
+    def _resolve_schedule(self, x, y, z) -> str:
+        """The schedule to use; 'auto' is measured on this batch once (or read from the cache)."""
+        if self._schedule != "auto":
+            return self._schedule
+        if self._schedule_timer is None and self.device.type != "cuda":
+            self._schedule = "sequential"  # nothing to choose between on one CPU stream
+            return self._schedule
+        timer = self._schedule_timer or (lambda name, run: time_call(run, self.device))
+        choice = choose_schedule(self._schedule_key(x, z), lambda name: timer(name, lambda: self._phase(name)(x, y, z)),
+                                 cache_path=self._schedule_cache)
+        self.schedule_choice, self._schedule = choice, choice.schedule
+        self._phases = {choice.schedule: self._phases[choice.schedule]} if choice.schedule in self._phases else {}
+        if self._log is not None:
+            self._log(choice.describe())
+        return self._schedule
+
+    def _schedule_key(self, x, z) -> str:
+        s, cfg = self.speed, self.config
+        if self.device.type == "cuda":
+            major, minor = torch.cuda.get_device_capability(self.device)
+            where = f"{torch.cuda.get_device_name(self.device)} sm{major}{minor}"
+        else:
+            where = "cpu"
+        n_params = sum(p.numel() for p in self.model.parameters())
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[s.amp_dtype]
+        return " | ".join([
+            where, f"{type(self.model).__name__} {n_params} params", f"batch {x.shape[0]}+{z.shape[0]}",
+            f"image {tuple(x.shape[1:])}", precision, f"steps {cfg.steps_in}/{cfg.steps_out}",
+            f"graphs {s.cuda_graphs}", f"compile {s.compile}", f"channels_last {s.channels_last}",
+            f"torch {torch.__version__}",
+        ])
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def _on_device(self, x, y, z):
+        if self.config.mode == "ratio" and z is None:
+            raise ValueError("mode 'ratio' needs an out-distribution batch z")
+        x = x.to(self.device, memory_format=self.memory_format)
+        z = z.to(self.device, memory_format=self.memory_format) if self.config.mode == "ratio" else None
+        return x, y.to(self.device), z
+
+    def _attacked(self, x, y, z):
+        """(clean logits or None, x_adv, z_adv or None) for the configured mode and schedule."""
+        if self.config.mode == "plain":
+            return None, x, None
+        return self._phase(self._resolve_schedule(x, y, z))(x, y, z)
+
+    def adversarial_examples(self, x, y, z=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(x_adv, z_adv) that step() would train on now. Under CUDA graphs they are the graph's
+        output tensors, overwritten by the next call or step: clone them to keep them."""
+        return self._attacked(*self._on_device(x, y, z))[1:]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on an in-distribution batch (x, y) and an out-distribution batch z."""
         cfg, model = self.config, self.model
-        if cfg.mode == "ratio" and z is None:
-            raise ValueError("mode 'ratio' needs an out-distribution batch z")
-        x = x.to(self.device, memory_format=self.memory_format)
-        y = y.to(self.device)
-        with self.autocast():
-            if cfg.mode == "plain":
-                x_adv = x
-            else:
-                with torch.no_grad():  # clean accuracy in eval mode, as the attack sees the model
-                    model.eval()
-                    clean_logits = model(x)
-                    model.train()
-                x_adv = self.attack_in(model, x, y)
-            z_adv = None
-            if cfg.mode == "ratio":
-                z = z.to(self.device, memory_format=self.memory_format)
-                z_adv = self.attack_out(model, z)
+        x, y, z = self._on_device(x, y, z)
+        clean_logits, x_adv, z_adv = self._attacked(x, y, z)
 
         model.train()
+        statistics_before = [b.clone() for b in self._running_buffers]
         n_in = x_adv.shape[0]
         with self.autocast():
             batch = x_adv if z_adv is None else torch.cat([x_adv, z_adv])
-            logits = model(batch)
+            logits = self.train_module(batch)
             logits_in, logits_out = logits[:n_in], (logits[n_in:] if z_adv is not None else None)
             loss = ratio_loss(logits_in, y, logits_out, cfg.lam)
 
@@ -101,9 +214,13 @@ class RatioTrainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        self.scaler.unscale_(self.optimizer)  # fp16: true gradients (and the scaler's own inf check)
+        skipped = self._not_finite(loss)
+        self._optimizer_step(skipped)
         self.scaler.update()
-        self.ema.update(model)
+        _restore_where(skipped, self._running_buffers, statistics_before)
+        self.ema.update(model, skipped)
+        self.skipped_in_a_row = (self.skipped_in_a_row + 1.0) * skipped
         self.steps_done += 1
 
         with torch.no_grad():
@@ -111,12 +228,41 @@ class RatioTrainer:
             metrics = {
                 "loss": loss.detach().float(),
                 "adv_acc": adv_acc,
-                "clean_acc": adv_acc if cfg.mode == "plain" else (clean_logits.argmax(1) == y).float().mean(),
+                "clean_acc": adv_acc if clean_logits is None else (clean_logits.argmax(1) == y).float().mean(),
                 "lr": torch.tensor(lr),
+                "skipped": skipped,
             }
             if logits_out is not None:
                 metrics["out_conf"] = logits_out.float().softmax(1).amax(1).mean()
         return metrics
+
+    def _not_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """0-dim fp32 on the device: 1.0 if the loss or any gradient has an inf or NaN, else 0.0."""
+        found = torch.zeros(1, device=self.device)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:  # the check AMP's GradScaler uses (scaling by 1 leaves the gradients as they are)
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found, torch.ones(1, device=self.device))
+        return torch.maximum(found, (~torch.isfinite(loss.detach())).float()).reshape(())
+
+    def _optimizer_step(self, skipped: torch.Tensor) -> None:
+        """SGD step that changes nothing (weights or momentum) where `skipped` is 1."""
+        if self.speed.fused_optimizer:
+            # The fused kernel reads `found_inf` on the device and then leaves everything as it
+            # was, the way GradScaler hands it its own overflow flag.
+            self.optimizer.found_inf = skipped.reshape(1)
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf
+            return
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        momentum = [self.optimizer.state[p]["momentum_buffer"] for p in params if p in self.optimizer.state]
+        state = params + momentum
+        before = [t.clone() for t in state]
+        self.optimizer.step()
+        _restore_where(skipped, state, before)
+
+    # ---- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         return {
@@ -133,3 +279,22 @@ class RatioTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.steps_done = int(state["steps_done"])
+
+
+@torch.no_grad()
+def _restore_where(skipped: torch.Tensor, tensors: list[torch.Tensor], before: list[torch.Tensor]) -> None:
+    """Where `skipped` (0-dim, 0/1) is 1, put each tensor back to its `before` value, bit for bit."""
+    keep_old = skipped.bool()
+    for t, old in zip(tensors, before):
+        t.copy_(torch.where(keep_old, old, t))
+
+
+def training_attacks(config: TrainConfig, input_grad_only: bool = True):
+    """The in- and out-distribution attacks of --attack: the authors' ArgminPGD, or APGD."""
+    if config.attack == "apgd":  # APGD sets its own step sizes and momentum
+        return (APGD(config.eps_in, config.steps_in, objective="ce", backend=config.backend),
+                APGD(config.eps_out, config.steps_out, objective="kl_uniform", backend=config.backend))
+    return (L2PGD(config.eps_in, config.steps_in, config.step_size_in, momentum=config.attack_momentum,
+                  keep_best=True, objective="ce", backend=config.backend, input_grad_only=input_grad_only),
+            L2PGD(config.eps_out, config.steps_out, config.step_size_out, momentum=config.attack_momentum,
+                  keep_best=True, objective="kl_uniform", backend=config.backend, input_grad_only=input_grad_only))

@@ -205,3 +205,22 @@ def test_config_file_sets_defaults_and_flags_override_it(tmp_path, capsys):
     missing = tmp_path / "nope.json"
     assert main(["train", "--config", str(missing)]) == 2
     assert f"--config {missing}: no such file" in capsys.readouterr().err
+
+
+def test_a_diverging_run_skips_non_finite_steps_then_stops_with_one_line(tmp_path, capsys):
+    """lr 1e30 blows the weights up after the first step; every later step is non-finite and skipped."""
+    fast = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
+            "--batch-size", "32", "--steps-in", "1", "--steps-out", "1", "--eval-samples", "0", "--epochs", "2"]
+    code = main(fast + ["--lr", "1e30", "--max-skipped-steps", "3", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("ratio-fast: stopped: ") and err.count("\n") == 1 and "--max-skipped-steps 3" in err
+
+
+def test_skipped_steps_are_counted_in_the_epoch_log(tmp_path, capsys):
+    fast = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
+            "--batch-size", "32", "--steps-in", "1", "--steps-out", "1", "--eval-samples", "0", "--epochs", "1"]
+    assert main(fast + ["--lr", "1e30", "--out", str(tmp_path / "run")]) == 0  # 7 skips < the default 20
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["skipped_steps"] >= 1 and record["steps"] == 8
+    assert "non-finite steps" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import torch
 
 from ratio_fast import RatioTrainer, TrainConfig, create_model
 from ratio_fast.ema import ModelEMA
+from ratio_fast.errors import UserError
 from ratio_fast.losses import kl_to_uniform, ratio_loss
 from ratio_fast.train import cosine_lr
 
@@ -74,7 +75,8 @@ def test_ratio_step_runs_and_reports(synthetic_split):
     before = copy.deepcopy(trainer.model.state_dict())
     x, y, z = next(batches(synthetic_split, 1))
     metrics = trainer.step(x, y, z)
-    assert set(metrics) == {"loss", "adv_acc", "clean_acc", "lr", "out_conf"}
+    assert set(metrics) == {"loss", "adv_acc", "clean_acc", "lr", "out_conf", "skipped"}
+    assert metrics["skipped"] == 0
     assert all(torch.isfinite(v) for v in metrics.values())
     assert trainer.steps_done == 1 and trainer.model.training
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
@@ -153,3 +155,98 @@ def test_state_dict_round_trip_continues_identically(synthetic_split):
         assert torch.equal(value, second.model.state_dict()[key]), key
     for key, value in straight.ema.model.state_dict().items():
         assert torch.equal(value, second.ema.model.state_dict()[key]), key
+
+
+def training_state(trainer):
+    """Everything a step may change: weights and BatchNorm statistics, momentum, EMA (and its count)."""
+    momentum = [trainer.optimizer.state[p]["momentum_buffer"] for p in trainer.model.parameters()]
+    return copy.deepcopy((trainer.model.state_dict(), momentum, trainer.ema.model.state_dict(), trainer.ema.count))
+
+
+def assert_bit_identical(a, b):
+    for left, right in zip(torch.utils._pytree.tree_leaves(a), torch.utils._pytree.tree_leaves(b)):
+        assert torch.equal(left, right)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),                                       # fused SGD: its kernel reads the flag
+    dict(fused_optimizer=False),                  # foreach SGD: the update is undone on the device
+    dict(amp=True, amp_dtype="fp16"),             # the GradScaler's overflow path
+], ids=["fused", "unfused", "fp16"])
+def test_non_finite_step_is_skipped_without_touching_any_state(synthetic_split, overrides):
+    trainer = make_trainer(small_config(steps_in=1, steps_out=1, **overrides), total_steps=10)
+    steps = list(batches(synthetic_split, 4))
+    x, y, z = steps[0]
+    trainer.step(x, y, z)  # a normal step first, so momentum and EMA hold real values
+    before = training_state(trainer)
+
+    poisoned = x.clone()
+    poisoned[3] = float("nan")  # one bad image poisons the loss, the gradients and BatchNorm's statistics
+    for in_a_row in (1, 2):
+        metrics = trainer.step(poisoned, y, z)
+        assert metrics["skipped"] == 1 and trainer.skipped_in_a_row == in_a_row
+        assert_bit_identical(training_state(trainer), before)
+    assert trainer.steps_done == 3  # counted (the LR schedule moves on), never written into the weights
+
+    x, y, z = steps[1]
+    metrics = trainer.step(x, y, z)
+    assert metrics["skipped"] == 0 and trainer.skipped_in_a_row == 0
+    after = training_state(trainer)
+    assert all(torch.isfinite(t).all() for t in torch.utils._pytree.tree_leaves(after) if t.is_floating_point())
+    assert not torch.equal(after[0]["linear.weight"], before[0]["linear.weight"])  # the finite step trains
+    assert after[3] == before[3] + 1
+
+
+def test_skipped_first_step_leaves_a_clean_optimizer(synthetic_split):
+    """A skipped very first step must not leave half-initialized momentum behind."""
+    steps = list(batches(synthetic_split, 2))
+    poisoned = steps[0][0].clone()
+    poisoned[0, 0, 0, 0] = float("inf")
+    skipping, straight = make_trainer(small_config(steps_in=1, steps_out=1)), make_trainer(small_config(steps_in=1, steps_out=1))
+    assert skipping.step(poisoned, *steps[0][1:])["skipped"] == 1
+    skipping.steps_done = 0  # same learning rate as the straight run from here on
+    for trainer in (skipping, straight):
+        trainer.step(*steps[1])
+    assert_bit_identical(training_state(skipping), training_state(straight))
+
+
+def test_train_module_runs_the_train_forward_and_the_model_the_attacks(synthetic_split):
+    class Counting(torch.nn.Module):  # stands in for a DistributedDataParallel wrapper
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            assert self.module.training
+            return self.module(x)
+
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    wrapper = Counting(model)
+    trainer = RatioTrainer(model, small_config(steps_in=2, steps_out=2), total_steps=4, train_module=wrapper)
+    x, y, z = next(batches(synthetic_split, 1))
+    trainer.step(x, y, z)
+    assert wrapper.calls == 1  # once per step: the joint train-mode forward, never the attacks
+    reference = make_trainer(small_config(steps_in=2, steps_out=2), total_steps=4)
+    reference.step(x, y, z)
+    assert_bit_identical(trainer.model.state_dict(), reference.model.state_dict())
+
+
+def test_attack_apgd_trains_with_apgd_on_both_streams(synthetic_split):
+    from ratio_fast.apgd import APGD
+
+    x, y = synthetic_split["train"]
+    z = synthetic_split["out"]
+    torch.manual_seed(0)
+    config = TrainConfig(arch="tiny", attack="apgd", steps_in=2, steps_out=3, device="cpu")
+    trainer = RatioTrainer(create_model("tiny"), config, total_steps=2)
+    assert isinstance(trainer.attack_in, APGD) and isinstance(trainer.attack_out, APGD)
+    assert (trainer.attack_in.objective, trainer.attack_out.objective) == ("ce", "kl_uniform")
+    assert (trainer.attack_in.eps, trainer.attack_out.eps) == (config.eps_in, config.eps_out)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.step(x[:32], y[:32], z[:32])
+    assert torch.isfinite(metrics["loss"]) and metrics["skipped"] == 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    with pytest.raises(UserError, match="concat"):
+        RatioTrainer(create_model("tiny"), TrainConfig(arch="tiny", attack="apgd", attack_schedule="concat"), 2)

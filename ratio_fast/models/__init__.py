@@ -10,13 +10,15 @@ from torch import nn
 from ..errors import UserError
 from .normalization import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                             NormalizedModel)
+from .precision import Fp32Conv2d, keep_first_conv_fp32
 from .resnet import ResNet, resnet18, resnet50
 from .tiny import TinyNet
 from .wide_resnet import WideResNet
 
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODEL_NAMES",
-    "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name", "create_model",
+    "Fp32Conv2d", "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name", "create_model",
+    "keep_first_conv_fp32",
 ]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {

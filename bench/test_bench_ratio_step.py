@@ -1,0 +1,227 @@
+"""One RATIO training step: the engine against the plain reference (bench/reference.py), and
+the engine with each speed switch flipped, timed in the same process.
+
+GPU: WRN-34-10, batch 128 in + 128 out, 10 / 20 attack steps (the paper's setting). CPU: the
+tiny model at batch 64 + 64, so the whole suite runs on a laptop in a few minutes.
+
+Every engine row carries `speedup_vs_reference` (reference median / engine median, both
+measured in this process), `images_per_s` (in- plus out-distribution images per second) and,
+on a GPU, `mfu`: useful FLOPs per step / median time / 790e12 (dense bf16 peak measured on the
+H100, ../shared/GPU.md).
+
+Useful FLOPs per (in, out) pair, counted in WRN-34-10 forward passes F = 13.3 GFLOP per
+32x32 image, with the backward pass of a convolution net costing 2 F (input and weight
+gradients, F each) and an input-only backward 1 F:
+    in attack:   10 steps x (F forward + F input backward) + 1 F (best-iterate check)   = 21 F
+    out attack:  20 steps x (F + F)                        + 1 F                         = 41 F
+    train step:  2 images x (F forward + 2 F backward)                                  =  6 F
+    total 68 F = 904 GFLOP; GPU.md rounds to 906 GFLOP, which we use. The engine's extra
+    clean-accuracy forward (1 F on the in-distribution image) is not counted as useful.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ratio_fast import RatioTrainer, TrainConfig, create_model
+
+FLOP_PER_PAIR = 906e9
+PEAK_FLOPS = 790e12
+
+SIZES = {
+    "cuda": dict(arch="wrn34", batch_size=128, steps_in=10, steps_out=20),
+    "cpu": dict(arch="tiny", batch_size=64, steps_in=10, steps_out=20),
+}
+TIMING = {  # untimed warm-up steps (compile, graph capture, the 'auto' measurement), timed rounds
+    "cuda": dict(warmup=2, rounds=5),
+    "cpu": dict(warmup=1, rounds=4),
+}
+if os.environ.get("RATIO_FAST_BENCH_QUICK") == "1":  # seconds, not minutes: for testing the tooling itself
+    SIZES["cpu"] = dict(arch="tiny", batch_size=16, steps_in=2, steps_out=3)
+    TIMING["cpu"] = dict(warmup=1, rounds=2)
+
+# case -> TrainConfig overrides of the defaults (the fast choice for the device): each flips one switch.
+# Cases other than the schedules keep attack_schedule 'auto': measured once per setting in this
+# process (the cache is shared by the process's cases), so each gets its best schedule.
+GPU_CASES = {  # most telling first: a run that runs out of time loses the last ones
+    "fast": {},
+    "no-compile": {"compile": False},
+    "fp32": {"amp": False},
+    "no-cuda-graphs": {"cuda_graphs": False},
+    "concat": {"attack_schedule": "concat"},
+    "streams": {"attack_schedule": "streams"},
+    "sequential": {"attack_schedule": "sequential"},
+    "no-channels-last": {"channels_last": False},
+    "weight-grads": {"input_grad_only": False},
+    "no-fused-optimizer": {"fused_optimizer": False},
+    "no-fp32-first-conv": {"fp32_first_conv": False},
+}
+CPU_CASES = {
+    "fast": {},  # on a CPU: fp32, NCHW, sequential, eager
+    "concat": {"attack_schedule": "concat"},
+    "bf16": {"amp": True},
+    "channels-last": {"channels_last": True},
+    "no-fused-optimizer": {"fused_optimizer": False},
+    "weight-grads": {"input_grad_only": False},
+}
+
+
+def _load_reference():
+    spec = importlib.util.spec_from_file_location("ratio_bench_reference", Path(__file__).with_name("reference.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ReferenceRatio
+
+
+ReferenceRatio = _load_reference()
+
+
+def make_batch(device: str, batch: int):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
+    z = torch.rand(batch, 3, 32, 32, generator=g)
+    return x.to(device), y.to(device), z.to(device)
+
+
+def config_for(device: str, **overrides) -> TrainConfig:
+    size = SIZES[device]
+    return TrainConfig(arch=size["arch"], batch_size=size["batch_size"], steps_in=size["steps_in"],
+                       steps_out=size["steps_out"], **overrides).validate()
+
+
+def timed_step(step, device: str):
+    def run():
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return run
+
+
+def median_seconds(run, warmup: int, rounds: int) -> float:
+    for _ in range(warmup):
+        run()
+    seconds = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
+def reference_step(device: str):
+    cfg = config_for(device)
+    torch.manual_seed(0)
+    reference = ReferenceRatio(create_model(cfg.arch), cfg, total_steps=1000, device=device)
+    x, y, z = make_batch(device, cfg.batch_size)
+    return timed_step(lambda: reference.step(x, y, z), device)
+
+
+@pytest.fixture(scope="session")
+def schedule_cache(tmp_path_factory):
+    """One 'auto' schedule cache per process: measured afresh, shared by the cases with the same key."""
+    return tmp_path_factory.mktemp("schedule") / "attack_schedule.json"
+
+
+@pytest.fixture(scope="module")
+def reference_medians():
+    """device -> median seconds of the reference step, filled by the reference case (or measured on demand)."""
+    return {}
+
+
+def reference_seconds(reference_medians, device: str) -> float:
+    if device not in reference_medians:
+        reference_medians[device] = median_seconds(reference_step(device), **TIMING[device])
+    return reference_medians[device]
+
+
+def describe(benchmark, device: str, seconds: float, reference: float | None = None, **info):
+    batch = SIZES[device]["batch_size"]
+    info.update(device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu", model=SIZES[device]["arch"],
+                batch=f"{batch}+{batch}", steps=f"{SIZES[device]['steps_in']}/{SIZES[device]['steps_out']}",
+                images_per_s=2 * batch / seconds)
+    if device == "cuda":
+        info["mfu"] = FLOP_PER_PAIR * batch / seconds / PEAK_FLOPS
+    if reference is not None:
+        info["reference_s"] = reference
+        info["speedup_vs_reference"] = reference / seconds
+    benchmark.extra_info.update(info)
+
+
+def allow_recompiles(limit: int = 64) -> None:
+    """The cases share one process: let every case's variants (precision, layout, shapes) stay
+    compiled side by side. Past the default limit of 8 Dynamo would silently run a case eagerly;
+    compiled code is reused across the cases' model instances, so compile time is paid once per
+    variant, not per case."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
+
+
+def run_reference(benchmark, reference_medians, device):
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True  # for both sides: static shapes, pick the fastest convs
+    run = reference_step(device)
+    timing = TIMING[device]
+    benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"])
+    reference_medians[device] = benchmark.stats.stats.median
+    describe(benchmark, device, benchmark.stats.stats.median, implementation="reference")
+
+
+def run_engine(benchmark, reference_medians, device, case, overrides, schedule_cache):
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        allow_recompiles()
+    reference = reference_seconds(reference_medians, device)
+    cfg = config_for(device, **overrides)
+    torch.manual_seed(0)
+    trainer = RatioTrainer(create_model(cfg.arch), cfg, total_steps=1000, device=device, schedule_cache=schedule_cache)
+    x, y, z = make_batch(device, cfg.batch_size)
+    run = timed_step(lambda: trainer.step(x, y, z), device)
+    timing = TIMING[device]
+    began = time.perf_counter()
+    run()  # the first step compiles, captures graphs and measures 'auto': reported, not timed
+    first_step_s = time.perf_counter() - began
+    benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"] - 1)
+    choice = trainer.schedule_choice
+    speed = trainer.speed
+    describe(benchmark, device, benchmark.stats.stats.median, reference, implementation="engine", variant=case,
+             first_step_s=first_step_s, schedule=trainer.attack_schedule,
+             schedule_timings_ms=choice.timings_ms if choice is not None else None,
+             amp=str(speed.amp_dtype).replace("torch.", "") if speed.amp_dtype else "fp32",
+             cuda_graphs=speed.cuda_graphs, compile=speed.compile, channels_last=speed.channels_last,
+             fp32_first_conv=speed.fp32_first_conv, input_grad_only=speed.input_grad_only,
+             fused_optimizer=speed.fused_optimizer, skipped=float(trainer.skipped_in_a_row))
+    del run, trainer  # the graphs' memory pools go before the next case builds its own
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.benchmark(group="ratio-step-cpu")
+def test_ratio_step_cpu_reference(benchmark, reference_medians):
+    run_reference(benchmark, reference_medians, "cpu")
+
+
+@pytest.mark.benchmark(group="ratio-step-cpu")
+@pytest.mark.parametrize("case", list(CPU_CASES))
+def test_ratio_step_cpu(benchmark, reference_medians, case, schedule_cache):
+    run_engine(benchmark, reference_medians, "cpu", case, CPU_CASES[case], schedule_cache)
+
+
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="ratio-step-gpu")
+def test_ratio_step_gpu_reference(benchmark, reference_medians):
+    run_reference(benchmark, reference_medians, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.benchmark(group="ratio-step-gpu")
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_ratio_step_gpu(benchmark, reference_medians, case, schedule_cache):
+    run_engine(benchmark, reference_medians, "cuda", case, GPU_CASES[case], schedule_cache)

@@ -1,0 +1,128 @@
+"""How RATIO's two attacks share the device, and the measured choice between the ways.
+
+    sequential  in-distribution attack, then out-distribution attack (the authors' order)
+    streams     the two attacks concurrently on two CUDA streams (sequential on a CPU)
+    concat      one batch cat([x, z]) with per-sample eps, step and objective (joint_l2_pgd)
+
+All three compute the same adversarial examples (concat up to the rounding of a larger batch).
+Which is fastest depends on the GPU, the model and the batch, so "auto" measures the
+candidates once, on the real batch, and keeps the answer in a JSON cache keyed by everything
+that decides it (GPU, model, batch, precision, steps, graphs, compile, torch version). A later
+run with the same key (a resumed run, for one) reads the cache, so it makes the same choice
+without measuring.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .attacks import L2PGD, joint_l2_pgd
+
+SCHEDULES = ("sequential", "streams", "concat")
+AUTO_CANDIDATES = ("streams", "concat")
+
+
+def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2PGD,
+                side_stream: torch.cuda.Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one."""
+    if schedule == "concat":
+        return joint_l2_pgd(model, x, y, z, attack_in, attack_out)
+    if schedule == "streams" and side_stream is not None:
+        # Fork: the side stream starts once the main stream has produced z; join: the main
+        # stream continues once the side stream is done. Every tensor the side stream touches is
+        # used by the main stream only after the join, and the next fork happens after the main
+        # stream's last use, so the caching allocator needs no record_stream (which also keeps
+        # the schedule capturable in a CUDA graph).
+        main = torch.cuda.current_stream(x.device)
+        side_stream.wait_stream(main)
+        with torch.cuda.stream(side_stream):
+            z_adv = attack_out(model, z)
+        x_adv = attack_in(model, x, y)
+        main.wait_stream(side_stream)
+        return x_adv, z_adv
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    return attack_in(model, x, y), attack_out(model, z)
+
+
+def time_call(run: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
+    """Median seconds of run() after `warmup` calls: CUDA events on a GPU, the wall clock elsewhere."""
+    for _ in range(warmup):
+        run()
+    seconds = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            seconds.append(start.elapsed_time(end) / 1e3)
+        else:
+            began = time.perf_counter()
+            run()
+            seconds.append(time.perf_counter() - began)
+    return statistics.median(seconds)
+
+
+def default_cache_path() -> Path:
+    """$RATIO_FAST_CACHE_DIR/attack_schedule.json, by default under ~/.cache/ratio-fast."""
+    root = os.environ.get("RATIO_FAST_CACHE_DIR") or Path.home() / ".cache" / "ratio-fast"
+    return Path(root) / "attack_schedule.json"
+
+
+@dataclass
+class ScheduleChoice:
+    schedule: str
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per candidate, per attack phase
+    key: str = ""
+    cached: bool = False  # read from the cache rather than measured now
+
+    def describe(self) -> str:
+        times = ", ".join(f"{name} {ms:.1f} ms" for name, ms in self.timings_ms.items())
+        origin = "cached" if self.cached else "measured"
+        return f"attack schedule: {self.schedule} ({origin}: {times})"
+
+
+def choose_schedule(key: str, measure: Callable[[str], float], candidates=AUTO_CANDIDATES,
+                    cache_path: str | Path | None = None) -> ScheduleChoice:
+    """The fastest candidate for `key`: from the cache, or measure(name) -> seconds for each, then cached.
+
+    An unreadable cache is measured over and rewritten; it holds measurements, not settings.
+    """
+    path = Path(cache_path) if cache_path is not None else default_cache_path()
+    entries = _read_cache(path)
+    entry = entries.get(key)
+    if entry and entry.get("schedule") in candidates:
+        return ScheduleChoice(entry["schedule"], dict(entry.get("timings_ms", {})), key, cached=True)
+    timings_ms = {name: 1e3 * measure(name) for name in candidates}
+    best = min(timings_ms, key=timings_ms.get)
+    entries[key] = {"schedule": best, "timings_ms": timings_ms, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _write_cache(path, entries)
+    return ScheduleChoice(best, timings_ms, key, cached=False)
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_cache(path: Path, entries: dict) -> None:
+    """Atomic write, so two runs starting together never leave a torn file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs a new measurement next time

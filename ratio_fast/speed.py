@@ -1,0 +1,64 @@
+"""The speed switches of a TrainConfig, resolved for one device.
+
+Each switch is a TrainConfig field (and a `ratio-fast train` flag) so the benchmark can show
+what each is worth. None means "the fast choice for this device": on for CUDA, off for CPU.
+The switches that only exist on a GPU degrade to the plain path on a CPU where that computes
+the same thing (streams run one after the other), and refuse where asking for them is a
+mistake (CUDA graphs without CUDA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import TrainConfig
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    amp_dtype: torch.dtype | None  # autocast dtype; None: fp32 throughout
+    channels_last: bool
+    attack_schedule: str  # sequential | streams | concat, or auto (the trainer measures it on CUDA)
+    cuda_graphs: bool
+    compile: bool
+    fp32_first_conv: bool  # only under autocast
+    input_grad_only: bool
+    fused_optimizer: bool
+
+
+def wants_channels_last(config: TrainConfig, device: torch.device) -> bool:
+    """channels_last unless the config says otherwise: on for CUDA (tensor cores), off for CPU."""
+    return device.type == "cuda" if config.channels_last is None else config.channels_last
+
+
+def resolve_speed(config: TrainConfig, device: torch.device | str) -> SpeedSettings:
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+
+    def on_for_cuda(value: bool | None) -> bool:
+        return cuda if value is None else bool(value)
+
+    if config.cuda_graphs and not cuda:
+        raise UserError(f"--cuda-graphs needs a CUDA device (this run is on {device}); use --no-cuda-graphs")
+    amp = on_for_cuda(config.amp)
+    schedule = config.attack_schedule
+    if config.attack == "apgd":
+        # APGD's per-sample step-size schedule has no joint in+out form: the attacks stay separate.
+        if schedule == "concat":
+            raise UserError("--attack-schedule concat works with --attack pgd only; use streams or sequential")
+        if schedule == "auto":
+            schedule = "streams"
+    if not cuda and schedule == "streams":
+        schedule = "sequential"  # a CPU has one stream; this computes the same thing
+    return SpeedSettings(
+        amp_dtype=({"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp_dtype] if amp else None),
+        channels_last=wants_channels_last(config, device),
+        attack_schedule=schedule,
+        cuda_graphs=on_for_cuda(config.cuda_graphs),
+        compile=on_for_cuda(config.compile),
+        fp32_first_conv=config.fp32_first_conv and amp,
+        input_grad_only=config.input_grad_only,
+        fused_optimizer=config.fused_optimizer,
+    )
