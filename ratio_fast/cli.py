@@ -58,17 +58,17 @@ def _train_parser(sub, d: TrainConfig) -> None:
     # None: the fast choice for the device, decided when the run knows its device.
     on_off = argparse.BooleanOptionalAction
     g.add_argument("--amp", action=on_off, default=d.amp,
-                   help="mixed precision, perturbations stay fp32 (None: on for CUDA, off for CPU)")
+                   help="mixed precision, perturbations stay fp32 (default: on for CUDA, off for CPU)")
     g.add_argument("--amp-dtype", default=d.amp_dtype, choices=AMP_DTYPES)
     g.add_argument("--channels-last", action=on_off, default=d.channels_last,
-                   help="channels_last memory format (None: on for CUDA, off for CPU)")
+                   help="channels_last memory format (default: on for CUDA, off for CPU)")
     g.add_argument("--attack-schedule", default=d.attack_schedule, choices=ATTACK_SCHEDULES,
                    help="in- and out-distribution attacks one after the other, on two CUDA streams, or as "
                         "one concatenated batch; auto: measured once per GPU and setting, then cached")
     g.add_argument("--cuda-graphs", action=on_off, default=d.cuda_graphs,
-                   help="replay the attacks from a CUDA graph (None: on for CUDA, off for CPU)")
+                   help="replay the attacks from a CUDA graph (default: on for CUDA, off for CPU)")
     g.add_argument("--compile", action=on_off, default=d.compile,
-                   help="torch.compile the model (None: on for CUDA, off for CPU)")
+                   help="torch.compile the model (default: on for CUDA, off for CPU)")
     g.add_argument("--fp32-first-conv", action=on_off, default=d.fp32_first_conv,
                    help="under --amp, keep the first convolution in fp32 (small perturbations survive)")
     g.add_argument("--input-grad-only", action=on_off, default=d.input_grad_only,

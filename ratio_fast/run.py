@@ -163,7 +163,7 @@ class Run:
         ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
                     f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device}{ranks}, "
-                    f"{'/'.join(self.loader_kinds)} loader -> {self.run_dir}")
+                    f"{_loader_names(self.loader_kinds)} -> {self.run_dir}")
         last = {}
         while trainer.steps_done < stop_at:
             epoch, start = divmod(trainer.steps_done, self.steps_per_epoch)
@@ -283,6 +283,13 @@ class Run:
     def _print(self, line: str) -> None:
         if self.log is not None:
             print(line, file=self.log, flush=True)
+
+
+def _loader_names(kinds: list[str]) -> str:
+    names = {"gpu": "device-resident", "dali": "DALI", "torch": "DataLoader"}
+    if len(set(kinds)) == 1:
+        return f"{names[kinds[0]]} loader"
+    return f"{names[kinds[0]]} loader (in), {names[kinds[1]]} loader (out)"
 
 
 def _accumulate(sums: dict, metrics: dict) -> None:
