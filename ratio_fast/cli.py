@@ -28,6 +28,9 @@ def _train_parser(sub, d: TrainConfig) -> None:
                         "workers; auto: the fastest that fits, as measured")
     g.add_argument("--synthetic-size", type=int, default=d.synthetic_size, help="training images of the synthetic set (default 10240)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    g.add_argument("--cutout", action="store_true", default=d.cutout,
+                   help="zero one 16x16 square per training image, centred anywhere on it (DeVries & Taylor "
+                        "2017); with or without --no-augment")
 
     g = p.add_argument_group("model and optimization")
     g.add_argument("--arch", default=d.arch, help="wrn34, wrn28, resnet18, resnet50 or tiny")
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio-fast: stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ratio-fast: interrupted; the last epoch's checkpoint is kept", file=sys.stderr)
+        print("ratio-fast: interrupted; the last checkpoint written is kept", file=sys.stderr)
         return 130
 
 

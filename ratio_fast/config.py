@@ -56,7 +56,8 @@ class TrainConfig:
     fp32_first_conv: bool = True  # under AMP, the first convolution stays fp32 (attack strength)
     input_grad_only: bool = True  # attacks compute no weight gradients
     fused_optimizer: bool = True  # SGD's fused kernel (one launch for the whole update)
-    augment: bool = True
+    augment: bool = True  # random crop (4-pixel padding) and horizontal flip
+    cutout: bool = False  # one 16x16 square zeroed per training image (DeVries & Taylor 2017)
     backend: str = "auto"  # fused-op backend: auto | triton | torch
     device: str = "auto"
     seed: int = 0

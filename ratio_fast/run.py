@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .attacks import L2PGD
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import load_in_distribution, load_out_distribution, make_loader, resolve_loader_kind
+from .data import choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, shutdown)
 from .errors import TrainingStopped, UserError
@@ -90,9 +90,10 @@ class Run:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train.labels)} images)")
         channels_last = wants_channels_last(cfg, self.device)
         shard = dict(rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
-        self.loader_kinds = [resolve_loader_kind(cfg.loader, train.images, self.device)]
+        augmentation = dict(augment=cfg.augment, cutout=cfg.cutout)
+        self.loader_kinds = [self._loader_kind(train.images, **augmentation, **shard)]
         self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, cfg.batch_size, self.device,
-                                        seed=cfg.seed, augment=cfg.augment, **shard)
+                                        seed=cfg.seed, **augmentation, **shard)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
         self.test_loader = make_loader("gpu", test.images, test.labels, 256, self.device, seed=cfg.seed,
                                        augment=False, shuffle=False, drop_last=False, channels_last=channels_last)
@@ -103,9 +104,9 @@ class Run:
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
-            self.loader_kinds.append(resolve_loader_kind(cfg.loader, out_images, self.device))
+            self.loader_kinds.append(self._loader_kind(out_images, **augmentation, **shard))
             self.out_loader = make_loader(self.loader_kinds[1], out_images, None, cfg.batch_size, self.device,
-                                          seed=cfg.seed + 1, augment=cfg.augment, **shard)
+                                          seed=cfg.seed + 1, **augmentation, **shard)
 
         self.steps_per_epoch = len(self.train_loader)
         mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
@@ -126,6 +127,14 @@ class Run:
             self._restore_rng(checkpoint_state["rng"])
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
                                  keep_best=True, backend=cfg.backend)
+
+    def _loader_kind(self, images, **loader_options) -> str:
+        """--loader for these images; a measured 'auto' choice is logged with its rates."""
+        choice = choose_loader_kind(self.config.loader, images, self.device, batch_size=self.config.batch_size,
+                                    **loader_options)
+        if choice.measured:
+            self._print(choice.describe())
+        return choice.kind
 
     def _checkpoint_to_resume(self, resume: bool | str) -> dict | None:
         default = self.run_dir / CHECKPOINT

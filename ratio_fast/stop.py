@@ -12,6 +12,7 @@ no GPU synchronization and at most one extra step.
 from __future__ import annotations
 
 import signal
+import threading
 
 import torch
 import torch.distributed as dist
@@ -34,8 +35,11 @@ class StopRequest:
         self._pending = None
 
     def __enter__(self) -> "StopRequest":
-        for sig in SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+        # Python delivers signals to the main thread only; a run started from another thread
+        # (embedded in someone's program) keeps that program's handlers.
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         if self.ctx.is_distributed:
             is_gloo = dist.get_backend() == "gloo"
             self._group = None if is_gloo else dist.new_group(backend="gloo")

@@ -72,7 +72,10 @@ class RatioTrainer:
             keep_first_conv_fp32(self.model)
         # The attacks and the train forward call `forward_model`; EMA, state and DDP use `model`.
         self.forward_model = torch.compile(self.model, dynamic=False) if speed.compile else self.model
-        self.train_module = train_module if train_module is not None else self.forward_model
+        if train_module is None:
+            self.train_module = self.forward_model
+        else:  # e.g. DDP around `model`: compiled the same way, so multi-GPU runs keep the speed-up
+            self.train_module = torch.compile(train_module, dynamic=False) if speed.compile else train_module
         self.ema = ModelEMA(self.model, config.ema_decay)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0,

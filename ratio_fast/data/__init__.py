@@ -3,7 +3,7 @@ the three loaders (gpu-resident, DALI, torch DataLoader) that share one batch pl
 
 Sources give uint8 (32, 32, 3) HWC images (arrays, or ``ImageSource`` objects read by row);
 loaders turn them into float batches in [0,1], NCHW, on the training device, sharded over
-ranks. ``make_loader(kind, ...)`` picks one; see ``loaders.py`` for the ``auto`` rule.
+ranks. ``make_loader(kind, ...)`` picks one; see ``loaders.py`` for how ``auto`` chooses.
 """
 
 from ratio_fast.data.cifar import CIFAR100_MD5, CIFAR100_URL, CIFAR10_MD5, CIFAR10_URL, load_cifar
@@ -12,7 +12,14 @@ from ratio_fast.data.device_loader import DEVICE_RESIDENT_MAX_BYTES, DeviceLoade
 from ratio_fast.data.folder import ImageFolder
 from ratio_fast.data.image_source import ArraySource, ExcludedRows, ImageSource, as_source, read_exclusion_list
 from ratio_fast.data.loader import Loader
-from ratio_fast.data.loaders import LOADER_CHOICES, LOADER_KINDS, make_loader, resolve_loader_kind
+from ratio_fast.data.loaders import (
+    LOADER_CHOICES,
+    LOADER_KINDS,
+    LoaderChoice,
+    choose_loader_kind,
+    make_loader,
+    resolve_loader_kind,
+)
 from ratio_fast.data.npy import NpyImages, load_npy_images
 from ratio_fast.data.plan import BatchPlan, plan_batch
 from ratio_fast.data.sources import (
@@ -44,11 +51,13 @@ __all__ = [
     "LOADER_CHOICES",
     "LOADER_KINDS",
     "Loader",
+    "LoaderChoice",
     "NpyImages",
     "OUT_DISTRIBUTIONS",
     "TinyImages",
     "TorchLoader",
     "as_source",
+    "choose_loader_kind",
     "dali_available",
     "load_cifar",
     "load_in_distribution",

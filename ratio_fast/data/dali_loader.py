@@ -6,8 +6,9 @@ pillow decoding for image folders) and passes them with their planned crop ancho
 flags. DALI then does the augmentation on the GPU (or on the CPU with ``device_id=None`` on a
 machine without one): ``fn.slice`` with a zero-padding out-of-bounds policy at the planned
 integer anchor, and ``fn.flip``. The uint8 result is copied to a torch tensor on the loader's
-device and converted by ``augment.to_model_input``, the gpu loader's own last step, so the
-three loaders agree bit for bit (tests/test_dali.py checks it on CPU).
+device and converted by ``augment.to_model_input``, the gpu loader's own last step (cutout
+included: the planned centres pass through the pipeline untouched), so the three loaders agree
+bit for bit (tests/test_dali.py checks it on CPU).
 
 DALI is imported only when a pipeline is built: importing ratio_fast never needs it.
 """
@@ -58,6 +59,7 @@ class DaliLoader(StreamingLoader):
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        cutout: bool = False,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         if not dali_available():
@@ -65,7 +67,8 @@ class DaliLoader(StreamingLoader):
                             "or choose --loader gpu or torch")
         source = as_source(images)
         super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
-                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size)
+                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
+                         cutout=cutout, image_hw=source.shape[1:3])
         if self.device.type not in ("cuda", "cpu"):
             raise ValueError(f"the dali loader runs on cuda or cpu devices, not {self.device}")
         self.workers = workers
@@ -73,7 +76,7 @@ class DaliLoader(StreamingLoader):
 
     def _open_stream(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         pipeline = _build_pipeline(_DaliFeed(self.reader, step), self.local_batch_size, self.device,
-                                   self.workers, labelled=self.reader.labels is not None)
+                                   self.workers, num_passed=len(_passed_through(self.reader)))
         return _batches(pipeline, self.reader, step, self.device, self.channels_last)
 
     def _close_stream(self, stream: Iterator) -> None:
@@ -98,14 +101,21 @@ def _batches(pipeline, reader: PlannedReader, step: int, device: torch.device, c
             raise_user_error_behind(e, reader, range(step, step + PREFETCH_DEPTH + 2))
             raise
         images = _to_torch(outputs[0], device)
-        labels = _to_torch(outputs[1], torch.device("cpu")).to(device, non_blocking=True) if len(outputs) > 1 else None
-        yield to_model_input(images, channels_last), labels
+        passed = {name: _to_torch(output, torch.device("cpu")).to(device, non_blocking=True)
+                  for name, output in zip(_passed_through(reader), outputs[1:])}
+        yield to_model_input(images, channels_last, passed.get("cutout")), passed.get("labels")
         step += 1
+
+
+def _passed_through(reader: PlannedReader) -> tuple[str, ...]:
+    """What the pipeline passes from the feed to its outputs untouched, after the images."""
+    return ("labels",) * (reader.labels is not None) + ("cutout",) * (reader.cutout_hw is not None)
 
 
 class _DaliFeed:
     """The external source callback: batch ``info.iteration`` of the stream is global step
-    ``start + info.iteration``. Returns (images HWC, crop anchors (dy-PAD, dx-PAD), flips[, labels])."""
+    ``start + info.iteration``. Returns (images HWC, crop anchors (dy-PAD, dx-PAD), flips,
+    *what ``_passed_through`` names)."""
 
     def __init__(self, reader: PlannedReader, start: int) -> None:
         self.reader = reader
@@ -114,15 +124,15 @@ class _DaliFeed:
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         batch = self.reader.read(self.start + info.iteration)
         outputs = (batch.images, (batch.shift - PAD).astype(np.int32), batch.flip.astype(np.int32))
-        return outputs if batch.labels is None else (*outputs, batch.labels)
+        return (*outputs, *(getattr(batch, name) for name in _passed_through(self.reader)))
 
 
-def _build_pipeline(feed: _DaliFeed, batch_size: int, device: torch.device, workers: int, *, labelled: bool):
+def _build_pipeline(feed: _DaliFeed, batch_size: int, device: torch.device, workers: int, *, num_passed: int):
     from nvidia.dali import Pipeline, fn, types
 
     device_id = (device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else None
-    num_outputs = 4 if labelled else 3
+    num_outputs = 3 + num_passed
     # Forked workers start in milliseconds, spawned ones re-import torch (seconds); but children
     # forked from a process that uses CUDA inherit a CUDA context they must not use.
     start_method = "fork" if device_id is None and not torch.cuda.is_initialized() else "spawn"
@@ -132,7 +142,7 @@ def _build_pipeline(feed: _DaliFeed, batch_size: int, device: torch.device, work
     with pipeline:
         parallel = dict(parallel=True, prefetch_queue_depth=PREFETCH_DEPTH) if workers > 0 else {}
         outputs = fn.external_source(source=feed, num_outputs=num_outputs, batch=True, batch_info=True,
-                                     layout=["HWC", "", "", ""][:num_outputs], **parallel)
+                                     layout=["HWC"] + [""] * (num_outputs - 1), **parallel)
         images, anchor, flip = outputs[:3]
         if device_id is not None:
             images = images.gpu()

@@ -35,7 +35,7 @@ class DeviceLoader(Loader):
 
     Arguments and output: see ``loader.Loader``. With ``augment``: random crop with 4-pixel
     zero padding (each axis's shift uniform over its 9 offsets) and horizontal flip with
-    probability 1/2.
+    probability 1/2. With ``cutout``: a 16x16 square zeroed per image.
     """
 
     def __init__(
@@ -52,6 +52,7 @@ class DeviceLoader(Loader):
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        cutout: bool = False,
         max_bytes: int = DEVICE_RESIDENT_MAX_BYTES,
     ) -> None:
         if torch.is_tensor(images):
@@ -65,12 +66,13 @@ class DeviceLoader(Loader):
                             f"the {max_bytes / 2**30:.1f} GiB the gpu loader keeps on the device; "
                             f"use --loader dali or --loader torch")
         super().__init__(len(images), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
-                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size)
+                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
+                         cutout=cutout, image_hw=tuple(images.shape[1:3]))
         self.images = _upload_images(images, self.device)  # (N, 32, 32, 3) uint8, on device
         labels = labels_array(labels)
         self.labels = None if labels is None else torch.from_numpy(labels).to(self.device)
         self._plan_epoch: int | None = None
-        self._plan: torch.Tensor | None = None  # (N, 4): order, dy, dx, flip
+        self._plan: torch.Tensor | None = None  # (N, 4 or 6): order, dy, dx, flip[, cutout cy, cx]
 
     def _make_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         plan = self._epoch_plan(epoch)
@@ -79,13 +81,15 @@ class DeviceLoader(Loader):
         rows = part[:, 0]
         x = crop_flip(self.images, rows, part[:, 1:3], part[:, 3]) if self.augment else self.images[rows]
         y = None if self.labels is None else self.labels[rows]
-        return to_model_input(x, self.channels_last), y
+        cutout = part[:, 4:6] if self.cutout else None
+        return to_model_input(x, self.channels_last, cutout), y
 
     def _epoch_plan(self, epoch: int) -> torch.Tensor:
         # Only the current epoch is kept: the trainer walks epochs in order.
         if self._plan_epoch != epoch:
-            plan = plan_epoch(self.seed, epoch, self.num_samples, self.shuffle)
-            packed = np.concatenate([plan.indices[:, None], plan.shift, plan.flip[:, None]], axis=1)
+            plan = plan_epoch(self.seed, epoch, self.num_samples, self.shuffle, self.cutout_hw)
+            columns = [plan.indices[:, None], plan.shift, plan.flip[:, None]]
+            packed = np.concatenate(columns + ([plan.cutout] if plan.cutout is not None else []), axis=1)
             self._plan = torch.from_numpy(packed).to(self.device)  # one host-to-device copy
             self._plan_epoch = epoch
         return self._plan

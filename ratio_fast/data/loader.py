@@ -3,7 +3,9 @@
 - ``len(loader)``: global batches per epoch (the same on every rank).
 - ``loader.batch(epoch, index) -> (x, y)``: x float32 (B / world_size, 3, 32, 32) in [0, 1] on
   the loader's device (channels_last memory if asked), y int64 labels or ``None`` for an
-  unlabelled set. A pure function of (seed, epoch, index): see ``plan.py``.
+  unlabelled set. A pure function of (seed, epoch, index): see ``plan.py``. With ``augment``:
+  random crop with 4-pixel zero padding and horizontal flip; with ``cutout``: one 16x16 square
+  zeroed per image (``augment.to_model_input``), independently of ``augment``.
 - ``loader.epoch(e, start=0)`` yields the batches of epoch ``e`` from ``start`` on; iterating the
   loader gives epoch 0.
 """
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ratio_fast.data.image_source import IMAGE_SHAPE
 from ratio_fast.data.plan import BatchPlan, batches_per_epoch, check_sharding, plan_batch
 
 
@@ -35,6 +38,8 @@ class Loader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        cutout: bool = False,
+        image_hw: tuple[int, int] = IMAGE_SHAPE[:2],
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -53,6 +58,8 @@ class Loader:
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
+        self.cutout = cutout
+        self.cutout_hw = (int(image_hw[0]), int(image_hw[1])) if cutout else None  # where centres are drawn
 
     def __len__(self) -> int:
         """Global batches per epoch."""
@@ -78,7 +85,8 @@ class Loader:
     def plan(self, epoch: int, index: int) -> BatchPlan:
         """Which rows, crops and flips this rank's part of batch (epoch, index) holds."""
         return plan_batch(self.seed, epoch, index, batch_size=self.batch_size, num_samples=self.num_samples,
-                          shuffle=self.shuffle, rank=self.rank, world_size=self.world_size)
+                          shuffle=self.shuffle, rank=self.rank, world_size=self.world_size,
+                          cutout_hw=self.cutout_hw)
 
     def _make_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError

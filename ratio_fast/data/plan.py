@@ -9,7 +9,9 @@ mid-epoch and a worker process all agree without sharing state.
   next even number of bits, with cycle walking back into [0, N). It is evaluated per position,
   so a batch costs O(batch) work and no O(N) table, even for the 79 million Tiny Images rows.
 - Augmentation: the crop shift (dy, dx), each uniform over the 2*PAD+1 integer offsets, and the
-  flip bit belong to the position, drawn from a hash of (seed, epoch, position).
+  flip bit belong to the position, drawn from a hash of (seed, epoch, position). With cutout,
+  so does the cutout centre (cy, cx), uniform over the image's pixels, from a second hash of
+  the same inputs: turning cutout on or off leaves the order, crops and flips as they were.
 - Sharding: global batch ``index`` holds positions [index*B, (index+1)*B); rank r of W gets the
   r-th of W equal slices. An N-rank run therefore sees exactly the batches of a 1-rank run with
   the same global batch, with the same crops and flips.
@@ -28,15 +30,18 @@ NUM_SHIFTS = 2 * PAD + 1  # integer crop offsets per axis: 0..2*PAD, i.e. a shif
 
 _FEISTEL_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 increment: spreads consecutive inputs
+_CUTOUT_SALT = np.uint64(0x5C0FFEE5A17C0DE5)  # separates the cutout hash from the crop/flip hash
 
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """One rank's part of one batch: source rows, crop shifts (dy, dx) in [0, 2*PAD], flips 0/1."""
+    """One rank's part of one batch: source rows, crop shifts (dy, dx) in [0, 2*PAD], flips 0/1,
+    and cutout centres (cy, cx) when cutout is on."""
 
     indices: np.ndarray  # int64 (b,)
     shift: np.ndarray  # int64 (b, 2)
     flip: np.ndarray  # int64 (b,)
+    cutout: np.ndarray | None = None  # int64 (b, 2), cy in [0, H), cx in [0, W); None: no cutout
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -97,27 +102,42 @@ class EpochKeys:
 
     def augmentation(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift (b, 2) with each axis uniform in [0, 2*PAD], flip (b,) in {0, 1}) per position."""
-        h = _mix(np.asarray(positions, dtype=np.uint64) * _GOLDEN ^ self.augment_key)
+        h = self._position_hash(positions)
         shift = np.stack([h % np.uint64(NUM_SHIFTS), (h >> np.uint64(20)) % np.uint64(NUM_SHIFTS)], axis=1)
         flip = h >> np.uint64(63)
         return shift.astype(np.int64), flip.astype(np.int64)
 
+    def cutout_centres(self, positions: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+        """Cutout centre (cy, cx) per position, (b, 2), uniform over an image of size ``image_hw``."""
+        h = _mix(self._position_hash(positions) ^ _CUTOUT_SALT)
+        height, width = (np.uint64(n) for n in image_hw)
+        return np.stack([h % height, (h >> np.uint64(32)) % width], axis=1).astype(np.int64)
+
+    def _position_hash(self, positions: np.ndarray) -> np.ndarray:
+        return _mix(np.asarray(positions, dtype=np.uint64) * _GOLDEN ^ self.augment_key)
+
 
 def plan_batch(seed: int, epoch: int, index: int, *, batch_size: int, num_samples: int,
-               shuffle: bool, rank: int = 0, world_size: int = 1) -> BatchPlan:
-    """The rows, crops and flips that ``rank`` loads for global batch ``index`` of ``epoch``."""
-    keys = EpochKeys(seed, epoch)
+               shuffle: bool, rank: int = 0, world_size: int = 1,
+               cutout_hw: tuple[int, int] | None = None) -> BatchPlan:
+    """The rows, crops, flips (and cutout centres within ``cutout_hw``, the image's (height,
+    width), if given) that ``rank`` loads for global batch ``index`` of ``epoch``."""
     positions = shard_positions(index, batch_size, num_samples, rank, world_size)
-    shift, flip = keys.augmentation(positions)
-    return BatchPlan(keys.order(positions, num_samples, shuffle), shift, flip)
+    return _plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, cutout_hw)
 
 
-def plan_epoch(seed: int, epoch: int, num_samples: int, shuffle: bool) -> BatchPlan:
+def plan_epoch(seed: int, epoch: int, num_samples: int, shuffle: bool,
+               cutout_hw: tuple[int, int] | None = None) -> BatchPlan:
     """The plan of every position of an epoch at once (the gpu loader keeps it on the device)."""
-    keys = EpochKeys(seed, epoch)
     positions = np.arange(num_samples, dtype=np.int64)
+    return _plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, cutout_hw)
+
+
+def _plan_positions(keys: EpochKeys, positions: np.ndarray, num_samples: int, shuffle: bool,
+                    cutout_hw: tuple[int, int] | None) -> BatchPlan:
     shift, flip = keys.augmentation(positions)
-    return BatchPlan(keys.order(positions, num_samples, shuffle), shift, flip)
+    cutout = None if cutout_hw is None else keys.cutout_centres(positions, cutout_hw)
+    return BatchPlan(keys.order(positions, num_samples, shuffle), shift, flip, cutout)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ class StepBatch:
     shift: np.ndarray  # int64 (b, 2), (dy, dx) in [0, 2*PAD]; PAD, PAD (no shift) without augment
     flip: np.ndarray  # int64 (b,), 0 without augment
     labels: np.ndarray | None  # int64 (b,)
+    cutout: np.ndarray | None = None  # int64 (b, 2) cutout centres; None without cutout
 
 
 class PlannedReader:
@@ -48,7 +49,9 @@ class PlannedReader:
         self.labels = labels
         self.batches_per_epoch = len(loader)
         self.plan_args = dict(batch_size=loader.batch_size, num_samples=loader.num_samples,
-                              shuffle=loader.shuffle, rank=loader.rank, world_size=loader.world_size)
+                              shuffle=loader.shuffle, rank=loader.rank, world_size=loader.world_size,
+                              cutout_hw=loader.cutout_hw)
+        self.cutout_hw = loader.cutout_hw
         self.seed = loader.seed
         self.augment = loader.augment
 
@@ -59,7 +62,7 @@ class PlannedReader:
         if not self.augment:
             shift, flip = np.full_like(shift, PAD), np.zeros_like(flip)
         labels = None if self.labels is None else self.labels[plan.indices]
-        return StepBatch(self.source.read(plan.indices), shift, flip, labels)
+        return StepBatch(self.source.read(plan.indices), shift, flip, labels, plan.cutout)
 
 
 def raise_user_error_behind(error: Exception, reader: PlannedReader, steps: range) -> None:

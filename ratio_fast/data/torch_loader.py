@@ -45,11 +45,13 @@ class TorchLoader(StreamingLoader):
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        cutout: bool = False,
         workers: int = DEFAULT_WORKERS,
     ) -> None:
         source = as_source(images)
         super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
-                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size)
+                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
+                         cutout=cutout, image_hw=source.shape[1:3])
         self.workers = workers
         self._steps = _AugmentedSteps(PlannedReader(source, labels_array(labels), self))
 
@@ -72,7 +74,7 @@ def _on_device(loader: DataLoader, reader: PlannedReader, step: int, device: tor
     batches = iter(loader)
     while True:
         try:
-            images, labels = next(batches)
+            images, labels, cutout = next(batches)
         except Exception as e:  # a worker's exception, re-raised with its traceback in the message
             # Stop the workers now: drop every reference to the DataLoader iterator, ours and those
             # in the frames of the exception's traceback (which a test or a log may keep alive).
@@ -80,25 +82,28 @@ def _on_device(loader: DataLoader, reader: PlannedReader, step: int, device: tor
             del batches
             raise_user_error_behind(e, reader, range(step, step + 1))  # DataLoader keeps order
             raise
-        x = to_model_input(images.to(device, non_blocking=True), channels_last)
+        cutout = None if cutout is None else cutout.to(device, non_blocking=True)
+        x = to_model_input(images.to(device, non_blocking=True), channels_last, cutout)
         yield x, (None if labels is None else labels.to(device, non_blocking=True))
         step += 1
 
 
 class _AugmentedSteps(Dataset):
-    """Item ``step``: that step's batch cropped and flipped, uint8 (b, 32, 32, 3), and labels."""
+    """Item ``step``: that step's batch cropped and flipped, uint8 (b, 32, 32, 3), its labels and
+    its cutout centres (each None when there are none); the cutout itself is cut on the device."""
 
     def __init__(self, reader: PlannedReader) -> None:
         self.reader = reader
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         batch = self.reader.read(step)
         images = torch.from_numpy(batch.images)
         if self.reader.augment:
             images = crop_flip(images, torch.arange(len(images)), torch.from_numpy(batch.shift),
                                torch.from_numpy(batch.flip))
         labels = None if batch.labels is None else torch.from_numpy(batch.labels)
-        return images, labels
+        cutout = None if batch.cutout is None else torch.from_numpy(batch.cutout)
+        return images, labels, cutout
 
 
 class _StepsFrom(Sampler):

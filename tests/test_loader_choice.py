@@ -1,0 +1,143 @@
+"""`--loader auto` on a GPU: the candidates that can hold the set are measured once, the fastest
+wins, and the answer is cached. On CPU, timers are injected (as tests/test_speed.py does for the
+attack schedule): each fake timer still runs the real loader's batches, then reports its time.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+
+import pytest
+
+from ratio_fast.config import TrainConfig
+from ratio_fast.data import choose_loader_kind, loaders, make_synthetic, resolve_loader_kind
+from ratio_fast.data.image_source import ArraySource
+from ratio_fast.data.loaders import MEASURED_BATCHES
+
+SECONDS_PER_CALL = {"gpu": 0.08, "dali": 0.02, "torch": 0.04}
+
+
+class FakeTimer:
+    """Loads the batches it is given (so the real loaders run), reports SECONDS_PER_CALL."""
+
+    def __init__(self, seconds=SECONDS_PER_CALL):
+        self.seconds = seconds
+        self.measured = []
+
+    def __call__(self, kind, run):
+        run()
+        self.measured.append(kind)
+        return self.seconds[kind]
+
+
+def choose(images, timer, cache, **options):
+    return choose_loader_kind("auto", images, "cpu", batch_size=64, workers=0, timer=timer, cache=cache, **options)
+
+
+def test_fastest_measured_kind_wins_then_the_cache_answers(tmp_path):
+    x, _ = make_synthetic(200)
+    cache, timer = tmp_path / "loaders.json", FakeTimer()
+    first = choose(x, timer, cache)
+    assert (first.kind, first.cached, sorted(timer.measured)) == ("dali", False, ["dali", "gpu", "torch"])
+    assert first.images_per_s == pytest.approx({kind: 64 * MEASURED_BATCHES / s for kind, s in SECONDS_PER_CALL.items()})
+    assert first.describe() == (f"loader auto: dali 25.6k img/s, torch 12.8k img/s, gpu 6.4k img/s -> dali "
+                                f"(measured now, cached in {cache})")
+
+    again = choose(x, timer, cache)  # a later or resumed run: same key, no measuring
+    assert (again.kind, again.cached, len(timer.measured)) == ("dali", True, 3)
+    assert again.images_per_s == pytest.approx(first.images_per_s)
+    assert f"read from {cache}" in again.describe()
+    assert resolve_loader_kind("auto", x, "cpu", batch_size=64, workers=0, timer=timer, cache=cache) == "dali"
+    assert len(timer.measured) == 3
+
+    # What decides the answer is in the key: another batch size or augmentation is measured anew.
+    other = FakeTimer({"gpu": 0.01, "dali": 0.02, "torch": 0.04})
+    assert choose(x, other, cache, cutout=True).kind == "gpu" and len(other.measured) == 3
+    assert choose_loader_kind("auto", x, "cpu", batch_size=32, workers=0, timer=other, cache=cache).kind == "gpu"
+    assert len(other.measured) == 6
+    assert len(json.loads(cache.read_text())) == 3
+
+
+def test_a_corrupt_cache_is_measured_over(tmp_path):
+    x, _ = make_synthetic(200)
+    cache = tmp_path / "loaders.json"
+    cache.write_text("{ torn")
+    timer = FakeTimer()
+    choice = choose(x, timer, cache)
+    assert (choice.kind, choice.cached, len(timer.measured)) == ("dali", False, 3)
+    (entry,) = json.loads(cache.read_text()).values()  # rewritten whole
+    assert entry["schedule"] == "dali"
+
+    cache.write_text(json.dumps({key: {"schedule": "fastest"} for key in json.loads(cache.read_text())}))
+    assert choose(x, timer, cache).cached is False  # an entry naming no candidate is not trusted
+    assert len(timer.measured) == 6
+
+
+def test_kinds_that_cannot_hold_the_set_are_never_measured(tmp_path, monkeypatch):
+    x, _ = make_synthetic(200)
+    fastest_gpu = {"gpu": 0.001, "dali": 0.02, "torch": 0.04}
+
+    class Decoded(ArraySource):
+        decodes = True
+
+    timer = FakeTimer(fastest_gpu)
+    assert choose(Decoded(x), timer, tmp_path / "a.json").kind == "dali"  # decoding sets stream
+    assert sorted(timer.measured) == ["dali", "torch"]
+
+    monkeypatch.setattr(loaders, "DEVICE_RESIDENT_MAX_BYTES", x.nbytes - 1)  # too big for the device
+    timer = FakeTimer(fastest_gpu)
+    assert choose(x, timer, tmp_path / "b.json").kind == "dali"
+    assert sorted(timer.measured) == ["dali", "torch"]
+
+    monkeypatch.setattr(loaders, "dali_available", lambda: False)
+    timer = FakeTimer(fastest_gpu)
+    choice = choose(x, timer, tmp_path / "c.json")
+    assert (choice.kind, choice.measured, timer.measured) == ("torch", False, [])  # nothing to compare
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_cpu_without_a_timer_keeps_the_size_rule(tmp_path, monkeypatch):
+    monkeypatch.setenv("RATIO_FAST_CACHE_DIR", str(tmp_path))
+    x, _ = make_synthetic(200)
+    choice = choose_loader_kind("auto", x, "cpu", batch_size=64)
+    assert (choice.kind, choice.measured) == ("gpu", False)
+    assert choose_loader_kind("torch", x, "cpu", batch_size=64).kind == "torch"
+    assert list(tmp_path.iterdir()) == []
+    assert loaders.default_loader_cache_path() == tmp_path / "loader_choice.json"
+
+
+def test_run_logs_the_measured_choice_and_passes_cutout(tmp_path, monkeypatch):
+    """Run wiring: the measured choice is logged, and cutout reaches the training loaders only."""
+    from ratio_fast import run as run_module
+
+    timer = FakeTimer({"gpu": 0.04, "dali": 0.08, "torch": 0.02})
+    monkeypatch.setattr(run_module, "choose_loader_kind", functools.partial(
+        choose_loader_kind, workers=0, timer=timer, cache=tmp_path / "loaders.json"))
+    config = TrainConfig(arch="tiny", dataset="synthetic", synthetic_size=256, batch_size=32, device="cpu",
+                         cutout=True)
+    log = io.StringIO()
+    run = run_module.Run(config, tmp_path / "run", log=log)
+    try:
+        assert run.loader_kinds == ["torch", "torch"]
+        assert run.train_loader.cutout and run.out_loader.cutout and not run.test_loader.cutout
+        lines = [line for line in log.getvalue().splitlines() if line.startswith("loader auto:")]
+        assert len(lines) == 2 and all(line.endswith("-> torch (measured now, cached in "
+                                                     f"{tmp_path / 'loaders.json'})") for line in lines)
+    finally:
+        run.train_loader.close()
+        run.out_loader.close()
+
+
+@pytest.mark.gpu
+def test_measures_real_loaders_on_cuda(tmp_path):
+    x, _ = make_synthetic(2048)
+    cache = tmp_path / "loaders.json"
+    first = choose_loader_kind("auto", x, "cuda", batch_size=256, workers=2, cache=cache)
+    candidates = loaders.auto_candidates(ArraySource(x))
+    assert first.measured and not first.cached and set(first.images_per_s) == set(candidates)
+    assert first.kind == max(first.images_per_s, key=first.images_per_s.get)
+    assert all(rate > 0 for rate in first.images_per_s.values())
+    again = choose_loader_kind("auto", x, "cuda", batch_size=256, workers=2, cache=cache)
+    assert (again.kind, again.cached) == (first.kind, True)
