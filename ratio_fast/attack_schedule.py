@@ -13,10 +13,6 @@ without measuring.
 """
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +20,7 @@ from typing import Callable
 import torch
 
 from .attacks import L2PGD, joint_l2_pgd
+from .measure import cache_dir, fastest, time_call
 
 SCHEDULES = ("sequential", "streams", "concat")
 AUTO_CANDIDATES = ("streams", "concat")
@@ -52,30 +49,9 @@ def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2P
     return attack_in(model, x, y), attack_out(model, z)
 
 
-def time_call(run: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
-    """Median seconds of run() after `warmup` calls: CUDA events on a GPU, the wall clock elsewhere."""
-    for _ in range(warmup):
-        run()
-    seconds = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1e3)
-        else:
-            began = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - began)
-    return statistics.median(seconds)
-
-
 def default_cache_path() -> Path:
-    """$RATIO_FAST_CACHE_DIR/attack_schedule.json, by default under ~/.cache/ratio-fast."""
-    root = os.environ.get("RATIO_FAST_CACHE_DIR") or Path.home() / ".cache" / "ratio-fast"
-    return Path(root) / "attack_schedule.json"
+    """attack_schedule.json in the measurement cache folder (see measure.cache_dir)."""
+    return cache_dir() / "attack_schedule.json"
 
 
 @dataclass
@@ -93,36 +69,6 @@ class ScheduleChoice:
 
 def choose_schedule(key: str, measure: Callable[[str], float], candidates=AUTO_CANDIDATES,
                     cache_path: str | Path | None = None) -> ScheduleChoice:
-    """The fastest candidate for `key`: from the cache, or measure(name) -> seconds for each, then cached.
-
-    An unreadable cache is measured over and rewritten; it holds measurements, not settings.
-    """
-    path = Path(cache_path) if cache_path is not None else default_cache_path()
-    entries = _read_cache(path)
-    entry = entries.get(key)
-    if entry and entry.get("schedule") in candidates:
-        return ScheduleChoice(entry["schedule"], dict(entry.get("timings_ms", {})), key, cached=True)
-    timings_ms = {name: 1e3 * measure(name) for name in candidates}
-    best = min(timings_ms, key=timings_ms.get)
-    entries[key] = {"schedule": best, "timings_ms": timings_ms, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
-    _write_cache(path, entries)
-    return ScheduleChoice(best, timings_ms, key, cached=False)
-
-
-def _read_cache(path: Path) -> dict:
-    try:
-        entries = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
-
-
-def _write_cache(path: Path, entries: dict) -> None:
-    """Atomic write, so two runs starting together never leave a torn file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs a new measurement next time
+    """The fastest candidate for `key`, measured once with measure(name) -> seconds, then cached."""
+    found = fastest(key, measure, candidates, cache_path if cache_path is not None else default_cache_path())
+    return ScheduleChoice(found.best, found.timings_ms, key, found.cached)

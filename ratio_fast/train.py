@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from .attack_schedule import ScheduleChoice, choose_schedule, run_attacks, time_call
+from .attack_schedule import ScheduleChoice, choose_schedule, run_attacks
+from .measure import time_call
 from .apgd import APGD
 from .attacks import L2PGD
 from .config import TrainConfig

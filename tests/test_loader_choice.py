@@ -68,9 +68,9 @@ def test_a_corrupt_cache_is_measured_over(tmp_path):
     choice = choose(x, timer, cache)
     assert (choice.kind, choice.cached, len(timer.measured)) == ("dali", False, 3)
     (entry,) = json.loads(cache.read_text()).values()  # rewritten whole
-    assert entry["schedule"] == "dali"
+    assert entry["fastest"] == "dali"
 
-    cache.write_text(json.dumps({key: {"schedule": "fastest"} for key in json.loads(cache.read_text())}))
+    cache.write_text(json.dumps({key: {"fastest": "no-such-loader"} for key in json.loads(cache.read_text())}))
     assert choose(x, timer, cache).cached is False  # an entry naming no candidate is not trusted
     assert len(timer.measured) == 6
 

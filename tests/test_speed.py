@@ -92,7 +92,7 @@ def test_auto_choice_measures_once_then_reads_the_cache(tmp_path):
 
     cache.write_text("{ not json")  # a torn or foreign file is measured over, not an error
     assert choose_schedule("gpu A | model", measure, cache_path=cache).cached is False
-    assert json.loads(cache.read_text())["gpu A | model"]["schedule"] == "concat"
+    assert json.loads(cache.read_text())["gpu A | model"]["fastest"] == "concat"
 
 
 def test_trainer_auto_schedule_uses_the_injected_timer_and_logs(synthetic_split, tmp_path):

@@ -10,9 +10,8 @@ where the work happens:
 when it fits the gpu loader's budget (``DEVICE_RESIDENT_MAX_BYTES``, decoded uint8) and needs
 no decoding, ``dali`` when DALI is installed, and ``torch``.
 - On a CUDA device the candidates are measured: a few sequential batches of each on the real
-  source (after a warm-up), the fastest wins, and the answer is kept in a JSON cache next to
-  the attack schedule's (``attack_schedule.default_cache_path()``'s folder, file
-  ``loader_choice.json``), keyed by what decides it (GPU, set size and shape, batch, ranks,
+  source (after a warm-up), the fastest wins, and the answer is kept in a JSON cache
+  (``loader_choice.json`` in ``measure.cache_dir()``, with the attack schedule's), keyed by what decides it (GPU, set size and shape, batch, ranks,
   augmentation, memory format, torch version), so later and resumed runs read it.
 - Elsewhere the first candidate wins without measuring (the order above): on a CPU device a
   batch of the resident loader is one gather in the training process, while the streaming
@@ -36,6 +35,7 @@ from ratio_fast.data.image_source import ImageSource, as_source
 from ratio_fast.data.loader import Loader
 from ratio_fast.data.torch_loader import TorchLoader
 from ratio_fast.errors import UserError
+from ratio_fast.measure import cache_dir, fastest, time_call
 
 LOADER_KINDS = ("gpu", "dali", "torch")
 LOADER_CHOICES = ("auto", *LOADER_KINDS)
@@ -110,10 +110,6 @@ def choose_loader_kind(
     if len(candidates) == 1 or batch_size is None or (timer is None and device.type != "cuda"):
         return LoaderChoice(candidates[0])
 
-    # attack_schedule holds the generic measure-once-and-cache helpers; imported here so that
-    # the data package does not load the attacks unless a choice is measured.
-    from ratio_fast.attack_schedule import choose_schedule, time_call
-
     options = dict(augment=augment, cutout=cutout, channels_last=channels_last, rank=rank,
                    world_size=world_size, workers=workers)
     time_kind = timer or (lambda name, run: time_call(run, device))
@@ -130,10 +126,10 @@ def choose_loader_kind(
     path = Path(cache) if cache is not None else default_loader_cache_path()
     key = _choice_key(source, device, batch_size, candidates, augment=augment, cutout=cutout,
                       channels_last=channels_last, world_size=world_size, workers=workers)
-    choice = choose_schedule(key, seconds_per_batch, candidates, cache_path=path)
+    found = fastest(key, seconds_per_batch, candidates, path)
     images_per_batch = batch_size // world_size
-    rates = {name: images_per_batch / (ms / 1e3) for name, ms in choice.timings_ms.items()}
-    return LoaderChoice(choice.schedule, rates, choice.cached, path)
+    rates = {name: images_per_batch / (ms / 1e3) for name, ms in found.timings_ms.items()}
+    return LoaderChoice(found.best, rates, found.cached, path)
 
 
 def auto_candidates(source: torch.Tensor | ImageSource) -> tuple[str, ...]:
@@ -144,10 +140,8 @@ def auto_candidates(source: torch.Tensor | ImageSource) -> tuple[str, ...]:
 
 
 def default_loader_cache_path() -> Path:
-    """``loader_choice.json`` beside the attack schedule cache ($RATIO_FAST_CACHE_DIR or ~/.cache/ratio-fast)."""
-    from ratio_fast.attack_schedule import default_cache_path
-
-    return default_cache_path().with_name(LOADER_CHOICE_CACHE)
+    """``loader_choice.json`` in the measurement cache folder ($RATIO_FAST_CACHE_DIR or ~/.cache/ratio-fast)."""
+    return cache_dir() / LOADER_CHOICE_CACHE
 
 
 def _next_batches(loader: Loader, count: int) -> Callable[[], None]:
