@@ -9,26 +9,13 @@
 #include <cmath>
 
 #include "parallel.h"
+#include "pgd_step_args.h"
 #include "ratio_fast_kernels.h"
 #include "reduce.h"
 #include "storage_types.h"
 
 namespace ratio_fast {
 namespace {
-
-struct PgdStepArgs {
-  const void* x;
-  const float* delta;
-  const void* grad;
-  const float* velocity;  // NULL: no momentum buffer
-  const float* eps;
-  const float* step;
-  void* x_out;
-  float* delta_out;
-  float* velocity_out;
-  int64_t d;
-  float momentum;
-};
 
 inline float clamp01(float v) { return std::min(std::max(v, 0.0f), 1.0f); }
 

@@ -7,6 +7,7 @@
 // to the delta output, and every thread re-reads only the elements it wrote itself, so no
 // synchronization is needed between sweeps beyond the reductions.
 #include "common.cuh"
+#include "pgd_step_args.h"
 
 namespace ratio_fast {
 namespace {
@@ -14,20 +15,6 @@ namespace {
 constexpr int kItems = 8;            // elements per thread on the register path
 constexpr int kMaxThreads = 1024;    // CUDA's limit per block
 constexpr int kLoopThreads = 512;    // threads per block on the looping path
-
-struct PgdStepArgs {
-  const void* x;
-  const float* delta;
-  const void* grad;
-  const float* velocity;  // nullptr: no momentum buffer
-  const float* eps;
-  const float* step;
-  void* x_out;
-  float* delta_out;
-  float* velocity_out;
-  int64_t d;
-  float momentum;
-};
 
 // Non-finite gradient (fp16 overflow): the sample keeps its delta and velocity.
 template <typename XT>
