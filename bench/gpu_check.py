@@ -113,7 +113,8 @@ def junit_counts(junit_xml: Path) -> dict:
 
 def _pytest(args: list[str], log: Path, timeout: float) -> int:
     """Run pytest in a subprocess, output to `log` and echoed; returns its exit code (124: timed out)."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "TRITON_INTERPRET": "0"}  # tests/conftest.py would pick the interpreter; on a GPU we time compiled kernels
     command = [sys.executable, "-m", "pytest", *args]
     print("$", " ".join(command), flush=True)
     with open(log, "w") as out:
