@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from .attacks import L2PGD, joint_l2_pgd
-from .measure import cache_dir, fastest, time_call
+from .measure import cache_dir, fastest
 
 SCHEDULES = ("sequential", "streams", "concat")
 AUTO_CANDIDATES = ("streams", "concat")

@@ -5,7 +5,6 @@ stack are imported only when a command runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 

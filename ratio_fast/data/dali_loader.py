@@ -23,10 +23,9 @@ import numpy as np
 import torch
 
 from ratio_fast.data.augment import to_model_input
-from ratio_fast.data.image_source import IMAGE_SHAPE, ImageSource, as_source
-from ratio_fast.data.loader import labels_array
+from ratio_fast.data.image_source import IMAGE_SHAPE
 from ratio_fast.data.plan import PAD
-from ratio_fast.data.streaming import DEFAULT_WORKERS, PlannedReader, StreamingLoader, raise_user_error_behind
+from ratio_fast.data.streaming import PlannedReader, StreamingLoader, raise_user_error_behind
 from ratio_fast.errors import UserError
 
 PREFETCH_DEPTH = 2  # batches DALI and its workers run ahead of the trainer
@@ -45,34 +44,13 @@ class DaliLoader(StreamingLoader):
     thread, no processes; handy for tests).
     """
 
-    def __init__(
-        self,
-        images: np.ndarray | ImageSource,
-        labels: np.ndarray | torch.Tensor | None,
-        batch_size: int,
-        device: torch.device | str,
-        *,
-        seed: int,
-        augment: bool = True,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        channels_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        cutout: bool = False,
-        workers: int = DEFAULT_WORKERS,
-    ) -> None:
+    def __init__(self, *args, **kwargs) -> None:
         if not dali_available():
             raise UserError("--loader dali: NVIDIA DALI is not installed (pip install nvidia-dali-cuda130); "
                             "or choose --loader gpu or torch")
-        source = as_source(images)
-        super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
-                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
-                         cutout=cutout, image_hw=source.shape[1:3])
+        super().__init__(*args, **kwargs)
         if self.device.type not in ("cuda", "cpu"):
             raise ValueError(f"the dali loader runs on cuda or cpu devices, not {self.device}")
-        self.workers = workers
-        self.reader = PlannedReader(source, labels_array(labels), self)
 
     def _open_stream(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         pipeline = _build_pipeline(_DaliFeed(self.reader, step), self.local_batch_size, self.device,

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ratio_fast.data.image_source import ImageSource
-from ratio_fast.data.loader import Loader
+from ratio_fast.data.image_source import ImageSource, as_source
+from ratio_fast.data.loader import Loader, labels_array
 from ratio_fast.data.plan import PAD, plan_batch
 from ratio_fast.errors import UserError
 
@@ -80,10 +80,35 @@ def raise_user_error_behind(error: Exception, reader: PlannedReader, steps: rang
 
 
 class StreamingLoader(Loader):
-    """A loader whose batches come from a stream of consecutive global steps."""
+    """A loader whose batches come from a stream of consecutive global steps.
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    Arguments and output: see ``loader.Loader``; ``images`` is an array, memmap or ImageSource,
+    read by ``self.reader`` in ``workers`` processes (0: in the calling thread, handy for tests).
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray | ImageSource,
+        labels: np.ndarray | torch.Tensor | None,
+        batch_size: int,
+        device: torch.device | str,
+        *,
+        seed: int,
+        augment: bool = True,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        cutout: bool = False,
+        workers: int = DEFAULT_WORKERS,
+    ) -> None:
+        source = as_source(images)
+        super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
+                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
+                         cutout=cutout, image_hw=source.shape[1:3])
+        self.workers = workers
+        self.reader = PlannedReader(source, labels_array(labels), self)
         self._stream: Iterator[tuple[torch.Tensor, torch.Tensor | None]] | None = None
         self._next_step = -1
 

@@ -13,14 +13,11 @@ import itertools
 import traceback
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ratio_fast.data.augment import crop_flip, to_model_input
-from ratio_fast.data.image_source import ImageSource, as_source
-from ratio_fast.data.loader import labels_array
-from ratio_fast.data.streaming import DEFAULT_WORKERS, PlannedReader, StreamingLoader, raise_user_error_behind
+from ratio_fast.data.streaming import PlannedReader, StreamingLoader, raise_user_error_behind
 
 PREFETCH_PER_WORKER = 2
 
@@ -31,35 +28,11 @@ class TorchLoader(StreamingLoader):
     Arguments and output: see ``loader.Loader``; ``images`` is an array, memmap or ImageSource.
     """
 
-    def __init__(
-        self,
-        images: np.ndarray | ImageSource,
-        labels: np.ndarray | torch.Tensor | None,
-        batch_size: int,
-        device: torch.device | str,
-        *,
-        seed: int,
-        augment: bool = True,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        channels_last: bool = False,
-        rank: int = 0,
-        world_size: int = 1,
-        cutout: bool = False,
-        workers: int = DEFAULT_WORKERS,
-    ) -> None:
-        source = as_source(images)
-        super().__init__(len(source), labels, batch_size, device, seed=seed, augment=augment, shuffle=shuffle,
-                         drop_last=drop_last, channels_last=channels_last, rank=rank, world_size=world_size,
-                         cutout=cutout, image_hw=source.shape[1:3])
-        self.workers = workers
-        self._steps = _AugmentedSteps(PlannedReader(source, labels_array(labels), self))
-
     def _open_stream(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         pin = self.device.type == "cuda"
-        loader = DataLoader(self._steps, batch_size=None, sampler=_StepsFrom(step), num_workers=self.workers,
+        loader = DataLoader(_AugmentedSteps(self.reader), batch_size=None, sampler=_StepsFrom(step), num_workers=self.workers,
                             pin_memory=pin, prefetch_factor=PREFETCH_PER_WORKER if self.workers else None)
-        return _on_device(loader, self._steps.reader, step, self.device, self.channels_last)
+        return _on_device(loader, self.reader, step, self.device, self.channels_last)
 
     def _close_stream(self, stream: Iterator) -> None:
         stream.close()  # drops the DataLoader iterator: its workers exit
