@@ -90,13 +90,7 @@ def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, block, x_o
         n, x.numel() // max(n, 1), momentum,
     )
     _check_devices(x, delta, grad, velocity, eps, step_size)
-    if x.is_cuda:
-        lib = load_library("cuda")
-        status = lib.ratio_fast_cuda_pgd_step(*args, block, *_cuda_launch_place(x))
-    else:
-        lib = load_library("cpu")
-        status = lib.ratio_fast_cpu_pgd_step(*args, torch.get_num_threads())
-    _check(status, lib, "pgd_step")
+    _launch("pgd_step", args, x, block)
 
 
 def random_start_into(x, noise, scale, block, x_out, delta_out):
@@ -105,13 +99,19 @@ def random_start_into(x, noise, scale, block, x_out, delta_out):
     noise = _fp32(noise)
     args = (_ptr(x), _dtype_code(x, "x"), _ptr(noise), _ptr(scale), _ptr(x_out), _ptr(delta_out), n, x.numel() // max(n, 1))
     _check_devices(x, noise, scale)
+    _launch("random_start", args, x, block)
+
+
+def _launch(op: str, args: tuple, x: torch.Tensor, block: int) -> None:
+    """ratio_fast_{cuda,cpu}_<op>(*args, ...) on x's device: CUDA gets the block size and the
+    launch place (device, current stream), the CPU kernel torch's thread count."""
     if x.is_cuda:
         lib = load_library("cuda")
-        status = lib.ratio_fast_cuda_random_start(*args, block, *_cuda_launch_place(x))
+        status = getattr(lib, f"ratio_fast_cuda_{op}")(*args, block, *_cuda_launch_place(x))
     else:
         lib = load_library("cpu")
-        status = lib.ratio_fast_cpu_random_start(*args, torch.get_num_threads())
-    _check(status, lib, "random_start")
+        status = getattr(lib, f"ratio_fast_cpu_{op}")(*args, torch.get_num_threads())
+    _check(status, lib, op)
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
