@@ -157,6 +157,65 @@ def test_pgd_step_degenerate_inputs_never_nan(backend, block):
     assert not torch.allclose(d[4], delta[4])
 
 
+def without_nans(tensors):
+    return [None if t is None else torch.where(t.isnan(), 0.0, t) for t in tensors]
+
+
+def assert_same_nans_and_close(fused, same, oracle):
+    """NaN exactly where the oracle has it (the NaN rule of pgd_step), the rest as assert_close_to_oracle."""
+    for f, o in zip(fused, oracle):
+        assert (f is None) == (o is None)
+        if o is not None:
+            wrong = (f.isnan() != o.isnan()).nonzero().tolist()
+            assert not wrong, f"{len(wrong)} elements NaN on one side only, first {wrong[:3]}"
+    assert_close_to_oracle(without_nans(fused), without_nans(same), without_nans(oracle))
+
+
+def make_nan_inputs(device="cpu"):
+    """One NaN per sample, each in another input (x, delta, velocity, grad, eps, step), and a healthy sample."""
+    x, delta, grad, velocity, eps, step = make_inputs((7, 3, 5, 6), torch.float32, "contiguous", seed=13)
+    x, delta, grad, velocity = (t.clone() for t in (x, delta, grad, velocity))
+    eps = eps + 0.1  # no eps 0 here: every sample can move
+    nan = float("nan")
+    x[0, 1, 2, 3] = nan
+    delta[1, 0, 4, 5] = nan
+    velocity[2, 2, 0, 0] = nan
+    grad[3, 1, 1, 1] = nan
+    eps[4] = nan
+    step[5] = nan
+    return [t.to(device) for t in (x, delta, grad, velocity, eps, step)]
+
+
+def check_nan_rule(backend, device, block):
+    x, delta, grad, velocity, eps, step = make_nan_inputs(device)
+    out = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend=backend, block=block)
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
+    oracle = pgd_oracle(x, delta, grad, velocity, eps, step, 0.9)
+    assert_same_nans_and_close(out, same, oracle)
+    assert out[0][0].isnan().sum() == 1 and out[1][0].isnan().sum() == 1, "a NaN pixel stays one NaN pixel"
+    assert out[0][5].isnan().all(), "a NaN step poisons its whole sample"
+    assert not any(t[6].isnan().any() for t in out), "NaN never leaks into another sample"
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(14)).to(device)
+    noise[1, 0, 0, 0] = float("nan")
+    radius = torch.rand(7, generator=torch.Generator().manual_seed(15)).to(device)
+    out = random_start(x, noise, radius, eps, backend=backend, block=block)
+    oracle = random_start_ref(x.double(), noise.double(), radius, eps)
+    assert_same_nans_and_close(out, random_start_ref(x, noise, radius, eps), oracle)
+
+
+@pytest.mark.parametrize("block", [0, 32])
+def test_nan_propagates_as_in_the_reference(fused, block):
+    check_nan_rule(fused, "cpu", block)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["triton", "native"])
+@pytest.mark.parametrize("block", [0, 32])
+def test_nan_propagates_as_in_the_reference_on_cuda(kernel, block):
+    require_backend(kernel, "cuda")
+    check_nan_rule(kernel, "cuda", block)
+
+
 def test_pgd_step_without_momentum_is_textbook_pgd_l2(backend):
     x, delta, grad, _, eps, step = make_inputs((4, 3, 8, 8), torch.float32, "contiguous", seed=5, momentum=False)
     eps = torch.full((4,), 10.0)  # inactive ball

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "nan_rule.h"
 #include "parallel.h"
 #include "pgd_step_args.h"
 #include "ratio_fast_kernels.h"
@@ -16,8 +17,6 @@
 
 namespace ratio_fast {
 namespace {
-
-inline float clamp01(float v) { return std::min(std::max(v, 0.0f), 1.0f); }
 
 template <typename XT, typename GT>
 void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
@@ -54,8 +53,8 @@ void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
                              return v * v;
                            });
 
-  // Zero direction (zero gradient and velocity): a zero step, not 0/0.
-  const float step_dir = vv > 0 ? a.step[i] / std::sqrt(vv) : 0.0f;
+  // Zero direction (zero gradient and velocity): v' = 0, a zero step, not 0/0.
+  const float step_dir = a.step[i] / norm_or_one(std::sqrt(vv));
   const float dd = lane_sum(d, [&](int64_t j) {
     const float d_new = delta[j] + step_dir * v_new[j];  // v_new may alias delta_out[j]: read first
     delta_out[j] = d_new;

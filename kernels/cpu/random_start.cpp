@@ -1,8 +1,8 @@
 // The random start on the CPU: per sample, scale the noise to length scale_i, add it to x and
 // clip to [0,1] (see ratio_fast/ops/random_start.py). OpenMP over samples.
-#include <algorithm>
 #include <cmath>
 
+#include "nan_rule.h"
 #include "parallel.h"
 #include "ratio_fast_kernels.h"
 #include "reduce.h"
@@ -15,10 +15,10 @@ template <typename XT>
 void random_start_sample(const XT* x, const float* noise, float scale, XT* x_out, float* delta_out, int64_t d) {
   const float sq = lane_sum(d, [&](int64_t j) { return noise[j] * noise[j]; });
   const float norm = std::sqrt(sq);
-  const float factor = norm > 0 ? scale / norm : 0.0f;  // zero noise: no perturbation, not NaN
+  const float factor = scale / norm_or_one(norm);  // zero noise: no perturbation, not NaN
   for (int64_t j = 0; j < d; ++j) {
     const float xj = to_float(x[j]);
-    const float x_adv = std::min(std::max(xj + noise[j] * factor, 0.0f), 1.0f);
+    const float x_adv = clamp01(xj + noise[j] * factor);
     x_out[j] = from_float<XT>(x_adv);
     delta_out[j] = x_adv - xj;
   }

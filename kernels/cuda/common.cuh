@@ -1,5 +1,5 @@
 // Shared by the CUDA kernels: storage-type loads and stores, the block reduction, the dtype
-// dispatch and the device guard of the C entry points.
+// dispatch and the device guard of the C entry points (clamp01 and norm_or_one: nan_rule.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "nan_rule.h"
 #include "ratio_fast_kernels.h"
 
 namespace ratio_fast {
@@ -19,8 +20,6 @@ __device__ __forceinline__ float load_float(const __nv_bfloat16* p) { return __b
 __device__ __forceinline__ void store_float(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_float(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_float(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ float clamp01(float v) { return fminf(fmaxf(v, 0.0f), 1.0f); }
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);

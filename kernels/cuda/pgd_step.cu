@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs
     vv_part += v[k] * v[k];
   }
   const float vv = block_sum(vv_part, scratch);
-  const float step_dir = vv > 0 ? a.step[blockIdx.x] / sqrtf(vv) : 0.0f;  // zero direction: no step
+  const float step_dir = a.step[blockIdx.x] / norm_or_one(sqrtf(vv));  // zero direction: v = 0, no step
 
   float dd_part = 0.0f;
 #pragma unroll
@@ -113,7 +113,7 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
     vv_part += v * v;
   }
   const float vv = block_sum(vv_part, scratch);
-  const float step_dir = vv > 0 ? a.step[blockIdx.x] / sqrtf(vv) : 0.0f;
+  const float step_dir = a.step[blockIdx.x] / norm_or_one(sqrtf(vv));
 
   float dd_part = 0.0f;
   for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {

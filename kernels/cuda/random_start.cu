@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(kMaxThreads) random_start_kernel(const XT* x, 
   float sq_part = 0.0f;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sq_part += noise[base + j] * noise[base + j];
   const float norm = sqrtf(block_sum(sq_part, scratch));
-  const float factor = norm > 0 ? scale[blockIdx.x] / norm : 0.0f;  // zero noise: no perturbation
+  const float factor = scale[blockIdx.x] / norm_or_one(norm);  // zero noise: no perturbation
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float xj = load_float(x + base + j), x_adv = clamp01(xj + noise[base + j] * factor);
     store_float(x_out + base + j, x_adv);

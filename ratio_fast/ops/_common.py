@@ -1,7 +1,14 @@
-"""Helpers shared by the fused ops: argument normalization and backend choice."""
+"""Helpers shared by the fused ops: argument normalization, backend choice, and the Triton
+form of the NaN rule (see `pgd_step.pgd_step`)."""
 from __future__ import annotations
 
 import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the reference path works without Triton
+    triton = None
 
 BACKENDS = ("auto", "triton", "native", "torch")
 
@@ -51,3 +58,11 @@ def safe_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """fp32, the accumulation type of the kernels; fp64 when an input is fp64 (the tests' oracle)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+if triton is not None:
+
+    @triton.jit
+    def clamp01(v):
+        """v clipped to [0, 1], NaN kept as torch.clamp keeps it (tl.minimum/tl.maximum drop NaN)."""
+        return tl.where(v < 0.0, 0.0, tl.where(v > 1.0, 1.0, v))

@@ -9,7 +9,8 @@ Per sample i (all math in fp32, whatever the gradient's dtype):
 
 With momentum 0 this is textbook PGD-L2; with momentum 0.9 it is the authors' ArgminPGD step.
 A sample whose gradient is not finite keeps d and v (so fp16 overflow cannot poison an
-iterate); zero gradients, zero velocity and eps 0 give zero steps, never NaN.
+iterate); zero gradients, zero velocity and eps 0 give zero steps, never NaN. Any other NaN
+propagates the same way on every backend (the rule is in `pgd_step`'s docstring).
 
 Contents: `pgd_step_ref` (plain torch, the test oracle and CPU path), the Triton kernel and its
 launcher, the custom op `ratio_fast::pgd_step` (so torch.compile traces it) that runs the Triton
@@ -27,6 +28,8 @@ try:
     import triton.language as tl
 except ImportError:  # the reference path works without Triton
     triton = None
+else:
+    from ._common import clamp01
 
 # Largest sample (C*H*W) kept in registers in one tile; bigger images loop over tiles.
 MAX_SINGLE_TILE = 8192
@@ -107,7 +110,7 @@ if triton is not None:
             d_norm = tl.sqrt(tl.sum(d_new * d_new, axis=0))
             scale = tl.where(d_norm > eps, eps / tl.where(d_norm > 0, d_norm, 1.0), 1.0)
             d_new = tl.where(finite, d_new * scale, d)
-            x_adv = tl.minimum(tl.maximum(x + d_new, 0.0), 1.0)
+            x_adv = clamp01(x + d_new)
             tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
             tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
             if HAS_VELOCITY:
@@ -138,10 +141,9 @@ if triton is not None:
                 dd_acc += d * d
             vv = tl.sum(vv_acc, axis=0)
             v_norm = tl.sqrt(vv)
-            inv_v_norm = tl.where(v_norm > 0, 1.0 / tl.where(v_norm > 0, v_norm, 1.0), 0.0)
-            step_dir = step * inv_v_norm
+            step_dir = step / tl.where(v_norm > 0, v_norm, 1.0)  # zero direction: v = 0, no step
             d_norm_sq = tl.sum(dd_acc, axis=0) + 2.0 * step_dir * tl.sum(dv_acc, axis=0) + step_dir * step_dir * vv
-            d_norm = tl.sqrt(tl.maximum(d_norm_sq, 0.0))
+            d_norm = tl.sqrt(tl.where(d_norm_sq < 0, 0.0, d_norm_sq))  # rounding below 0; NaN kept
             scale = tl.where(d_norm > eps, eps / tl.where(d_norm > 0, d_norm, 1.0), 1.0)
 
             for start in range(0, D, BLOCK):
@@ -151,7 +153,7 @@ if triton is not None:
                 d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
                 x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
                 d_new = tl.where(finite, (d + step_dir * v) * scale, d)
-                x_adv = tl.minimum(tl.maximum(x + d_new, 0.0), 1.0)
+                x_adv = clamp01(x + d_new)
                 tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
                 tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
                 if HAS_VELOCITY:
@@ -220,6 +222,17 @@ def pgd_step(x, delta, grad, eps, step_size, velocity=None, momentum=0.0, backen
     Triton tile size or the native CUDA kernel's threads per block (a multiple of 32), forcing
     the multi-tile path (for tests); the native CPU kernel has a single path and ignores it;
     0 picks it. Never synchronizes with the host.
+
+    NaN rule, the same on every backend (the plain-torch `pgd_step_ref` defines it, the kernels
+    follow it): a non-finite gradient keeps its sample's delta and velocity, as above; any other
+    NaN propagates as torch propagates it. A NaN in x, delta or velocity stays NaN in the
+    elements it reaches, clipping included (torch.clamp keeps NaN, where fminf/fmaxf and
+    tl.minimum/tl.maximum would turn a NaN pixel into a black one), and a NaN norm fails every
+    `> 0` and `> eps` test, so its sample is divided by 1 and not projected. Why not clean NaN
+    up: it comes from a bug upstream (a corrupt image, a diverged iterate), and kept visible it
+    makes the loss non-finite, which the trainer detects and skips, where a black pixel would be
+    trained on silently. The gradient is the one exception because fp16 overflow is expected.
+    random_start follows the same rule.
     """
     n = x.shape[0]
     eps_t = per_sample(eps, n, x)

@@ -21,6 +21,8 @@ try:
     import triton.language as tl
 except ImportError:
     triton = None
+else:
+    from ._common import clamp01
 
 
 def random_start_ref(x, noise, radius, eps):
@@ -57,7 +59,7 @@ if triton is not None:
             mask = offs < D
             z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
             x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            x_adv = tl.minimum(tl.maximum(x + z * factor, 0.0), 1.0)
+            x_adv = clamp01(x + z * factor)
             tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
             tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
 
@@ -92,8 +94,8 @@ def _(x, noise, scale, kernel, block):
 def random_start(x, noise, radius, eps, backend=None, block=0):
     """Place x + delta at `radius` (fraction of eps) along `noise`, clipped to [0,1].
 
-    Returns (x_adv, delta). eps and radius: floats or per-sample (N,) tensors. backend and
-    block: as for `pgd_step`.
+    Returns (x_adv, delta). eps and radius: floats or per-sample (N,) tensors. backend, block
+    and NaN: as for `pgd_step` (a NaN in x or noise stays NaN, as in torch).
     """
     n = x.shape[0]
     kernel = resolve_backend(backend, x)
