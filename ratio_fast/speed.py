@@ -24,6 +24,7 @@ class SpeedSettings:
     cuda_graphs: bool
     compile: bool
     fp32_first_conv: bool  # only under autocast
+    ieee_fp32_convs: bool  # fp32 convolutions (all without autocast, the first under it) in IEEE fp32, not TF32
     input_grad_only: bool
     fused_optimizer: bool
 
@@ -59,6 +60,7 @@ def resolve_speed(config: TrainConfig, device: torch.device | str) -> SpeedSetti
         cuda_graphs=on_for_cuda(config.cuda_graphs),
         compile=on_for_cuda(config.compile),
         fp32_first_conv=config.fp32_first_conv and amp,
+        ieee_fp32_convs=not amp or config.fp32_first_conv,
         input_grad_only=config.input_grad_only,
         fused_optimizer=config.fused_optimizer,
     )

@@ -35,6 +35,7 @@ from .cuda_graph import GraphedCall
 from .ema import ModelEMA
 from .losses import ratio_loss
 from .models import keep_first_conv_fp32
+from .models.precision import ieee_fp32_convolutions
 from .speed import resolve_speed, wants_channels_last
 
 __all__ = ["RatioTrainer", "cosine_lr", "wants_channels_last"]
@@ -108,6 +109,11 @@ class RatioTrainer:
     def attack_schedule(self) -> str:
         """The schedule the attacks run under: 'auto' until the first step has chosen one."""
         return self._schedule
+
+    def fp32_convolutions(self):
+        """The span of a step: fp32 convolutions in IEEE fp32 (not cuDNN's TF32) when the settings
+        call for fp32 (no AMP, or the fp32 first convolution under it), torch's default otherwise."""
+        return ieee_fp32_convolutions() if self.speed.ieee_fp32_convs else nullcontext()
 
     def autocast(self, cache_enabled: bool = True):
         """Autocast to the AMP dtype, or nothing in fp32. The attacks keep their perturbation in fp32."""
@@ -196,10 +202,15 @@ class RatioTrainer:
     def adversarial_examples(self, x, y, z=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_adv, z_adv) that step() would train on now. Under CUDA graphs they are the graph's
         output tensors, overwritten by the next call or step: clone them to keep them."""
-        return self._attacked(*self._on_device(x, y, z))[1:]
+        with self.fp32_convolutions():
+            return self._attacked(*self._on_device(x, y, z))[1:]
 
     def step(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """One optimizer step on an in-distribution batch (x, y) and an out-distribution batch z."""
+        with self.fp32_convolutions():  # the attacks and the train step, forward and backward
+            return self._step(x, y, z)
+
+    def _step(self, x, y, z) -> dict[str, torch.Tensor]:
         cfg, model = self.config, self.model
         x, y, z = self._on_device(x, y, z)
         clean_logits, x_adv, z_adv = self._attacked(x, y, z)
