@@ -49,7 +49,6 @@ def keep_first_conv_fp32(model: nn.Module) -> nn.Module:
     return model
 
 
-
 def fp32_conv_math(device: torch.device | str) -> str:
     """How fp32 convolutions on `device` run now: 'tf32' (cuDNN's TF32, torch's default on CUDA)
     or 'ieee' (true fp32; always on a CPU, whose convolutions have no TF32 mode here)."""
