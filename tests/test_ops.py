@@ -7,7 +7,8 @@ where ref_same_dtype is the reference fed the same inputs as the kernel.
 import pytest
 import torch
 
-from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
+from ratio_fast.errors import UserError
+from ratio_fast.ops import interpreter, native, pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
 
 ATOL = 2e-6
 
@@ -292,3 +293,28 @@ def test_sample_ball_inside_ball_and_on_sphere(backend):
     # uniform in a 192-dimensional ball: radius eps * u^(1/192), mean eps * 192/193, never on the sphere
     assert (ball < 0.5).all()
     assert abs(ball.mean().item() - 0.5 * 192 / 193) < 0.004
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, broken", [
+    ("3.6.0", "2.4.6", True), ("3.4.0", "2.4.0", True), ("3.6.0", "2.3.5", False), ("3.6.0", "1.26.4", False),
+    ("3.7.0", "2.4.6", False), ("3.9.0+git1a2b3c", "2.5.0", False),
+])
+def test_known_broken_interpreter_versions(triton_version, numpy_version, broken):
+    assert (interpreter.interpreter_defect(triton_version, numpy_version) is not None) == broken
+
+
+def test_broken_interpreter_is_a_one_line_user_error(monkeypatch):
+    import numpy
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    monkeypatch.setattr(numpy, "__version__", "2.4.0")
+    interpreter.require_working_interpreter.cache_clear()
+    x, delta, grad, velocity, eps, step = make_inputs((2, 3, 4, 4), torch.float32, "contiguous")
+    try:
+        for launch in (lambda: pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton"),
+                       lambda: random_start(x, delta, 1.0, eps, backend="triton")):
+            with pytest.raises(UserError, match=r"numpy 2\.4\.0.*install 'numpy<2\.4' or 'triton>=3\.7'"):
+                launch()
+    finally:
+        interpreter.require_working_interpreter.cache_clear()

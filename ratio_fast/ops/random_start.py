@@ -15,6 +15,7 @@ import torch
 
 from . import native
 from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
+from .interpreter import require_working_interpreter
 
 try:
     import triton
@@ -64,6 +65,8 @@ if triton is not None:
             tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
 
     def _launch_triton(x, noise, scale, block, x_out, delta_out):
+        if not x.is_cuda:  # CPU tensors run in Triton's interpreter
+            require_working_interpreter()
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
         if block <= 0:
             block = min(triton.next_power_of_2(d_elems), 4096)
