@@ -7,9 +7,14 @@ import torch
 import torch.nn.functional as F
 
 
+def at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits as fp32; fp32 and fp64 (the attacks' fp64 oracle tests) as they are."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy, computed in fp32 whatever the autocast dtype."""
-    return F.cross_entropy(logits.float(), labels, reduction="none")
+    """Per-sample cross-entropy, computed in at least fp32 whatever the autocast dtype."""
+    return F.cross_entropy(at_least_fp32(logits), labels, reduction="none")
 
 
 def kl_to_uniform(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -18,7 +23,7 @@ def kl_to_uniform(logits: torch.Tensor, labels: torch.Tensor | None = None) -> t
     `labels` is ignored (the out-distribution has none); it is accepted so every objective has
     the same signature.
     """
-    log_p = F.log_softmax(logits.float(), dim=1)
+    log_p = F.log_softmax(at_least_fp32(logits), dim=1)
     return -log_p.mean(dim=1) - math.log(logits.shape[1])
 
 
