@@ -3,8 +3,8 @@
 Bytes moved per step: read x, delta, grad, velocity and write x_adv, delta, velocity, all fp32
 -> 7 * 4 bytes per element. extra_info records `gb_per_s` (that traffic over the median time of
 one step) and, on GPU, `floor_fraction` (against a large device-to-device copy measured on the
-same GPU: the bandwidth a memory-bound kernel can reach) and `peak_fraction` (against the
-nominal 3.35 TB/s of an H100 SXM), with the device name.
+same GPU: the bandwidth a memory-bound kernel can reach) and `hbm_fraction` (against the HBM
+peak of this GPU in gpu_peaks.py; absent for a GPU not listed there), with the device name.
 
 CPU: the native C++/OpenMP kernel, the eager torch reference and torch.compile of the reference.
 GPU: Triton, native CUDA, eager torch and torch.compile at batch 128/512/2048. GPU rounds launch
@@ -16,12 +16,12 @@ import functools
 import pytest
 import torch
 
+from gpu_peaks import peak_for
 from ratio_fast.ops import native, pgd_step, pgd_step_ref
 
 CPU_BATCHES = [32, 128]
 GPU_BATCHES = [128, 512, 2048]
 GPU_STEPS_PER_ROUND = 20
-H100_SXM_PEAK_GB_PER_S = 3350.0
 BYTES_PER_ELEMENT = 7 * 4
 
 
@@ -92,6 +92,8 @@ def copy_gb_per_s():
 @pytest.mark.parametrize("batch", GPU_BATCHES)
 def test_pgd_step_gpu(benchmark, sync, copy_gb_per_s, batch, backend):
     gb_per_s = run_case(benchmark, sync, batch, "cuda", backend, steps_per_round=GPU_STEPS_PER_ROUND)
-    benchmark.extra_info.update(gpu=torch.cuda.get_device_name(), copy_gb_per_s=copy_gb_per_s,
-                                floor_fraction=gb_per_s / copy_gb_per_s,
-                                peak_fraction=gb_per_s / H100_SXM_PEAK_GB_PER_S)
+    gpu = torch.cuda.get_device_name()
+    benchmark.extra_info.update(gpu=gpu, copy_gb_per_s=copy_gb_per_s, floor_fraction=gb_per_s / copy_gb_per_s)
+    peak = peak_for(gpu)
+    if peak is not None:
+        benchmark.extra_info["hbm_fraction"] = gb_per_s * 1e9 / peak.hbm_bytes_per_s

@@ -5,34 +5,26 @@ GPU: WRN-34-10, batch 128 in + 128 out, 10 / 20 attack steps (the paper's settin
 tiny model at batch 64 + 64, so the whole suite runs on a laptop in a few minutes.
 
 Every engine row carries `speedup_vs_reference` (reference median / engine median, both
-measured in this process), `images_per_s` (in- plus out-distribution images per second) and,
-on a GPU, `mfu`: useful FLOPs per step / median time / 790e12 (dense bf16 peak measured on the
-H100, ../shared/GPU.md).
-
-Useful FLOPs per (in, out) pair, counted in WRN-34-10 forward passes F = 13.3 GFLOP per
-32x32 image, with the backward pass of a convolution net costing 2 F (input and weight
-gradients, F each) and an input-only backward 1 F:
-    in attack:   10 steps x (F forward + F input backward) + 1 F (best-iterate check)   = 21 F
-    out attack:  20 steps x (F + F)                        + 1 F                         = 41 F
-    train step:  2 images x (F forward + 2 F backward)                                  =  6 F
-    total 68 F = 904 GFLOP; GPU.md rounds to 906 GFLOP, which we use. The engine's extra
-    clean-accuracy forward (1 F on the in-distribution image) is not counted as useful.
+measured in this process), `images_per_s` (in- plus out-distribution images per second),
+`conv_precision` (what the convolutions ran in: the reference keeps torch's default, TF32 for
+fp32 convolutions on a GPU, as the authors' code runs today) and, on a GPU in gpu_peaks.py,
+`mfu`: useful FLOPs per step (work_model.FLOP_PER_PAIR per in/out pair, counted in
+work_model.py) / median time / the GPU's dense bf16 peak.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from gpu_peaks import peak_for
 from ratio_fast import RatioTrainer, TrainConfig, create_model
-
-FLOP_PER_PAIR = 906e9
-PEAK_FLOPS = 790e12
+from ratio_fast.models.precision import fp32_conv_math
+from reference import ReferenceRatio
+from work_model import FLOP_PER_PAIR
 
 SIZES = {
     "cuda": dict(arch="wrn34", batch_size=128, steps_in=10, steps_out=20),
@@ -70,16 +62,6 @@ CPU_CASES = {
     "no-fused-optimizer": {"fused_optimizer": False},
     "weight-grads": {"input_grad_only": False},
 }
-
-
-def _load_reference():
-    spec = importlib.util.spec_from_file_location("ratio_bench_reference", Path(__file__).with_name("reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ReferenceRatio
-
-
-ReferenceRatio = _load_reference()
 
 
 def make_batch(device: str, batch: int):
@@ -146,12 +128,22 @@ def describe(benchmark, device: str, seconds: float, reference: float | None = N
     info.update(device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu", model=SIZES[device]["arch"],
                 batch=f"{batch}+{batch}", steps=f"{SIZES[device]['steps_in']}/{SIZES[device]['steps_out']}",
                 images_per_s=2 * batch / seconds)
-    if device == "cuda":
-        info["mfu"] = FLOP_PER_PAIR * batch / seconds / PEAK_FLOPS
+    peak = peak_for(info["device"]) if device == "cuda" else None
+    if peak is not None:
+        info.update(mfu=FLOP_PER_PAIR * batch / seconds / peak.bf16_flops, mfu_peak_flops=peak.bf16_flops)
     if reference is not None:
         info["reference_s"] = reference
         info["speedup_vs_reference"] = reference / seconds
     benchmark.extra_info.update(info)
+
+
+def engine_conv_precision(speed) -> str:
+    """'fp32 (ieee)', 'bf16, first conv fp32 (ieee)' or 'bf16': the engine turns TF32 off itself (train.py)."""
+    fp32 = f"fp32 ({'ieee' if speed.ieee_fp32_convs else 'tf32'})"
+    if speed.amp_dtype is None:
+        return fp32
+    amp = str(speed.amp_dtype).replace("torch.", "")
+    return f"{amp}, first conv {fp32}" if speed.fp32_first_conv else amp
 
 
 def allow_recompiles(limit: int = 64) -> None:
@@ -171,7 +163,8 @@ def run_reference(benchmark, reference_medians, device):
     timing = TIMING[device]
     benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"])
     reference_medians[device] = benchmark.stats.stats.median
-    describe(benchmark, device, benchmark.stats.stats.median, implementation="reference")
+    describe(benchmark, device, benchmark.stats.stats.median, implementation="reference",
+             conv_precision=f"fp32 ({fp32_conv_math(device)})")
 
 
 def run_engine(benchmark, reference_medians, device, case, overrides, schedule_cache):
@@ -195,6 +188,7 @@ def run_engine(benchmark, reference_medians, device, case, overrides, schedule_c
              first_step_s=first_step_s, schedule=trainer.attack_schedule,
              schedule_timings_ms=choice.timings_ms if choice is not None else None,
              amp=str(speed.amp_dtype).replace("torch.", "") if speed.amp_dtype else "fp32",
+             conv_precision=engine_conv_precision(speed),
              cuda_graphs=speed.cuda_graphs, compile=speed.compile, channels_last=speed.channels_last,
              fp32_first_conv=speed.fp32_first_conv, input_grad_only=speed.input_grad_only,
              fused_optimizer=speed.fused_optimizer, skipped=float(trainer.skipped_in_a_row))

@@ -3,8 +3,24 @@ import os
 # Triton's interpreter runs the kernels on CPU tensors; it must be chosen before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """bench_module(name) imports bench/<name>.py. bench/ is no package: its files import each
+    other by plain name, as pytest (for bench/) and `python3 bench/<file>.py` put it on sys.path."""
+    def load(name: str):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.syspath_prepend(str(BENCH))
+            return importlib.import_module(name)
+    return load
 
 
 @pytest.hookimpl(wrapper=True)
