@@ -309,12 +309,8 @@ def test_broken_interpreter_is_a_one_line_user_error(monkeypatch):
 
     monkeypatch.setattr(triton, "__version__", "3.6.0")
     monkeypatch.setattr(numpy, "__version__", "2.4.0")
-    interpreter.require_working_interpreter.cache_clear()
     x, delta, grad, velocity, eps, step = make_inputs((2, 3, 4, 4), torch.float32, "contiguous")
-    try:
-        for launch in (lambda: pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton"),
-                       lambda: random_start(x, delta, 1.0, eps, backend="triton")):
-            with pytest.raises(UserError, match=r"numpy 2\.4\.0.*install 'numpy<2\.4' or 'triton>=3\.7'"):
-                launch()
-    finally:
-        interpreter.require_working_interpreter.cache_clear()
+    for launch in (lambda: pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="triton"),
+                   lambda: random_start(x, delta, 1.0, eps, backend="triton")):
+        with pytest.raises(UserError, match=r"numpy 2\.4\.0.*install 'numpy<2\.4' or 'triton>=3\.7'"):
+            launch()

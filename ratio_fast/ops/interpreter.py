@@ -3,13 +3,13 @@ can run the kernels with the installed triton and numpy.
 
 Triton before 3.7 converts a one-element array with int() when a kernel argument bounds a loop,
 which numpy 2.4 made a TypeError (triton-lang/triton#9171, fixed by #9172 in triton 3.7): every
-kernel here loops over its sample, so that combination fails them all. Compiled Triton on a GPU
-is not affected. The CPU launchers call `require_working_interpreter`, so the failure is one
-line that says what to install; tests/conftest.py turns it into a skip with that reason.
+kernel here loops over its sample, so that combination fails them all. Compiled Triton (on a GPU,
+or ahead of time in aot.py) is not affected. The CPU launchers call `require_working_interpreter`,
+so the failure is one line that says what to install; tests/conftest.py turns it into a skip
+with that reason.
 """
 from __future__ import annotations
 
-import functools
 import re
 
 from ..errors import UserError
@@ -35,12 +35,15 @@ def interpreter_defect(triton_version: str, numpy_version: str) -> str | None:
     return None
 
 
-@functools.cache
-def require_working_interpreter() -> None:
-    """Raise InterpreterUnusable where the installed triton and numpy break the interpreter."""
+def require_working_interpreter(kernel) -> None:
+    """Raise InterpreterUnusable if `kernel` runs in the interpreter and the installed triton and
+    numpy break it."""
     import numpy
     import triton
+    from triton.runtime.interpreter import InterpretedFunction
 
+    if not isinstance(kernel, InterpretedFunction):
+        return
     defect = interpreter_defect(triton.__version__, numpy.__version__)
     if defect is not None:
         raise InterpreterUnusable(defect)

@@ -161,8 +161,8 @@ if triton is not None:
                     tl.store(vel_out_ptr + base + offs, tl.where(finite, v, v_old), mask=mask)
 
     def _launch_triton(x, delta, grad, velocity, eps, step_size, momentum, block, x_out, delta_out, vel_out):
-        if not x.is_cuda:  # CPU tensors run in Triton's interpreter
-            require_working_interpreter()
+        if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
+            require_working_interpreter(_pgd_step_kernel)
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
         if block <= 0:  # one tile if the sample fits, else loop over tiles of the largest size
             block = min(triton.next_power_of_2(d_elems), MAX_SINGLE_TILE)

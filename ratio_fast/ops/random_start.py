@@ -65,8 +65,8 @@ if triton is not None:
             tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
 
     def _launch_triton(x, noise, scale, block, x_out, delta_out):
-        if not x.is_cuda:  # CPU tensors run in Triton's interpreter
-            require_working_interpreter()
+        if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
+            require_working_interpreter(_random_start_kernel)
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
         if block <= 0:
             block = min(triton.next_power_of_2(d_elems), 4096)
