@@ -1,0 +1,56 @@
+"""The Triton kernels compiled ahead of time for sm_90 and sm_80 on a machine without a GPU.
+
+`python -m ratio_fast.ops.aot --check` runs in a subprocess, because this process runs Triton's
+interpreter (tests/conftest.py) and the compiler needs TRITON_INTERPRET=0 from the start. It
+records the variants the launchers produce, compiles them for both targets, and compares them
+with the committed table bench/results/triton-kernels-sm90-sm80.md: same variants, no spills,
+no min/max that drops NaN (registers too, when the table was made with this triton version).
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from triton.backends.compiler import GPUTarget
+
+from ratio_fast.ops import aot, native
+
+TABLE = aot.TABLE_PATH.read_text()
+VARIANTS = [dict(zip(aot.VARIANT_HEADER, row)) for row in aot.parse_table(TABLE, aot.VARIANTS_TITLE)]
+
+
+@pytest.mark.slow
+def test_every_variant_compiles_for_sm90_and_sm80_without_spills_as_the_table_says(tmp_path):
+    # A fresh Triton cache: every variant really goes through the compiler and ptxas.
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "ratio_fast.ops.aot", "--check"], capture_output=True, text=True,
+                          env=env, cwd=aot.TABLE_PATH.parents[2])
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
+    assert f"{len(VARIANTS)} variants, no spills" in done.stdout
+
+
+def test_table_covers_every_gradient_dtype_velocity_and_path():
+    triton_names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+    grads = {"all fp32" if triton_names[t] == "fp32" else f"grad {triton_names[t]}" for t in native.DTYPE_CODES}
+    expected = {(grad, f"HAS_VELOCITY={v} SINGLE_TILE={s}") for grad in grads for v in (0, 1) for s in (0, 1)}
+    steps = {(row["pointer dtypes"], row["constexprs"].split(" BLOCK")[0]) for row in VARIANTS
+             if row["kernel"] == "pgd_step"}
+    assert steps == expected
+    assert any(row["kernel"] == "random_start" for row in VARIANTS)
+
+
+def test_blocks_per_sm_follows_registers_warps_shared_memory_and_the_block_limit():
+    hopper = aot.TARGETS["sm_90"]
+    assert aot.blocks_per_sm(hopper, registers=180, threads=256, shared=0) == 1  # 46080 of 65536 registers
+    assert aot.blocks_per_sm(hopper, registers=58, threads=512, shared=0) == 2  # 64 per thread after rounding
+    assert aot.blocks_per_sm(hopper, registers=32, threads=512, shared=0) == 4  # 64 warps: the warp limit
+    assert aot.blocks_per_sm(hopper, registers=16, threads=32, shared=0) == 32  # the block limit
+    assert aot.blocks_per_sm(hopper, registers=32, threads=128, shared=100 * 1024) == 2  # shared memory
+    assert aot.blocks_per_sm(aot.TARGETS["sm_80"], registers=32, threads=128, shared=100 * 1024) == 1
+
+
+def test_recording_refuses_the_interpreter():
+    assert os.environ["TRITON_INTERPRET"] == "1"  # tests/conftest.py
+    with pytest.raises(SystemExit, match="TRITON_INTERPRET=0"):
+        aot.launch_requests(GPUTarget("cuda", 90, 32))
