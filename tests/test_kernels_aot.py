@@ -40,6 +40,13 @@ def test_table_covers_every_gradient_dtype_velocity_and_path():
     assert any(row["kernel"] == "random_start" for row in VARIANTS)
 
 
+def test_no_variant_starves_an_sm90():
+    # At least a quarter of an SM's 64 warps resident: before tuning, the multi-tile path and the
+    # largest single tile held one block of 8 warps (180-220 registers per thread).
+    for row in VARIANTS:
+        assert int(row["sm_90 blocks/SM"]) * int(row["warps"]) >= 16, row
+
+
 def test_blocks_per_sm_follows_registers_warps_shared_memory_and_the_block_limit():
     hopper = aot.TARGETS["sm_90"]
     assert aot.blocks_per_sm(hopper, registers=180, threads=256, shared=0) == 1  # 46080 of 65536 registers

@@ -34,6 +34,13 @@ else:
 
 # Largest sample (C*H*W) kept in registers in one tile; bigger images loop over tiles.
 MAX_SINGLE_TILE = 8192
+# The tile of the multi-tile path: 8 elements per thread in 16 warps take about 60 registers, so
+# two blocks of 512 threads fit an SM. The single-tile maximum in 8 warps, used before, took up
+# to 219 registers: one block of 256 threads per SM. The sweep is in
+# bench/results/triton-kernels-sm90-sm80.md (`python -m ratio_fast.ops.aot --write`).
+MULTI_TILE_BLOCK, MULTI_TILE_WARPS = 4096, 16
+# At most this many elements per thread in one tile: 32 took up to 220 registers (one block per SM).
+MAX_ELEMENTS_PER_THREAD = 16
 
 
 def pgd_step_ref(x, delta, grad, eps, step_size, velocity=None, momentum=0.0):
@@ -164,15 +171,21 @@ if triton is not None:
         if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
             require_working_interpreter(_pgd_step_kernel)
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
-        if block <= 0:  # one tile if the sample fits, else loop over tiles of the largest size
-            block = min(triton.next_power_of_2(d_elems), MAX_SINGLE_TILE)
+        block, num_warps = _tile(d_elems, block)
         _pgd_step_kernel[(n,)](
             x, delta, grad, velocity if velocity is not None else delta, eps, step_size,  # no velocity: never read
             x_out, delta_out, vel_out,
             d_elems, momentum,
-            HAS_VELOCITY=velocity is not None, SINGLE_TILE=block >= d_elems, BLOCK=block,
-            num_warps=8 if block >= 4096 else 4,
+            HAS_VELOCITY=velocity is not None, SINGLE_TILE=block >= d_elems, BLOCK=block, num_warps=num_warps,
         )
+
+    def _tile(d_elems, block):
+        """(BLOCK, num_warps): one tile if the sample fits, else the multi-tile path's; block > 0 forces it."""
+        if block <= 0 and d_elems > MAX_SINGLE_TILE:
+            return MULTI_TILE_BLOCK, MULTI_TILE_WARPS
+        if block <= 0:
+            block = triton.next_power_of_2(d_elems)
+        return block, min(max(block // (32 * MAX_ELEMENTS_PER_THREAD), 4), 16)
 
 
 # An opaque custom op (not triton_op): torch.compile treats the launch as one node with the fake
