@@ -61,3 +61,13 @@ def test_recording_refuses_the_interpreter():
     assert os.environ["TRITON_INTERPRET"] == "1"  # tests/conftest.py
     with pytest.raises(SystemExit, match="TRITON_INTERPRET=0"):
         aot.launch_requests(GPUTarget("cuda", 90, 32))
+
+
+def test_check_reports_a_stale_table_spills_and_nan_dropping_min_max():
+    fresh = aot.parse_table(TABLE, aot.VARIANTS_TITLE)
+    assert aot.check(TABLE, fresh) == []
+    assert "variants differ" in aot.check(TABLE, fresh[1:])[0]
+    spilling = [row[:6] + ["8"] + row[7:] for row in fresh]
+    assert sum(problem.startswith("spills") for problem in aot.check(TABLE, spilling)) == len(fresh)
+    nan_dropping = [row[:-1] + ["2"] for row in fresh]
+    assert any("drop NaN" in problem for problem in aot.check(TABLE, nan_dropping))
