@@ -55,12 +55,12 @@ class Sm:
     """What limits resident blocks on one streaming multiprocessor."""
 
     capability: int
+    shared_bytes: int
     registers: int = 65536
     register_unit: int = 256  # registers are allocated per warp in units of this many
     warps: int = 64
     blocks: int = 32
-    shared_bytes: int = 0
-    shared_reserved_per_block: int = 1024
+    shared_reserved_per_block: int = 1024  # by the CUDA runtime, on sm_80 and newer
 
 
 TARGETS = {
@@ -145,6 +145,7 @@ def _recording(target: GPUTarget):
         requests.append((fn.jit_function, compile))
         return True  # skip compiling and launching
 
+    # Put back as found: reset_active() would look for a real driver, which a CPU machine lacks.
     previous_driver, previous_hook = getattr(driver, "_active", None), triton.knobs.runtime.jit_cache_hook
     driver.set_active(_TargetOnlyDriver(target))
     triton.knobs.runtime.jit_cache_hook = hook
