@@ -16,8 +16,13 @@ What the counts show (bench/results/*-work-model.jsonl, README "Benchmarks"):
 - `torch.autograd.grad(loss, x)`, which the authors' ArgminPGD and reference.py call with the
   weights still requiring gradients, already computes input gradients only: PyTorch asks the
   convolution backward for (input, no weight, no bias). The reference's attack FLOPs equal the
-  engine's, whose attacks freeze the weights. Freezing saves FLOPs only against code that asks
-  for weight gradients too (a plain loss.backward(); the engine's --no-input-grad-only).
+  engine's, whose attacks freeze the weights. In eager mode freezing saves FLOPs only against
+  code that asks for weight gradients too (a plain loss.backward(); --no-input-grad-only).
+- Under torch.compile it does save them: AOTAutograd compiles one backward for every input that
+  requires a gradient, and runs all of it whichever gradients autograd.grad asks for. With the
+  weights requiring gradients the compiled backward of an attack iteration costs 2 F instead of
+  F (counted from the compiled graphs: `compiled_attack_iteration_flops`). That is what the
+  engine's --input-grad-only (default on) is for.
 - The attack schedule (sequential or one concatenated batch), the fused PGD step and CUDA graphs
   change the number of operator calls and host launches, not the FLOPs.
 
@@ -34,12 +39,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from functorch.compile import make_boxed_func
+from torch._dynamo.backends.common import aot_autograd
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
@@ -107,33 +115,67 @@ def make_batch(batch: int, device="cpu"):
     return x.to(device), torch.randint(0, 10, (batch,), generator=g).to(device), z.to(device)
 
 
-def config(arch: str, batch: int, **overrides) -> TrainConfig:
-    """RATIO's defaults (10/20 steps) in fp32, NCHW, eager, without graphs: what a CPU runs."""
-    settings = dict(arch=arch, batch_size=batch, amp=False, channels_last=False, compile=False, cuda_graphs=False)
+def config(arch: str, batch: int, steps: tuple[int, int], **overrides) -> TrainConfig:
+    """RATIO's settings in fp32, NCHW, eager, without graphs: what a CPU runs."""
+    settings = dict(arch=arch, batch_size=batch, steps_in=steps[0], steps_out=steps[1], amp=False,
+                    channels_last=False, compile=False, cuda_graphs=False)
     return TrainConfig(**{**settings, **overrides}).validate()
 
 
-def reference_work(arch: str = ARCH, batch: int = BATCH, device="cpu") -> tuple[Work, Work]:
-    """(one step, its attack phase) of reference.py, with its optimizer past the first step."""
+def reference(arch: str = ARCH, batch: int = BATCH, device="cpu", steps=(10, 20)):
+    """(reference.py's RATIO, a batch (x, y, z)), its optimizer past the first step."""
     torch.manual_seed(0)
-    reference = ReferenceRatio(create_model(arch), config(arch, batch), total_steps=1000, device=device)
-    _create_momentum_buffers(reference.optimizer)
-    x, y, z = make_batch(batch, device)
-    return count(lambda: reference.step(x, y, z)), count(lambda: reference.attack(x, y, z))
+    ratio = ReferenceRatio(create_model(arch), config(arch, batch, steps), total_steps=1000, device=device)
+    _create_momentum_buffers(ratio.optimizer)
+    return ratio, make_batch(batch, device)
 
 
-def engine_work(arch: str = ARCH, batch: int = BATCH, device="cpu", **overrides) -> tuple[Work, Work]:
-    """(one step, its attack phase) of the engine; the phase includes the clean-accuracy forward."""
+def engine(arch: str = ARCH, batch: int = BATCH, device="cpu", steps=(10, 20), **overrides):
+    """(the engine's RatioTrainer with `overrides`, a batch (x, y, z))."""
     torch.manual_seed(0)
-    trainer = RatioTrainer(create_model(arch), config(arch, batch, **overrides), total_steps=1000, device=device)
-    x, y, z = make_batch(batch, device)
-    return count(lambda: trainer.step(x, y, z)), count(lambda: trainer.adversarial_examples(x, y, z))
+    trainer = RatioTrainer(create_model(arch), config(arch, batch, steps, **overrides), total_steps=1000, device=device)
+    return trainer, make_batch(batch, device)
 
 
 def clean_forward_flops(arch: str = ARCH, batch: int = BATCH) -> int:
     model = create_model(arch).eval()
     with torch.no_grad():
         return count(lambda: model(make_batch(batch)[0])).flops
+
+
+def compiled_attack_iteration_flops(arch: str = ARCH, weights_require_grad: bool = False) -> dict[str, int]:
+    """FLOPs per image of one attack iteration (forward, then autograd.grad(loss, x)) through
+    torch.compile, counted in the forward and backward graphs AOTAutograd hands the compiler
+    (the graphs Inductor would make kernels of), with or without the weights requiring grad."""
+    graphs = {}
+
+    def keep(kind):
+        def compiler(graph_module, example_inputs):
+            graphs[kind] = graph_module
+            return make_boxed_func(graph_module)  # run as traced, in the calling convention AOTAutograd uses
+        return compiler
+
+    torch._dynamo.reset()
+    model = create_model(arch).eval().requires_grad_(weights_require_grad)
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward")))
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    torch.autograd.grad(compiled(x).logsumexp(1).sum(), x)
+    torch._dynamo.reset()
+    return {kind: _graph_flops(graph) for kind, graph in graphs.items()}
+
+
+def _graph_flops(graph_module: torch.fx.GraphModule) -> int:
+    """FLOPs of an FX graph of aten ops, from the shapes its nodes record."""
+    def value(arg):
+        return arg.meta["val"] if isinstance(arg, torch.fx.Node) else arg
+
+    flops = 0
+    for node in graph_module.graph.nodes:
+        packet = getattr(node.target, "_overloadpacket", None)
+        if node.op == "call_function" and packet in flop_registry:
+            args, kwargs = torch.fx.node.map_arg(node.args, value), torch.fx.node.map_arg(node.kwargs, value)
+            flops += flop_registry[packet](*args, **kwargs, out_val=node.meta["val"])
+    return flops
 
 
 def pgd_update_calls(backend: str) -> int:
@@ -165,15 +207,22 @@ def rows(arch: str = ARCH, batch: int = BATCH, commit: str = "unknown") -> list[
                 "op_calls_per_step": step.calls, "attack_op_calls_per_step": attack.calls,
                 "top_op_calls": dict(step.op_calls.most_common(12)), **extra}
 
-    out = [row("reference", "authors' code", *reference_work(arch, batch))]
+    ratio, data = reference(arch, batch)
+    out = [row("reference", "authors' code", count(lambda: ratio.step(*data)), count(lambda: ratio.attack(*data)),
+               clean_forward_flops_per_image=clean_forward_flops(arch, batch) / batch)]
     for variant, overrides in ENGINE_VARIANTS.items():
-        step, attack = engine_work(arch, batch, **overrides)
+        trainer, data = engine(arch, batch, **overrides)
+        step, attack = count(lambda: trainer.step(*data)), count(lambda: trainer.adversarial_examples(*data))
         out.append(row("engine", variant, step, attack,
                        host_launches_per_step_cuda_graphs=step.calls - attack.calls + GRAPHED_PHASE_HOST_CALLS))
-    out[0]["clean_forward_flops_per_image"] = clean_forward_flops(arch, batch) / batch
     for backend, variant in (("native", "fused"), ("torch", "plain torch ops")):
         out.append({**common, "case": f"work_model::pgd_update[{variant}]", "implementation": "pgd_update",
                     "variant": variant, "op_calls_per_iteration": pgd_update_calls(backend)})
+    for weights_require_grad, variant in ((True, "weights require grad"), (False, "weights frozen")):
+        flops = compiled_attack_iteration_flops(arch, weights_require_grad)
+        out.append({**common, "case": f"work_model::compiled_attack_iteration[{variant}]", "batch": "1",
+                    "implementation": "torch.compile (AOTAutograd graphs)", "variant": variant,
+                    "forward_flops_per_image": flops["forward"], "backward_flops_per_image": flops["backward"]})
     return out
 
 
@@ -191,9 +240,9 @@ def main(argv=None) -> int:
     path.unlink(missing_ok=True)
     append_rows(path, measured)
     for r in measured:
-        flops = f"{r['flops_per_pair'] / 1e9:7.1f} GFLOP/pair" if "flops_per_pair" in r else " " * 18
-        calls = r.get("op_calls_per_step", r.get("op_calls_per_iteration"))
-        print(f"{r['case']:52} {flops} {calls:6d} op calls")
+        shown = {k: v for k, v in r.items() if k.endswith(("flops_per_pair", "flops_per_image", "_per_step",
+                                                           "_per_iteration", "_cuda_graphs"))}
+        print(r["case"], json.dumps(shown))
     print(f"rows: {path}")
     return 0
 
