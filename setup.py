@@ -105,7 +105,11 @@ setup(
         "pillow>=9",  # PNG/JPEG folders on the torch loader, counterfactual grids
         "safetensors>=0.4",  # model export
     ],
-    extras_require={"dev": ["pytest>=8", "pytest-benchmark>=4"]},
+    extras_require={
+        # `ratio-fast eval --autoattack` (AutoAttack itself, fra31's code as packaged on PyPI, MIT) and SVHN's .mat
+        "eval": ["pyautoattack>=0.2", "scipy>=1.7"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pyautoattack>=0.2", "scipy>=1.7"],
+    },
     entry_points={"console_scripts": ["ratio-fast=ratio_fast.cli:main"]},
     package_data={"ratio_fast.ops": ["*.so", "*.dylib"]},  # the native libraries, when built
     cmdclass={"build_py": BuildPyWithNative, "develop": DevelopWithNative},

@@ -1,42 +1,49 @@
-"""APGD in L2 (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
-ensemble of diverse parameter-free attacks"), built on the fused PGD step.
+"""APGD in L2 (Croce & Hein, ICML 2020), step for step AutoAttack's L2 APGD, on the fused PGD step.
 
-    attack = APGD(eps=0.5, steps=100)                 # APGD-CE
-    x_adv = attack(model, x, y)
-    z_adv = APGD(eps=1.0, steps=20, objective="kl_uniform")(model, z)   # RATIO's out-distribution
-    x_adv = APGDTargeted(eps=0.5, steps=100)(model, x, y)                # APGD-T (targeted DLR)
+    result = apgd_run(model, x, y, eps=0.5, steps=100, objective="ce", count_misclassified=True)
+    result.fooled      # AutoAttack's success: some iterate (the start included) was misclassified
+    result.best        # the highest-loss iterate: what training, worst-case OOD, counterfactuals use
+    x_adv = APGD(eps=0.5, steps=100)(model, x, y)                        # apgd_run(...).best
+    z_adv = APGD(eps=1.0, steps=20, objective="kl_uniform")(model, z)    # RATIO's out-distribution
+    fooled = APGDTargeted(eps=0.5, steps=100).run(model, x, y).fooled    # APGD-T, 9 targets in one batch
 
-The algorithm, per sample (k counts steps, x_0 the start):
-- x_0: a random point on the eps-sphere (clipped to [0,1]), or the clean point;
-- z = P(x_k + eta * g / ||g||_2), where P projects onto the eps-ball, then clips to [0,1];
-  x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})), alpha = 0.75 (1 at k = 0);
-- eta starts at 2 eps; at the checkpoints w_j = ceil(p_j * steps), p_0 = 0, p_1 = 0.22,
-  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), eta halves and the iterate restarts from the
-  best point (with the gradient there) when either
-    1. the loss went up in fewer than rho = 0.75 of the steps since the last checkpoint, or
-    2. eta was not halved at the last checkpoint and the best loss has not improved since;
-- the result is the best iterate (highest loss), the start included.
+The algorithm, per sample, is AutoAttack's (fra31/auto-attack, `autopgd_base.py`, norm L2);
+k counts steps, N = steps:
+- x_0: a random point on the eps-sphere clipped to [0,1] (or the clean point, or a given start);
+- z = P(x_k + eta g / ||g||_2), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})), with
+  a = 1 at k = 0, else 0.75; P projects onto the eps-ball, then clips to [0,1]; eta starts at 2 eps;
+- checkpoints (`checkpoints`): the first after w = max(floor(0.22 N), 1) steps, then after every w
+  more, w shrinking by max(floor(0.03 N), 1) after each, down to max(floor(0.06 N), 1). There eta
+  halves, and the iterate jumps back to the best point with its gradient, when
+    1. at most rho = 0.75 of the steps since the last checkpoint raised the loss over the step
+       before (the first step compares against 0: AutoAttack's loss history starts zeroed), or
+    2. eta was not halved at the last checkpoint and the best loss has not improved since (so
+       never at the first checkpoint);
+  the momentum term after the jump is x_best - x_{k-1}, as in AutoAttack;
+- results: the best iterate (highest loss, the start included) and, with labels, whether some
+  iterate was misclassified and the last one that was (AutoAttack's `x_best_adv`).
+The tests run this against the `pyautoattack` package in fp64 iterate by iterate.
 
 The schedule is known before the loop, so the loop has a static structure: per-sample step
 sizes are tensors halved with `torch.where`, restarts are `torch.where` selections, and nothing
-in it synchronizes with the host. The budget matches `L2PGD(steps=...)` with keep_best: `steps`
-gradient evaluations and one final forward. As in `attacks.py` (whose context it reuses), the
-model is put in eval mode and restored, and only the input is differentiated: the weights are
-frozen meanwhile, so the backward computes no weight gradient.
+in it synchronizes with the host (it can be replayed from a CUDA graph). Cost: `steps` gradients
+and one final forward (AutoAttack also differentiates the last iterate, whose gradient is never
+used). As in `attacks.py` (whose context it reuses), the model is put in eval mode and restored,
+and only the input is differentiated: the backward computes no weight gradient.
 """
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .attacks import OBJECTIVES, Objective, attacking
-from .losses import cross_entropy
+from .losses import at_least_fp32, cross_entropy
 from .ops import pgd_step, sample_ball
-from .ops._common import per_sample
+from .ops._common import compute_dtype, per_sample, sample_layout
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)
 RHO = 0.75  # condition 1: the fraction of steps that must raise the loss between checkpoints
@@ -47,7 +54,7 @@ def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Untargeted DLR loss, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); > 0 iff misclassified."""
     if logits.shape[1] < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[1]}")
-    z = logits.float()
+    z = at_least_fp32(logits)
     top = z.sort(dim=1, descending=True).values
     z_y = z.gather(1, labels[:, None]).squeeze(1)
     is_top = z.argmax(1) == labels
@@ -57,7 +64,7 @@ def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Targeted DLR loss (AutoAttack's APGD-T), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)."""
-    z = logits.float()
+    z = at_least_fp32(logits)
     top = z.sort(dim=1, descending=True).values
     z_y = z.gather(1, labels[:, None]).squeeze(1)
     z_t = z.gather(1, targets[:, None]).squeeze(1)
@@ -66,7 +73,7 @@ def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tens
 
 def max_log_confidence(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """max_k log p_k: the worst-case out-distribution attack makes the model confident. Labels ignored."""
-    return F.log_softmax(logits.float(), dim=1).amax(dim=1)
+    return F.log_softmax(at_least_fp32(logits), dim=1).amax(dim=1)
 
 
 def target_log_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -76,7 +83,7 @@ def target_log_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 # name -> per-sample loss to maximize, objective(logits, labels). "target_ce" reads the labels
 # as the target classes; the targeted DLR needs both the true and the target class, so
-# APGDTargeted builds it per target (see there).
+# APGDTargeted builds it per row (see there).
 APGD_OBJECTIVES: dict[str, Objective] = {
     **OBJECTIVES,
     "dlr": dlr,
@@ -84,6 +91,7 @@ APGD_OBJECTIVES: dict[str, Objective] = {
     "target_ce": target_log_probability,
 }
 _NEEDS_LABELS = {"ce", "dlr", "target_ce"}
+_LABELS_ARE_TRUE_CLASSES = {"ce", "dlr"}  # where "misclassified" means argmax != labels
 
 
 def resolve_apgd_objective(objective: str | Objective) -> Objective:
@@ -95,16 +103,19 @@ def resolve_apgd_objective(objective: str | Objective) -> Objective:
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The steps after which APGD checks its progress: ceil(p_j * steps) for p_j < 1, no duplicates.
+    """The step counts after which APGD checks its progress (AutoAttack's integer schedule).
 
-    For 100 steps: [22, 41, 57, 70, 80, 87, 93, 99], the same as AutoAttack's integer schedule.
+    The first window is max(floor(0.22 N), 1) steps; each next one max(floor(0.03 N), 1) shorter,
+    but at least max(floor(0.06 N), 1). A check after the last step would change nothing, so
+    the list stops before N. For 100 steps: [22, 41, 57, 70, 80, 87, 93, 99].
     """
-    p = [0.0, 0.22]
-    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) < 1.0:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    # round() first so 0.41 * 100 = 41.000000000000007 does not become 42
-    marks = {math.ceil(round(pj * steps, 6)) for pj in p[1:]}
-    return sorted(w for w in marks if 0 < w < steps)
+    window, shrink, shortest = (max(int(p * steps), 1) for p in (0.22, 0.03, 0.06))
+    marks, at = [], window
+    while at < steps:
+        marks.append(at)
+        window = max(window - shrink, shortest)
+        at += window
+    return marks
 
 
 @contextmanager
@@ -122,7 +133,26 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def apgd(
+class APGDResult(NamedTuple):
+    """Per sample: the highest-loss iterate and its loss; with labels, AutoAttack's success and point.
+
+    fooled: some iterate (the start included) was misclassified; adversarial: the last such
+    iterate where fooled, else the best one. Both None when misclassification is not counted.
+    """
+
+    best: torch.Tensor
+    best_loss: torch.Tensor
+    fooled: torch.Tensor | None
+    adversarial: torch.Tensor | None
+
+
+def random_start_point(x: torch.Tensor, eps: float | torch.Tensor, generator: torch.Generator | None = None,
+                       backend: str = "auto") -> torch.Tensor:
+    """APGD's random start: a uniform point of the eps-sphere around each x, clipped to [0,1]."""
+    return sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend)[0]
+
+
+def apgd_run(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
@@ -130,42 +160,48 @@ def apgd(
     eps: float | torch.Tensor,
     steps: int,
     objective: str | Objective = "ce",
+    start: torch.Tensor | None = None,
     random_start: bool = True,
+    count_misclassified: bool = False,
     backend: str = "auto",
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1]; returns the best iterate.
+) -> APGDResult:
+    """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps: a float or per-sample (N,) tensor. objective: a name in APGD_OBJECTIVES or a callable
-    (logits, labels) -> per-sample loss. Returns x_adv, detached, in x's dtype and memory layout.
+    (logits, labels) -> per-sample loss. start: the first iterate (a point of the ball and the
+    box), instead of a random one (`random_start`, drawn from `generator`) or x itself.
+    count_misclassified: also track AutoAttack's success, argmax != y at some iterate.
+    Returned points are detached, in x's dtype and memory layout.
     """
     loss_fn = resolve_apgd_objective(objective)
-    if y is None and isinstance(objective, str) and objective in _NEEDS_LABELS:
-        raise ValueError(f"the {objective!r} objective needs labels y")
+    if y is None and (count_misclassified or (isinstance(objective, str) and objective in _NEEDS_LABELS)):
+        raise ValueError(f"the {objective!r} objective (or counting misclassified iterates) needs labels y")
     x = x.detach()
     n = x.shape[0]
     eps = per_sample(eps, n, x)
     with attacking(model, input_grad_only=True):  # eval mode, weights frozen, grad enabled
-        if random_start:
-            x_k, delta = sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend)
-        else:
-            x_k, delta = x, torch.zeros_like(x, dtype=torch.float32)
-        if steps == 0:
-            return x_k.detach()
-        loss, grad = _loss_and_grad(model, loss_fn, x_k, y)
+        if start is None:
+            start = random_start_point(x, eps, generator, backend) if random_start else x
+        acc = compute_dtype(x, start)
+        x_k, delta = start.detach(), start.detach().to(acc) - x.to(acc)
+        loss, grad, wrong = _evaluate(model, loss_fn, x_k, y, count_misclassified, with_grad=steps > 0)
         best_x, best_delta, best_loss, best_grad = x_k, delta, loss, grad
+        fooled, adversarial = wrong, (x_k if count_misclassified else None)
         prev_delta = delta
         step = 2.0 * eps
         # Projection alone is the fused step with a zero gradient (and zero step).
-        zero_grad, zero_step = torch.zeros_like(grad), torch.zeros_like(eps)
+        zero_grad, zero_step = (torch.zeros_like(grad), torch.zeros_like(eps)) if steps else (None, None)
 
         checks = set(checkpoints(steps))
         last_check = 0
+        # AutoAttack's loss history: fp32 (whatever the model's dtype), starting at 0.
+        prev_loss = torch.zeros_like(loss, dtype=torch.float32)
         increases = torch.zeros_like(eps)  # steps that raised the loss since the last checkpoint
         best_at_check = best_loss
-        halved_at_check = torch.zeros_like(eps, dtype=torch.bool)
+        halved_at_check = torch.ones_like(eps, dtype=torch.bool)  # condition 2 waits for the 2nd checkpoint
         for k in range(steps):
-            _, delta_z, _ = pgd_step(x, delta, grad, eps, step, backend=backend)
+            _, delta_z, _ = pgd_step(x, delta, grad, eps, step * _shortening(grad), backend=backend)
             if k == 0:
                 combined = delta_z
             else:
@@ -173,47 +209,68 @@ def apgd(
             x_k, delta_next, _ = pgd_step(x, combined, zero_grad, eps, zero_step, backend=backend)
             prev_delta, delta = delta, delta_next
 
-            last = k + 1 == steps
-            if last:  # the final iterate needs its loss, not its gradient
-                with torch.no_grad():
-                    new_loss = loss_fn(model(x_k), y)
-            else:
-                new_loss, grad = _loss_and_grad(model, loss_fn, x_k, y)
-            increases += (new_loss > loss).float()
-            loss = new_loss
-            better = new_loss > best_loss  # NaN never counts as better
+            last = k + 1 == steps  # the final iterate needs its loss, not its gradient
+            loss, new_grad, wrong = _evaluate(model, loss_fn, x_k, y, count_misclassified, with_grad=not last)
+            if count_misclassified:
+                fooled = fooled | wrong
+                adversarial = _select(wrong, x_k, adversarial)
+            increases += (loss.float() > prev_loss).to(increases.dtype)
+            prev_loss = loss.float()
+            better = loss > best_loss  # NaN never counts as better
             best_x, best_delta = _select(better, x_k, best_x), _select(better, delta, best_delta)
-            best_loss = torch.where(better, new_loss, best_loss)
+            best_loss = torch.where(better, loss, best_loss)
             if last:
                 break
+            grad = new_grad
             best_grad = _select(better, grad, best_grad)
 
             if k + 1 in checks:
-                oscillating = increases < RHO * (k + 1 - last_check)
+                oscillating = increases <= RHO * (k + 1 - last_check)
                 stalled = ~halved_at_check & (best_loss <= best_at_check)
                 halve = oscillating | stalled
                 step = torch.where(halve, 0.5 * step, step)
-                # Restart from the best point; the step after a restart takes no momentum
-                # (the jump back is not a direction of progress).
-                delta, prev_delta = _select(halve, best_delta, delta), _select(halve, best_delta, prev_delta)
+                delta = _select(halve, best_delta, delta)  # prev_delta stays: AutoAttack keeps the momentum
                 grad = _select(halve, best_grad, grad)
-                loss = torch.where(halve, best_loss, loss)
                 increases = torch.zeros_like(increases)
                 best_at_check, halved_at_check, last_check = best_loss, halve, k + 1
-        return best_x.detach()
+    if count_misclassified:
+        adversarial = _select(fooled, adversarial, best_x).detach()
+    return APGDResult(best_x.detach(), best_loss, fooled, adversarial)
 
 
-def _loss_and_grad(model, loss_fn, x_k, y):
-    """Per-sample loss at x_k and its gradient with respect to the input only."""
-    x_in = x_k.detach().requires_grad_(True)
-    loss = loss_fn(model(x_in), y)
-    (grad,) = torch.autograd.grad(loss.sum(), x_in)
-    return loss.detach(), grad
+def _evaluate(model, loss_fn, x_k, y, count_misclassified: bool, with_grad: bool):
+    """(per-sample loss, its gradient w.r.t. the input or None, argmax != y or None) at x_k."""
+    if with_grad:
+        x_in = x_k.detach().requires_grad_(True)
+        logits = model(x_in)
+        loss = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x_in)
+    else:
+        with torch.no_grad():
+            logits = model(x_k)
+            loss = loss_fn(logits, y)
+        grad = None
+    wrong = (logits.detach().argmax(1) != y) if count_misclassified else None
+    return loss.detach(), grad, wrong
+
+
+def _shortening(grad: torch.Tensor) -> torch.Tensor:
+    """||g|| / (||g|| + 1e-12) per sample: AutoAttack steps along g / (||g|| + 1e-12), so a gradient
+    of norm ~1e-12 (a saturated DLR) takes a shorter step; the fused step normalizes exactly."""
+    norm = grad.flatten(1).norm(dim=1).to(torch.float32 if grad.dtype != torch.float64 else grad.dtype)
+    return norm / (norm + EPS_DIV)
 
 
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per sample, a where mask else b (mask is (N,), a and b are (N, ...))."""
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def _check_settings(eps, steps) -> None:
+    if isinstance(eps, (int, float)) and eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
 
 
 @dataclass
@@ -222,7 +279,9 @@ class APGD:
 
     Objectives: "ce" (APGD-CE), "dlr" (APGD-DLR), "kl_uniform" (training, out-distribution),
     "max_conf" (worst-case out-distribution evaluation), "target_ce" (y holds the target class:
-    counterfactuals), or any callable (logits, labels) -> per-sample loss.
+    counterfactuals), or any callable (logits, labels) -> per-sample loss. Calling it returns
+    the highest-loss iterate; `run` returns the whole APGDResult (with AutoAttack's success
+    for "ce" and "dlr").
     """
 
     eps: float | torch.Tensor
@@ -232,24 +291,35 @@ class APGD:
     backend: str = "auto"
 
     def __post_init__(self):
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        _check_settings(self.eps, self.steps)
         resolve_apgd_objective(self.objective)
 
+    def run(self, model, x, y=None, generator=None, start=None) -> APGDResult:
+        counts = y is not None and isinstance(self.objective, str) and self.objective in _LABELS_ARE_TRUE_CLASSES
+        return apgd_run(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective, start=start,
+                        random_start=self.random_start, count_misclassified=counts, backend=self.backend,
+                        generator=generator)
+
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
-        return apgd(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective,
-                    random_start=self.random_start, backend=self.backend, generator=generator)
+        return self.run(model, x, y, generator).best
+
+
+# attack_rows(x, y, targets, start, eps) -> APGDResult: the targeted runs of a set of (image, target)
+# rows; APGDTargeted runs them eagerly unless given another (evaluate.py replays a CUDA graph).
+RowAttack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], APGDResult]
 
 
 @dataclass
 class APGDTargeted:
     """APGD-T as in AutoAttack: targeted DLR against each of the `targets` runner-up classes.
 
-    The k-th run targets the class with the (k+1)-th highest clean logit. Per sample, the result
-    is the first run's point that is misclassified, else the last run's point, so a sample
-    counts as robust only if it survives every target. Cost: `targets` x `steps` gradients.
+    The k-th run of an image targets the class with its (k+1)-th highest clean logit, as in
+    AutoAttack. All runs go in one batch of (image, target) rows with per-row targets and
+    random starts, instead of AutoAttack's one target after the other on the images not yet
+    fooled: the same attacks, as few launches as possible. Per image, `fooled` if some iterate
+    of some run was misclassified; `adversarial` is then the first such run's point, else the
+    best iterate of the run that came closest (highest targeted DLR). Cost: `targets` x
+    `steps` gradients per image.
     """
 
     eps: float | torch.Tensor
@@ -261,23 +331,46 @@ class APGDTargeted:
     def __post_init__(self):
         if self.targets < 1:
             raise ValueError(f"targets must be >= 1, got {self.targets}")
-        APGD(self.eps, self.steps)  # the same argument checks
+        _check_settings(self.eps, self.steps)
+
+    def rows(self, model, x, y, generator=None):
+        """The (image, target) rows, target-major: (x, y, targets, start, eps), each (T*N, ...)."""
+        with eval_mode(model), torch.no_grad():
+            logits = model(x)
+        if logits.shape[1] < 4:
+            raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
+        count = min(self.targets, logits.shape[1] - 1)
+        targets = logits.argsort(dim=1, descending=True)[:, 1:count + 1]  # (N, T), the runner-ups in order
+        repeat = (count, *([1] * (x.dim() - 1)))
+        x_rows = x.detach().repeat(repeat).contiguous(memory_format=sample_layout(x))
+        eps_rows = per_sample(self.eps, x.shape[0], x).repeat(count)
+        start = random_start_point(x_rows, eps_rows, generator, self.backend) if self.random_start else x_rows
+        return x_rows, y.repeat(count), targets.t().reshape(-1), start, eps_rows
+
+    def attack_rows(self, model) -> RowAttack:
+        """The eager targeted APGD of a set of rows."""
+        def attack(x, y, targets, start, eps):
+            return apgd_run(model, x, y, eps=eps, steps=self.steps,
+                            objective=lambda logits, labels: targeted_dlr(logits, labels, targets),
+                            start=start, count_misclassified=True, backend=self.backend)
+        return attack
+
+    def run(self, model, x, y, generator=None, attack_rows: RowAttack | None = None) -> APGDResult:
+        rows = self.rows(model, x, y, generator)
+        r = (attack_rows or self.attack_rows(model))(*rows)
+        n = x.shape[0]
+        count = rows[0].shape[0] // max(n, 1)
+        per_target = lambda t: t.view(count, n, *t.shape[1:])  # noqa: E731
+        fooled = per_target(r.fooled)
+        any_fooled = fooled.any(0)
+        closest = per_target(r.best_loss).argmax(0)
+        pick = torch.where(any_fooled, fooled.to(torch.uint8).argmax(0), closest)  # argmax: the first True
+        samples = torch.arange(n, device=x.device)
+        best = per_target(r.best)[closest, samples]
+        adversarial = per_target(r.adversarial)[pick, samples]
+        layout = sample_layout(x)
+        return APGDResult(best.contiguous(memory_format=layout), per_target(r.best_loss)[closest, samples],
+                          any_fooled, adversarial.contiguous(memory_format=layout))
 
     def __call__(self, model, x, y, generator=None) -> torch.Tensor:
-        with eval_mode(model):
-            with torch.no_grad():
-                logits = model(x)
-            if logits.shape[1] < 4:
-                raise ValueError(f"the targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
-            ranked = logits.argsort(dim=1, descending=True)
-            result, fooled = x.detach(), torch.zeros_like(y, dtype=torch.bool)
-            for rank in range(1, min(self.targets, logits.shape[1] - 1) + 1):
-                target = ranked[:, rank]
-                x_adv = apgd(model, x, y, eps=self.eps, steps=self.steps,
-                             objective=lambda z, labels, t=target: targeted_dlr(z, labels, t),
-                             random_start=self.random_start, backend=self.backend, generator=generator)
-                with torch.no_grad():
-                    wrong = model(x_adv).argmax(1) != y
-                result = _select(fooled, result, x_adv)
-                fooled = fooled | wrong
-            return result
+        return self.run(model, x, y, generator).adversarial

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .apgd import apgd, eval_mode
+from .apgd import apgd_run, eval_mode
 
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 CLASS_NAMES = {
@@ -49,8 +49,8 @@ def counterfactuals(
     for lo in range(0, n, per_call):
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
-        adv = apgd(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                   random_start=False, backend=backend)
+        adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
+                       random_start=False, backend=backend).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
     return torch.cat(images), torch.cat(confidence)

@@ -1,9 +1,12 @@
-"""APGD: the schedule, the constraints, its strength against PGD, the objectives, the call contract."""
+"""APGD: the schedule, the constraints, its strength against PGD, the objectives, the call contract.
+
+Iterate-for-iterate agreement with AutoAttack's own APGD is in test_apgd_autoattack.py.
+"""
 import pytest
 import torch
 
 from ratio_fast import L2PGD
-from ratio_fast.apgd import APGD, APGDTargeted, apgd, checkpoints, dlr, max_log_confidence, targeted_dlr
+from ratio_fast.apgd import APGD, APGDTargeted, apgd_run, checkpoints, dlr, max_log_confidence, targeted_dlr
 from ratio_fast.losses import cross_entropy
 
 
@@ -19,10 +22,12 @@ def batch(synthetic_split):
     return x[:64], y[:64]
 
 
-def test_checkpoint_schedule_is_the_papers():
-    # p = 0, .22, .41, .57, .70, .80, .87, .93, .99 (Croce & Hein 2020, sec. 3.2)
+def test_checkpoint_schedule_is_autoattacks():
+    # Windows of floor(0.22 N), each floor(0.03 N) shorter, at least floor(0.06 N) (all at least 1).
     assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
     assert checkpoints(500) == [110, 205, 285, 350, 400, 435, 465, 495]
+    assert checkpoints(10) == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert checkpoints(20) == [4, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
     assert checkpoints(1) == [] and checkpoints(0) == []
     for steps in (3, 10, 37):
         marks = checkpoints(steps)
@@ -43,8 +48,8 @@ def test_apgd_stays_in_ball_and_box(trained_tiny, batch, objective):
     x = extreme_images(x)
     eps = torch.linspace(0.0, 3.0, x.shape[0])
     labels = (y + 1) % 10 if objective == "target_ce" else y
-    x_adv = apgd(trained_tiny, x, labels, eps=eps, steps=6, objective=objective,
-                 generator=torch.Generator().manual_seed(0))
+    x_adv = apgd_run(trained_tiny, x, labels, eps=eps, steps=6, objective=objective,
+                     generator=torch.Generator().manual_seed(0)).best
     norms = (x_adv - x).flatten(1).norm(dim=1)
     assert (norms <= eps + 1e-5).all()
     assert ((x_adv >= 0) & (x_adv <= 1)).all()
@@ -154,13 +159,61 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="objective"):
         APGD(0.5, 10, objective="nope")
     with pytest.raises(ValueError, match="labels"):
-        apgd(torch.nn.Linear(3, 3), torch.rand(2, 3), None, eps=0.5, steps=1, objective="ce")
+        apgd_run(torch.nn.Linear(3, 3), torch.rand(2, 3), None, eps=0.5, steps=1, objective="ce")
 
 
 def test_triton_kernels_give_the_reference_result(trained_tiny, batch):
     """The fused step (Triton interpreter on CPU) and the plain-torch reference run the same APGD."""
     x, y = batch
     x, y = x[:4], y[:4]
-    runs = [apgd(trained_tiny, x, y, eps=1.0, steps=4, backend=backend, generator=torch.Generator().manual_seed(0))
-            for backend in ("torch", "triton")]
-    assert torch.allclose(runs[0], runs[1], atol=1e-5)
+    runs = [apgd_run(trained_tiny, x, y, eps=1.0, steps=4, backend=backend, count_misclassified=True,
+                     generator=torch.Generator().manual_seed(0)) for backend in ("torch", "triton")]
+    assert torch.allclose(runs[0].best, runs[1].best, atol=1e-5)
+    assert torch.equal(runs[0].fooled, runs[1].fooled)
+
+
+class Recording(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_fooled_means_some_iterate_was_misclassified(trained_tiny, batch):
+    """AutoAttack's success criterion: any iterate counts, not only the highest-loss one."""
+    x, y = batch
+    recording = Recording(trained_tiny).eval()
+    result = apgd_run(recording, x, y, eps=1.0, steps=8, objective="ce", count_misclassified=True,
+                      generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        wrong = torch.stack([trained_tiny(p).argmax(1) != y for p in recording.inputs])  # start + 8 iterates
+        best_wrong = trained_tiny(result.best).argmax(1) != y
+        adversarial_wrong = trained_tiny(result.adversarial).argmax(1) != y
+    assert len(recording.inputs) == 9
+    assert torch.equal(result.fooled, wrong.any(0))
+    assert (adversarial_wrong == result.fooled).all(), "the returned point is a misclassified iterate where fooled"
+    assert (result.fooled >= best_wrong).all()
+    assert 0 < int(result.fooled.sum()) < len(y)
+
+
+def test_apgd_t_rows_target_the_runner_ups_and_merge_per_image(trained_tiny, batch):
+    x, y = batch
+    x, y = x[:16], y[:16]
+    attack = APGDTargeted(eps=1.0, steps=4, targets=3)
+    x_rows, y_rows, targets, start, eps = attack.rows(trained_tiny, x, y, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ranked = trained_tiny(x).argsort(1, descending=True)
+    assert torch.equal(targets.view(3, 16), ranked[:, 1:4].t()), "row k*N + i targets image i's (k+2)-th class"
+    assert torch.equal(x_rows.view(3, 16, *x.shape[1:]), x.expand(3, *x.shape)) and torch.equal(y_rows, y.repeat(3))
+    assert ((start - x_rows).flatten(1).norm(dim=1) <= eps + 1e-5).all()
+
+    result = attack.run(trained_tiny, x, y, torch.Generator().manual_seed(0))
+    per_row = attack.attack_rows(trained_tiny)(x_rows, y_rows, targets, start, eps)  # the same rows, one call
+    assert torch.equal(result.fooled, per_row.fooled.view(3, 16).any(0))
+    with torch.no_grad():
+        wrong = trained_tiny(result.adversarial).argmax(1) != y
+    assert torch.equal(wrong, result.fooled)
+    assert ((result.adversarial - x).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()

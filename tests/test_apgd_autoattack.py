@@ -1,0 +1,133 @@
+"""APGD against AutoAttack's own L2 APGD (the `pyautoattack` package, a dev dependency), iterate by iterate.
+
+Both runs start from the same point; a model wrapper records every point AutoAttack evaluates
+its model at (one per iterate, the start included). Our run goes through a second wrapper
+that checks each of our iterates against AutoAttack's and then evaluates the model at
+AutoAttack's point (the value of AutoAttack's iterate, the gradient flowing to ours). Feeding
+the reference iterate back in keeps last-bit differences from compounding: on DLR, whose
+denominator z_pi1 - z_pi3 can be tiny, 1e-16 grows to 1e-7 in a few free-running steps while
+every decision stays the same. Each step is therefore checked from the same state, and every
+decision (best point, step-size halving, jump back, momentum after it, success) shows up as a
+mismatch at once if it differs.
+"""
+import copy
+
+import pytest
+import torch
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+from ratio_fast.apgd import apgd_run, dlr, random_start_point, targeted_dlr
+
+EPS = 1.0
+
+
+class Recording(torch.nn.Module):
+    """The model, remembering every input it sees."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+class FollowingReference(torch.nn.Module):
+    """The model evaluated at the reference's k-th iterate when called for the k-th time; records the gap."""
+
+    def __init__(self, model, reference_iterates):
+        super().__init__()
+        self.model, self.reference, self.gaps = model, reference_iterates, []
+
+    def forward(self, x):
+        ref = self.reference[len(self.gaps)]
+        self.gaps.append((x.detach() - ref).flatten(1).abs().amax(1))
+        return self.model(ref + (x - x.detach()))
+
+
+@pytest.fixture(scope="module")
+def model64(trained_tiny):
+    return copy.deepcopy(trained_tiny).double().eval()
+
+
+@pytest.fixture(scope="module")
+def points(synthetic_split):
+    x, y = synthetic_split["test"]
+    return x[:16].double(), y[:16]
+
+
+def autoattack_run(model, x, y, start, steps, loss, target=None):
+    """AutoAttack's L2 APGD from `start`: (iterates, (x_best, robust, loss_best, x_best_adv))."""
+    recording = Recording(model).eval()
+    if loss == "dlr-targeted":
+        attack = APGDAttack_targeted(recording, n_iter=steps, norm="L2", eps=EPS, device=x.device)
+        attack.y_target = target
+    else:
+        attack = APGDAttack(recording, n_iter=steps, norm="L2", eps=EPS, loss=loss, device=x.device)
+    attack.init_hyperparam(x)
+    result = attack.attack_single_run(x, y, x_init=start.clone())
+    return recording.inputs, result
+
+
+@pytest.mark.parametrize("steps", [10, 100])  # 10: the shortest windows (1 step); 100: AutoAttack's budget
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+def test_every_iterate_and_the_result_are_autoattacks_in_fp64(model64, points, steps, loss):
+    x, y = points
+    start = random_start_point(x, EPS, torch.Generator().manual_seed(1))
+    target = None
+    objective = loss
+    if loss == "dlr-targeted":
+        with torch.no_grad():  # the 3rd most likely class, as AutoAttack's second target
+            target = model64(x).argsort(1, descending=True)[:, 2]
+        objective = lambda logits, labels: targeted_dlr(logits, labels, target)  # noqa: E731
+    reference, (x_best, robust, loss_best, x_best_adv) = autoattack_run(model64, x, y, start, steps, loss, target)
+
+    following = FollowingReference(model64, reference).eval()
+    ours = apgd_run(following, x, y, eps=EPS, steps=steps, objective=objective, start=start,
+                    count_misclassified=True, backend="torch")
+
+    assert len(following.gaps) == len(reference) == steps + 1
+    gaps = torch.stack(following.gaps)
+    assert gaps.max() < 1e-8, f"iterate {int(gaps.amax(1).argmax())} differs by {float(gaps.max()):.2e}"
+    assert torch.allclose(ours.best, x_best, rtol=0, atol=1e-8)
+    assert torch.allclose(ours.best_loss, loss_best, rtol=1e-8, atol=1e-8)
+    assert torch.equal(ours.fooled, ~robust)
+    fooled = ~robust
+    assert torch.allclose(ours.adversarial[fooled], x_best_adv[fooled], rtol=0, atol=1e-8)
+    # The comparison means something only if both outcomes occur.
+    assert 0 < int(fooled.sum()) < len(y)
+
+
+def test_dlr_losses_are_autoattacks(model64, points):
+    x, y = points
+    logits = model64(x).detach().requires_grad_(True)
+    reference = APGDAttack(model64, norm="L2", eps=EPS)
+    targeted = APGDAttack_targeted(model64, norm="L2", eps=EPS)
+    targeted.y_target = logits.argsort(1, descending=True)[:, 3].detach()
+    for ours, theirs in ((dlr(logits, y), reference.dlr_loss(logits, y)),
+                         (targeted_dlr(logits, y, targeted.y_target), targeted.dlr_loss_targeted(logits, y))):
+        assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+        (g_ours,) = torch.autograd.grad(ours.sum(), logits)
+        (g_theirs,) = torch.autograd.grad(theirs.sum(), logits)
+        assert torch.allclose(g_ours, g_theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr-targeted"])
+def test_fused_fp32_path_follows_autoattack(trained_tiny, synthetic_split, loss):
+    """The Triton kernels (interpreter on CPU) in fp32 take AutoAttack's fp32 steps."""
+    x, y = synthetic_split["test"]
+    x, y = x[:8], y[:8]
+    start = random_start_point(x, EPS, torch.Generator().manual_seed(2))
+    target, objective = None, "ce"
+    if loss == "dlr-targeted":
+        with torch.no_grad():
+            target = trained_tiny(x).argsort(1, descending=True)[:, 1]
+        objective = lambda logits, labels: targeted_dlr(logits, labels, target)  # noqa: E731
+    reference, (x_best, robust, _, _) = autoattack_run(trained_tiny, x, y, start, 10, loss, target)
+    following = FollowingReference(trained_tiny, reference).eval()
+    ours = apgd_run(following, x, y, eps=EPS, steps=10, objective=objective, start=start,
+                    count_misclassified=True, backend="triton")
+    assert torch.stack(following.gaps).max() < 2e-5
+    assert torch.allclose(ours.best, x_best, atol=2e-5)
+    assert torch.equal(ours.fooled, ~robust)
