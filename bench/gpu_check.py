@@ -224,7 +224,8 @@ def pytest_runtest_makereport(item, call):
     if call.when != "call" or not path or fixture is None or getattr(fixture, "stats", None) is None:
         return
     if outcome.get_result().passed:
-        common = {**{k: v for k, v in machine().items() if k in PROVENANCE}, "commit": os.environ.get(COMMIT_ENV, "unknown"),
+        common = {**{k: v for k, v in machine().items() if k in PROVENANCE},
+                  "commit": os.environ.get(COMMIT_ENV, "unknown"),
                   "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         append_rows(Path(path), [benchmark_row(fixture.stats.as_dict(include_data=False), common)])
 
@@ -275,6 +276,7 @@ def build_native(log: Path, seconds: float) -> int:
 
 def run_stage(stage: Stage, out: Path, seconds: float, env: dict) -> int:
     log = out / f"{stage.name}.log"
+    log.unlink(missing_ok=True)
     if not stage.pytest_args:
         return build_native(log, seconds)
     command = [sys.executable, "-m", "pytest", *stage.pytest_args, "-p", "gpu_check", "-p", "no:cacheprovider",
@@ -289,6 +291,7 @@ def run(args) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.jsonl"
+    rows_path.unlink(missing_ok=True)  # this run's rows only
     env = {**os.environ, ROWS_ENV: str(rows_path), COMMIT_ENV: args.commit,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(BENCH), os.environ.get("PYTHONPATH")])),
            # tests/conftest.py would pick Triton's interpreter; on a GPU the compiled kernels are checked.
@@ -319,8 +322,10 @@ def run(args) -> int:
     except Interrupted:
         print("gpu_check: stopped by SIGTERM; writing what was measured", flush=True)
         codes.append(-int(signal.SIGTERM))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second of work left: finish it (timeout's -k still applies)
     rows = read_rows(rows_path)
-    provenance = {k: v for k, v in machine().items() if k in PROVENANCE}
+    measured = next((row for row in rows if "stage" not in row), None)  # saves importing torch here
+    provenance = {k: v for k, v in (measured or machine()).items() if k in PROVENANCE}
     for row in rows:
         if "stage" in row:
             row.update(provenance)
