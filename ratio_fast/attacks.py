@@ -24,6 +24,7 @@ import torch
 from .losses import cross_entropy, kl_to_uniform
 from .ops import pgd_step, sample_ball
 from .ops._common import per_sample
+from .validation import check_number
 
 Objective = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -176,10 +177,13 @@ class L2PGD:
     input_grad_only: bool = True
 
     def __post_init__(self):
-        if isinstance(self.eps, (int, float)) and self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        # Per-sample tensors are the caller's to check: reading a CUDA tensor here would sync.
+        if not isinstance(self.eps, torch.Tensor):
+            check_number("eps", self.eps, at_least=0)
+        if not isinstance(self.step_size, torch.Tensor):
+            check_number("step_size", self.step_size, at_least=0)
+        check_number("steps", self.steps, at_least=0, integer=True)
+        check_number("momentum", self.momentum, at_least=0)
         resolve_objective(self.objective)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:

@@ -5,8 +5,11 @@ keeps its traceback.
 """
 
 
-class UserError(Exception):
-    """A problem with the user's input: the message names the flag or file and what is wrong."""
+class UserError(ValueError):
+    """A problem with the user's input: the message names the flag or file and what is wrong.
+
+    A ValueError, so code that embeds the API objects can catch bad settings the usual way.
+    """
 
 
 class TrainingStopped(Exception):

@@ -9,8 +9,6 @@ same tensors with the architecture in the metadata.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .errors import UserError
+from .files import atomic_save, atomic_write
 from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 
 WEIGHTS = ("ema", "model")
@@ -90,22 +89,11 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema
     model, config = model_from_checkpoint(path, weights)  # checks the weights fit the architecture
     tensors = clean_state_dict(model.state_dict())
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: exists and is not a directory; choose another --out")
     pt_path, st_path = out_dir / "model.pt", out_dir / "model.safetensors"
-    _atomic(pt_path, lambda tmp: torch.save(tensors, tmp))
+    atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
                 "num_classes": str(NUM_CLASSES.get(config.dataset, 10)), "input": "NCHW RGB in [0,1]"}
-    _atomic(st_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return pt_path, st_path
-
-
-def _atomic(path: Path, write) -> None:
-    """write(tmp_path) then rename over path, so an interrupted export leaves no half file."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

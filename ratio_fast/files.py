@@ -1,0 +1,177 @@
+"""Files a run writes: atomic replacement, one writer per run directory, and one-line errors.
+
+- `atomic_write` / `atomic_save`: the new bytes go to a temporary file beside the target, are
+  flushed to disk, and replace the target in one rename, so a crash, a kill -9 or a full disk
+  at any moment leaves the old file or the new one, never half of one. Temporary names carry
+  the host and the process id; a process only removes temporaries of its own, or of a process
+  of this host that no longer runs (a kill -9 skips every cleanup).
+- `RunDirectoryLock`: an exclusive `flock` on `<run dir>/.lock`. The kernel releases it when the
+  process ends in any way, so a killed run never leaves a stale lock behind, and a second run
+  into the same directory fails at once, naming the holder's PID.
+- `file_error`: an OSError (disk full, read-only, permission, a file where a directory should
+  be) as a UserError that names the path and what to do, printed by the CLI in one line.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+
+LOCK_FILE = ".lock"
+_TMP_SUFFIX = ".tmp"
+
+# errno -> what went wrong, in words a user can act on.
+_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file of that name is in the way",
+    errno.EISDIR: "it is a directory",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def file_error(path: str | Path, error: OSError, doing: str = "write", advice: str = "") -> UserError:
+    """A one-line UserError: 'cannot <doing> <path>: <reason>[; <advice>]'."""
+    reason = _REASONS.get(error.errno) or error.strerror or str(error) or type(error).__name__
+    return UserError(f"cannot {doing} {path}: {reason}" + (f"; {advice}" if advice else ""))
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = "") -> None:
+    """Call write(tmp_path) and then rename tmp_path over path: all of the new file or none of it.
+
+    The file gets the mode a plain open() would give (0666 less the umask). An OSError becomes
+    a UserError naming `path` (plus `advice`); the previous file is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{_owner_tag()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_directory(path.parent)  # make the rename itself durable
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise file_error(path, error, advice=advice) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(path: str | Path, obj, advice: str = "") -> None:
+    """torch.save(obj) to path with `atomic_write`."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), advice)
+
+
+def atomic_write_text(path: str | Path, text: str, advice: str = "") -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), advice)
+
+
+def _owner_tag() -> str:
+    """host.pid: who wrote a temporary file (the host name keeps shared file systems apart)."""
+    return f"{_host()}.{os.getpid()}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "-") or "host"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of `path` left by a dead process of this host; live writers' files are theirs."""
+    prefix = f"{path.name}.{_host()}."
+    for candidate in path.parent.glob(f"{path.name}.*{_TMP_SUFFIX}"):
+        rest = candidate.name[len(prefix):] if candidate.name.startswith(prefix) else ""
+        pid = rest.split(".", 1)[0]
+        if pid.isdigit() and not _process_runs(int(pid)):
+            candidate.unlink(missing_ok=True)
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunDirectoryLock:
+    """`with RunDirectoryLock(run_dir, flag="--out"):` one writer per run directory.
+
+    Creates the directory if needed; if it was created here and the holder leaves it empty
+    (a run that failed before writing anything), `release(clean=True)` removes it again.
+    """
+
+    def __init__(self, run_dir: str | Path, flag: str = "--out"):
+        self.run_dir = Path(run_dir)
+        self.flag = flag
+        self._file = None
+        self._created = False
+
+    def acquire(self) -> "RunDirectoryLock":
+        where = f"{self.flag} {self.run_dir}"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"{where}: exists and is not a directory; choose another {self.flag}")
+        try:
+            self._created = not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.run_dir / LOCK_FILE, "a+")
+        except OSError as error:
+            raise file_error(self.run_dir, error, "create", f"choose another {self.flag}") from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"{where} is in use by another ratio-fast run (PID {holder}); "
+                            f"wait for it to end, or choose another {self.flag}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self, clean: bool = False) -> None:
+        """Unlock; with clean, remove the directory again if this lock created it and it holds nothing else."""
+        if self._file is None:
+            return
+        if clean and self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
+            self.run_dir.rmdir()
+        self._file.close()  # closing the descriptor drops the flock
+        self._file = None
+
+    def __enter__(self) -> "RunDirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
