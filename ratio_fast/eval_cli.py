@@ -5,7 +5,9 @@ stack are imported only when a command runs.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from .cli_format import HelpFormatter
@@ -15,10 +17,13 @@ from .errors import UserError
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
+BEST = "best.pt"  # run.py keeps the EMA weights of the best clean test accuracy here (the authors' best_avg)
+LAST = "checkpoint.pt"
 
 
 def _common(p) -> None:
-    p.add_argument("checkpoint", help="a ratio-fast checkpoint.pt")
+    p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
+                                      f"(the authors' choice of weights), else its {LAST}")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help="the EMA weights or the raw model's")
 
 
@@ -43,13 +48,15 @@ def add_eval(sub) -> None:
     g.add_argument("--steps", type=int, default=100, help="APGD steps per attack (per target class for apgd-t)")
     g.add_argument("--targets", type=int, default=9, help="apgd-t target classes, most likely first")
     g.add_argument("--autoattack", action="store_true",
-                   help="also AutoAttack's standard L2 version (needs the autoattack package)")
-    g.add_argument("--robust-samples", type=int, default=1000, help="test images under attack (0: all)")
+                   help='also AutoAttack\'s standard L2 version, run by its package (pip install "ratio-fast[eval]")')
+    g.add_argument("--robust-samples", type=int, default=0,
+                   help="first test images under attack (0: all, the authors' protocol; fewer get a 95%% CI)")
     g = p.add_argument_group("out-of-distribution detection (max softmax confidence)")
     g.add_argument("--ood", default=None,
-                   help="comma list of out-distribution sets: cifar10, cifar100 (their test splits), synthetic, "
-                        "or .npy files; none to skip (default: cifar100 for cifar10 runs, cifar10 for cifar100, "
-                        "synthetic for synthetic)")
+                   help="comma list of out-distribution sets: uniform-noise, smooth-noise, permuted-pixels (built in), "
+                        "cifar10, cifar100 (test splits), svhn (<data-dir>/test_32x32.mat) or a .mat path, synthetic, "
+                        ".npy files, image directories; none to skip (default: the other CIFAR (synthetic for "
+                        "synthetic runs) and the built-in sets, minus the run's training out-distribution)")
     g.add_argument("--ood-samples", type=int, default=1000, help="images per out-distribution set (0: all)")
     g.add_argument("--ood-eps", type=float, default=1.0, help="radius of the worst-case attack (maximizes confidence)")
     g.add_argument("--ood-steps", type=int, default=100, help="APGD steps of the worst-case attack (0: skip it)")
@@ -57,6 +64,8 @@ def add_eval(sub) -> None:
     g.add_argument("--samples", type=int, default=0, help="test images for clean accuracy and OOD (0: all)")
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the attack calls from CUDA graphs (default: on for CUDA, off for CPU)")
     p.set_defaults(run=_run_eval)
 
 
@@ -85,14 +94,16 @@ def add_export(sub) -> None:
 
 def _run_eval(args) -> int:
     from .evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
+    from .ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, channels_last = _load(args)
     attacks = _names("--attacks", args.attacks)
     settings = EvalSettings(
         eps=config.eps_in if args.eps is None else args.eps, steps=args.steps, attacks=tuple(attacks),
         targets=args.targets, robust_samples=args.robust_samples, autoattack=args.autoattack,
         ood_eps=args.ood_eps, ood_steps=args.ood_steps, batch_size=args.batch_size, seed=args.seed,
-        backend=args.backend,
+        backend=args.backend, cuda_graphs=args.cuda_graphs,
     ).validate()
     for flag, value in (("--samples", args.samples), ("--ood-samples", args.ood_samples)):
         if value < 0:
@@ -101,21 +112,52 @@ def _run_eval(args) -> int:
     test = _test_split(config, data_dir)
     source = dict(batch_size=settings.batch_size, device=device, channels_last=channels_last)
     test_set = batch_source(test.images, test.labels, limit=args.samples, **source)
-    ood_specs = _names("--ood", args.ood) if args.ood is not None else [_default_ood(config.dataset)]
-    ood_sets = {spec: batch_source(_ood_images(spec, config, data_dir), None, limit=args.ood_samples, **source)
+    requested = _names("--ood", args.ood) if args.ood is not None else None
+    ood_specs, notes = choose_ood_sets(requested, config.dataset, training_out_distribution(config))
+    for line in notes:
+        print(line, file=sys.stderr)
+    ood_sets = {spec: batch_source(load_ood_set(spec, dataset=config.dataset, test_images=test.images,
+                                                data_dir=data_dir, samples=args.ood_samples, seed=config.seed),
+                                   None, limit=args.ood_samples, **source)
                 for spec in ood_specs}
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     state = EvalState(out / EVAL_STATE, _identity(args, data_dir))
-    print(f"evaluating {config.arch} ({args.weights} weights) from {args.checkpoint} on {device} -> {out}", flush=True)
-    results = evaluate_model(model, test_set, ood_sets, settings, state)
-    results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "arch": config.arch,
-               "dataset": config.dataset, **results}
+    evaluated = describe_weights(args.checkpoint, args.weights)
+    print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
+    results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
+    results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "evaluated": evaluated,
+               "arch": config.arch, "dataset": config.dataset, **results}
     (out / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"results: {out / EVAL_RESULTS}")
     return 0
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given; for a run directory its best.pt (the EMA weights of the best clean
+    test accuracy: what the authors evaluate), else its checkpoint.pt (the last epoch)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in (BEST, LAST):
+        if (path / name).is_file():
+            return path / name
+    raise UserError(f"{path}: a directory without {BEST} or {LAST}; pass a checkpoint file")
+
+
+def describe_weights(path: str | Path, weights: str) -> str:
+    """Which weights are evaluated: file, EMA or raw model, and the training progress they come from."""
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    kind = "EMA weights" if weights == "ema" else "raw model weights (not the EMA)"
+    best, step = state.get("best"), state["trainer"].get("steps_done")
+    if isinstance(best, dict) and best.get("step") == step:  # best.pt (or a last checkpoint that was the best)
+        return (f"{path}: {kind}, epoch {best['epoch']} of {state['config'].get('epochs')} "
+                f"(best clean test accuracy of the EMA, {100 * best['test_clean_acc']:.2f} %)")
+    return f"{path}: {kind}, after step {step} (the last checkpoint)"
 
 
 def _run_counterfactuals(args) -> int:
@@ -124,6 +166,7 @@ def _run_counterfactuals(args) -> int:
 
     from .counterfactuals import CLASS_NAMES, counterfactuals, runner_up, save_grid, save_tensors, target_probability
 
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
     test = _test_split(config, args.data_dir or config.data_dir)
     indices = [_int("--images", v) for v in _names("--images", args.images)]
@@ -161,6 +204,7 @@ def _run_counterfactuals(args) -> int:
 def _run_export(args) -> int:
     from .export import export_checkpoint
 
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     pt_path, st_path = export_checkpoint(args.checkpoint, out, args.weights)
     print(f"exported {args.weights} weights: {pt_path}, {st_path}")
@@ -186,26 +230,6 @@ def _test_split(config, data_dir):
     from .data import load_in_distribution
 
     return load_in_distribution(config.dataset, data_dir, train=False, seed=config.seed)
-
-
-def _default_ood(dataset: str) -> str:
-    return {"cifar10": "cifar100", "cifar100": "cifar10"}.get(dataset, "synthetic")
-
-
-def _ood_images(spec: str, config, data_dir):
-    """uint8 (N,32,32,3) images of an out-distribution set for evaluation.
-
-    CIFAR sets give their test split: the train split may be the very out-distribution the
-    model was trained on (the default for CIFAR-10 runs), which would flatter the numbers.
-    The synthetic set uses another seed than training for the same reason.
-    """
-    from .data import load_in_distribution, load_out_distribution
-
-    if spec in ("cifar10", "cifar100"):
-        if spec == config.dataset:
-            raise UserError(f"--ood: {spec!r} is the in-distribution of this model; pick another set")
-        return load_in_distribution(spec, data_dir, train=False).images
-    return load_out_distribution(spec, data_dir, in_name=config.dataset, seed=config.seed + 1)
 
 
 def _identity(args, data_dir) -> dict:

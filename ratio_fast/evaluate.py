@@ -1,16 +1,26 @@
 """Evaluation of a trained model: clean and robust accuracy, OOD detection (clean and worst case).
 
 `clean_accuracy` / `robust_accuracy` are the quick per-epoch numbers of a training run.
-`evaluate_model` is the full, resumable evaluation behind `ratio-fast eval`: it is cut into
-parts (clean, each attack, each out-distribution set), each part into batches, and every
-finished batch's per-sample results go into an `EvalState` file, so a killed run continues
-where it stopped and a re-run with more parts computes only the new ones. Attacks draw their
-random starts from a generator seeded by (seed, part, batch): resumed and uninterrupted runs
-give the same numbers.
+`evaluate_model` is the full evaluation behind `ratio-fast eval`, with AutoAttack's definitions:
+- robust accuracy: a test point stays robust while no iterate of any attack so far was
+  misclassified (AutoAttack's `x_best_adv` criterion). The attacks run in order, each only on
+  the points still robust, so the evaluation gets cheaper as it goes: APGD-CE, then APGD-T with
+  its 9 targets as one batch of (image, target) rows. `--autoattack` also runs AutoAttack
+  itself (autoattack_package.py) on the same points, apart from ours;
+- OOD: the max-confidence scores of the clean in-distribution test points against those of
+  each out-distribution set, clean and under the worst-case attack (APGD maximizing the max
+  log-confidence in an L2 ball; its highest-loss iterate counts).
+It is cut into parts (clean, each attack, each out-distribution set), each part into batches,
+and every finished batch's per-sample results go into an `EvalState` file, so a killed run
+continues where it stopped and a re-run with more parts computes only the new ones. Attacks
+draw their random starts from a generator seeded by (seed, part, batch): resumed and
+uninterrupted runs give the same numbers. On CUDA, attack calls are replayed from CUDA graphs
+at a fixed number of rows (`AttackCalls`), like the training attacks.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
 import zlib
 from collections.abc import Callable
@@ -20,14 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .apgd import APGD, APGDTargeted, eval_mode
+from .apgd import APGDTargeted, apgd_run, eval_mode, random_start_point
 from .attacks import L2PGD
-from .checkpoint import atomic_save
+from .cuda_graph import GraphedCall
 from .errors import UserError
+from .files import atomic_save
 from .ood import max_confidence, ood_metrics
+from .ops._common import sample_layout
 from .progress import Progress
 
 ROBUST_ATTACKS = ("apgd-ce", "apgd-t")
+Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % interval
 
 
 @torch.no_grad()
@@ -60,21 +73,33 @@ def robust_accuracy(model: torch.nn.Module, batches, attack: L2PGD) -> float:
     return float(correct) / max(total, 1)
 
 
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); sound near 0 and 1 too."""
+    if trials <= 0:
+        raise ValueError(f"trials must be positive, got {trials}")
+    p = successes / trials
+    centre = p + z * z / (2 * trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    scale = 1 + z * z / trials
+    return max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    """What `ratio-fast eval` measures; defaults follow the authors' evaluation."""
+    """What `ratio-fast eval` measures; defaults follow the authors' evaluation (AutoAttack, L2 0.5, all images)."""
 
     eps: float = 0.5  # L2 radius of the robust accuracy
     steps: int = 100  # APGD steps per attack (and per target for apgd-t)
-    attacks: tuple[str, ...] = ROBUST_ATTACKS
+    attacks: tuple[str, ...] = ROBUST_ATTACKS  # run in this order, each on the points still robust
     targets: int = 9  # apgd-t target classes (AutoAttack: 9)
-    robust_samples: int = 1000  # first test images under attack; 0: all
-    autoattack: bool = False  # also AutoAttack's standard L2 version (the `autoattack` package)
+    robust_samples: int = 0  # first test images under attack; 0: all
+    autoattack: bool = False  # also AutoAttack's standard L2 version, from its package
     ood_eps: float = 1.0  # radius of the worst-case OOD attack (maximizes max confidence)
     ood_steps: int = 100  # its APGD steps; 0 skips the worst case
-    batch_size: int = 256
+    batch_size: int = 256  # images per batch, and rows per attack call
     seed: int = 0
     backend: str = "auto"
+    cuda_graphs: bool | None = None  # attack calls replayed from CUDA graphs; None: on for CUDA
 
     def validate(self) -> "EvalSettings":
         for name in ("eps", "steps", "robust_samples", "ood_eps", "ood_steps", "seed"):
@@ -86,6 +111,8 @@ class EvalSettings:
         unknown = [a for a in self.attacks if a not in ROBUST_ATTACKS]
         if unknown:
             raise UserError(f"--attacks: unknown attack {unknown[0]!r}; choose from {', '.join(ROBUST_ATTACKS)}")
+        if len(set(self.attacks)) < len(self.attacks):
+            raise UserError(f"--attacks: {','.join(self.attacks)} names an attack twice")
         return self
 
 
@@ -132,14 +159,15 @@ class EvalState:
         return {key: torch.cat([stored[b][key] for b in range(batches)]) for key in stored[0]}
 
 
-Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator], dict]
+# measure(x, y, generator, rows) -> dict of per-sample tensors; rows: the batch's sample indices.
+Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator, slice], dict]
 
 
 def run_part(state: EvalState, part: str, source: "BatchSource", measure: Measure, seed: int) -> dict:
     """Measure every batch of a part not yet in `state`, saving as it goes; return all its results.
 
-    measure(x, y, generator) -> dict of per-sample tensors; the generator is seeded by
-    (seed, part, batch), so a batch gives the same result whenever it is computed.
+    The generator handed to `measure` is seeded by (seed, part, batch), so a batch gives the
+    same result whenever it is computed.
     """
     todo = [b for b in range(source.batches) if not state.done(part, b)]
     if todo:
@@ -147,7 +175,8 @@ def run_part(state: EvalState, part: str, source: "BatchSource", measure: Measur
         for b in todo:
             x, y = source.batch(b)
             generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
-            state.put(part, b, measure(x, y, generator))
+            rows = slice(b * source.batch_size, b * source.batch_size + x.shape[0])
+            state.put(part, b, measure(x, y, generator, rows))
             progress.update(1)
         progress.close()
         state.save()
@@ -158,47 +187,106 @@ def _batch_seed(seed: int, part: str, batch: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(part.encode()) * 10_007 + batch) % (2**63)
 
 
+class AttackCalls:
+    """Runs an attack function of row tensors in calls of at most `rows` rows.
+
+    fn(*row_tensors) returns a NamedTuple of per-row tensors or None (apgd.APGDResult). Eager
+    (CPU, or graphs off): the rows go in pieces of `rows`. With graphs (CUDA): every piece is
+    padded to exactly `rows` rows by repeating its first row (the padding's results are
+    dropped), so one CUDA graph per call site, captured on first use, serves every call, as
+    for the training attacks (cuda_graph.GraphedCall).
+    """
+
+    def __init__(self, rows: int, graphs: bool):
+        self.rows, self.graphs = rows, graphs
+        self._graphed: dict[str, GraphedCall] = {}
+
+    def __call__(self, site: str, fn: Callable, *inputs: torch.Tensor):
+        pieces = [self._piece(site, fn, [t[lo:lo + self.rows] for t in inputs])
+                  for lo in range(0, inputs[0].shape[0], self.rows)]
+        if len(pieces) == 1:
+            return pieces[0]
+        return type(pieces[0])(*(None if field is None else torch.cat([p[i] for p in pieces])
+                                 for i, field in enumerate(pieces[0])))
+
+    def _piece(self, site: str, fn: Callable, inputs: list[torch.Tensor]):
+        if not self.graphs:
+            return fn(*inputs)
+        n = inputs[0].shape[0]
+        graphed = self._graphed.setdefault(site, GraphedCall(fn))
+        out = graphed(*(_pad_rows(t, self.rows) for t in inputs))
+        return type(out)(*(None if o is None else o[:n].clone() for o in out))  # the next replay overwrites out
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    padded = torch.cat([t, t[:1].expand(rows - t.shape[0], *t.shape[1:])])
+    return padded.contiguous(memory_format=sample_layout(t)) if t.dim() == 4 else padded
+
+
 def evaluate_model(model: torch.nn.Module, test: "BatchSource", ood_sets: dict[str, "BatchSource"],
-                   settings: EvalSettings, state: EvalState) -> dict:
+                   settings: EvalSettings, state: EvalState, test_images: int | None = None) -> dict:
     """Every metric of `settings` on `test` (labelled) and the unlabelled `ood_sets`; a JSON-ready dict.
 
-    OOD sets are scored against the clean in-distribution scores of all of `test`; the worst
-    case attacks the OOD inputs only (maximizing the max log-confidence in the L2 ball).
+    test_images: the size of the whole test split `test` is taken from (default: test.size), so
+    that accuracies on fewer images get a confidence interval. OOD sets are scored against the
+    clean in-distribution scores of all of `test`.
     """
     s = settings
     seed = s.seed
+    device = next(model.parameters()).device
+    graphs = device.type == "cuda" if s.cuda_graphs is None else s.cuda_graphs
+    if graphs and device.type != "cuda":
+        raise UserError(f"--cuda-graphs needs a CUDA device (this evaluation is on {device})")
+    calls = AttackCalls(s.batch_size, graphs)
 
-    def clean(x, y, _generator):
+    def clean(x, y, _generator, _rows):
         logits = _no_grad(model, x)
         return {"correct": logits.argmax(1) == y, "conf": max_confidence(logits)}
 
-    def ood_clean(x, _y, _generator):
+    def ood_clean(x, _y, _generator, _rows):
         return {"conf": max_confidence(_no_grad(model, x))}
 
-    worst_attack = APGD(s.ood_eps, s.ood_steps, objective="max_conf", backend=s.backend)
+    def worst_case_rows(x, start):
+        return apgd_run(model, x, None, eps=s.ood_eps, steps=s.ood_steps, objective="max_conf", start=start,
+                        backend=s.backend)
 
-    def ood_worst(x, _y, generator):
-        return {"conf": max_confidence(_no_grad(model, worst_attack(model, x, generator=generator)))}
+    def ood_worst(x, _y, generator, _rows):
+        start = random_start_point(x, s.ood_eps, generator, s.backend)
+        worst = calls("worst-case ood", worst_case_rows, x, start).best
+        return {"conf": max_confidence(_no_grad(model, worst))}
 
     with eval_mode(model):
-        results: dict = {"samples": test.size}
+        results: dict = {"samples": test.size, "test_images": test_images or test.size}
         clean_part = run_part(state, f"clean, {test.size} images", test, clean, seed)
         results["clean_accuracy"] = float(clean_part["correct"].double().mean())
         results["mean_max_conf_in"] = float(clean_part["conf"].double().mean())
 
-        attacks = {name: _robust_attack(name, s) for name in s.attacks}
-        if s.autoattack:
-            attacks["autoattack"] = AutoAttackStandard(s.eps, s.seed)
-        if attacks and s.eps > 0:
+        if s.eps > 0 and (s.attacks or s.autoattack):
             robust_set = test.first(s.robust_samples) if s.robust_samples else test
-            robust = {"eps": s.eps, "steps": s.steps, "samples": robust_set.size}
-            still_correct = clean_part["correct"][:robust_set.size].clone()
-            for name, attack in attacks.items():
-                correct = run_part(state, _robust_part_name(name, s, robust_set.size), robust_set,
-                                   _attacked_correct(model, attack), seed)["correct"]
-                robust[name] = float(correct.double().mean())
-                still_correct &= correct
-            robust["all"] = float(still_correct.double().mean())  # worst case over the attacks run
+            n = robust_set.size
+            robust = {"eps": s.eps, "steps": s.steps, "targets": s.targets, "samples": n, "attacks": list(s.attacks)}
+            still_robust = clean_part["correct"][:n]
+            for k, name in enumerate(s.attacks):
+                part = _robust_part_name(s.attacks[:k + 1], s, n)
+                measure = _surviving(still_robust, _fooled_by(name, model, s, calls))
+                still_robust = run_part(state, part, robust_set, measure, seed)["robust"]
+                robust[name] = float(still_robust.double().mean())  # after this attack and those before
+            if s.autoattack:
+                from .autoattack_package import AutoAttackPackage
+
+                reference = AutoAttackPackage(s.eps)
+
+                def autoattack(x, y, generator, _rows):
+                    return {"robust": reference.robust(model, x, y, seed=generator.initial_seed() % 2**31)}
+
+                part = f"{reference.description}, L2 {s.eps}, {n} images"
+                reference_robust = run_part(state, part, robust_set, autoattack, seed)["robust"]
+                robust["autoattack"] = float(reference_robust.double().mean())
+                robust["autoattack_version"] = reference.description
+                still_robust = still_robust & reference_robust
+            robust["all"] = float(still_robust.double().mean())  # robust against every attack run
             results["robust"] = robust
 
         results["ood"] = {}
@@ -216,50 +304,45 @@ def evaluate_model(model: torch.nn.Module, test: "BatchSource", ood_sets: dict[s
     return results
 
 
-def _robust_part_name(name: str, s: EvalSettings, samples: int) -> str:
-    if name == "autoattack":
-        return f"autoattack standard, L2 {s.eps}, {samples} images"
-    targets = f", {s.targets} targets" if name == "apgd-t" else ""
-    return f"{name}, L2 {s.eps}, {s.steps} steps{targets}, {samples} images"
+def _robust_part_name(attacks: tuple[str, ...], s: EvalSettings, samples: int) -> str:
+    """A part's results depend on the attacks before it (it attacks only what they left robust)."""
+    targets = f", {s.targets} targets" if "apgd-t" in attacks else ""
+    return f"robust after {' + '.join(attacks)}, L2 {s.eps}, {s.steps} steps{targets}, {samples} images"
 
 
-def _robust_attack(name: str, s: EvalSettings):
-    if name == "apgd-ce":
-        return APGD(s.eps, s.steps, objective="ce", backend=s.backend)
-    return APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend)
-
-
-def _attacked_correct(model, attack):
-    def measure(x, y, generator):
-        x_adv = attack(model, x, y, generator=generator)
-        return {"correct": _no_grad(model, x_adv).argmax(1) == y}
+def _surviving(still_robust: torch.Tensor, fooled_by: Callable) -> Measure:
+    """The measure of one attack of the sequence: it attacks the batch's points still robust."""
+    def measure(x, y, generator, rows):
+        robust = still_robust[rows].to(x.device, copy=True)
+        todo = robust.nonzero().squeeze(1)  # syncs once per batch, outside the attack loop
+        if todo.numel():
+            robust[todo] = ~fooled_by(x[todo], y[todo], generator)
+        return {"robust": robust}
     return measure
+
+
+def _fooled_by(name: str, model, s: EvalSettings, calls: AttackCalls) -> Callable:
+    """fooled_by(x, y, generator) -> (N,) bool: AutoAttack's success of attack `name` on each point."""
+    if name == "apgd-ce":
+        def rows(x, y, start):
+            return apgd_run(model, x, y, eps=s.eps, steps=s.steps, objective="ce", start=start,
+                            count_misclassified=True, backend=s.backend)
+
+        def fooled_by(x, y, generator):
+            return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend)).fooled
+        return fooled_by
+
+    attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend)
+    target_rows = attack.attack_rows(model)
+
+    def fooled_by(x, y, generator):
+        return attack.run(model, x, y, generator, attack_rows=lambda *r: calls(name, target_rows, *r)).fooled
+    return fooled_by
 
 
 def _no_grad(model, x):
     with torch.no_grad():
         return model(x)
-
-
-class AutoAttackStandard:
-    """AutoAttack's standard L2 version from the third-party `autoattack` package (fra31/auto-attack).
-
-    Imported only when asked for; not a dependency of ratio-fast.
-    """
-
-    def __init__(self, eps: float, seed: int = 0):
-        try:
-            from autoattack import AutoAttack
-        except ImportError:
-            raise UserError("--autoattack needs the autoattack package: "
-                            "pip install git+https://github.com/fra31/auto-attack") from None
-        self.eps, self.seed, self._cls = eps, seed, AutoAttack
-
-    def __call__(self, model, x, y, generator=None):
-        adversary = self._cls(model, norm="L2", eps=self.eps, version="standard", device=x.device,
-                              verbose=False, seed=self.seed)
-        with torch.no_grad():  # AutoAttack computes its own gradients inside
-            return adversary.run_standard_evaluation(x, y, bs=x.shape[0])
 
 
 class BatchSource:
@@ -301,25 +384,44 @@ def batch_source(images, labels, batch_size: int, device, channels_last: bool = 
     return BatchSource(first, None if labels is None else labels[:n], batch_size, device, channels_last)
 
 
+
 def format_table(results: dict) -> str:
-    """The results as aligned text rows: metric, value."""
-    rows = [("clean accuracy", f"{100 * results['clean_accuracy']:.2f} %  ({results['samples']} images)")]
+    """The results as aligned text rows: metric, value. Accuracies on part of the test set get a 95 % CI."""
+    population = results.get("test_images", results["samples"])
+    rows = []
+    if "evaluated" in results:
+        rows.append(("weights", results["evaluated"]))
+    rows.append(("clean accuracy", _accuracy(results["clean_accuracy"], results["samples"], population)))
     robust = results.get("robust")
     if robust:
-        where = f"L2 eps {robust['eps']}, {robust['samples']} images"
-        for name in (*ROBUST_ATTACKS, "autoattack"):
-            if name in robust:
-                steps = "" if name == "autoattack" else f", {robust['steps']} steps"
-                rows.append((f"robust accuracy, {name}", f"{100 * robust[name]:.2f} %  ({where}{steps})"))
-        rows.append(("robust accuracy, all attacks", f"{100 * robust['all']:.2f} %"))
+        n = robust["samples"]
+        done = []
+        for name in robust.get("attacks", []):
+            done.append(name)
+            steps = f", {robust['steps']} steps" + (f", {robust['targets']} targets" if name == "apgd-t" else "")
+            where = f"(L2 {robust['eps']}{steps})"
+            rows.append((f"robust accuracy, {' + '.join(done)}", f"{_accuracy(robust[name], n, population)}  {where}"))
+        if "autoattack" in robust:
+            rows.append(("robust accuracy, AutoAttack", f"{_accuracy(robust['autoattack'], n, population)}  "
+                                                        f"({robust['autoattack_version']}, L2 {robust['eps']})"))
+        if len(robust.get("attacks", [])) + ("autoattack" in robust) > 1:
+            rows.append(("robust accuracy, all attacks", _accuracy(robust["all"], n, population)))
     rows.append(("mean max confidence, in-dist", f"{results['mean_max_conf_in']:.4f}"))
     for name, m in results.get("ood", {}).items():
         rows.append((f"OOD {name}: AUROC", f"{100 * m['auroc']:.2f} %  ({m['samples']} images)"))
         rows.append((f"OOD {name}: FPR at 95% TPR", f"{100 * m['fpr95']:.2f} %"))
         rows.append((f"OOD {name}: mean max confidence", f"{m['mean_max_conf']:.4f}"))
         if "worst_case_auroc" in m:
-            how = f"(L2 eps {m['worst_case_eps']}, {m['worst_case_steps']} steps)"
+            how = f"(L2 {m['worst_case_eps']}, {m['worst_case_steps']} steps)"
             rows.append((f"OOD {name}: worst-case AUROC", f"{100 * m['worst_case_auroc']:.2f} %  {how}"))
             rows.append((f"OOD {name}: worst-case mean max conf", f"{m['worst_case_mean_max_conf']:.4f}"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _accuracy(value: float, samples: int, population: int) -> str:
+    """'76.20 %  (10000 images)', or with the 95 % interval when measured on `samples` < `population` images."""
+    if samples >= population:
+        return f"{100 * value:.2f} %  ({samples} images)"
+    low, high = wilson_interval(round(value * samples), samples)
+    return f"{100 * value:.2f} %  [{100 * low:.1f}, {100 * high:.1f}] 95 % CI  ({samples} of {population} images)"

@@ -36,6 +36,7 @@ from .stop import StopRequest
 from .train import RatioTrainer, wants_channels_last
 
 CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"  # the EMA weights of the best clean test accuracy so far (the authors' "best_avg")
 METRICS = "metrics.jsonl"
 
 
@@ -125,6 +126,8 @@ class Run:
         if checkpoint_state is not None:
             self.trainer.load_state_dict(checkpoint_state["trainer"])
             self._restore_rng(checkpoint_state["rng"])
+        # {"epoch", "step", "test_clean_acc"} of the epoch whose weights best.pt holds
+        self.best = (checkpoint_state or {}).get("best")
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
                                  keep_best=True, backend=cfg.backend)
 
@@ -178,7 +181,10 @@ class Run:
             epoch, start = divmod(trainer.steps_done, self.steps_per_epoch)
             end = min(self.steps_per_epoch, start + stop_at - trainer.steps_done)
             last = self._train_epoch(epoch, start, end, stop)
+            improved = self._note_best(last)
             self._save()
+            if improved:
+                self._save(BEST)
             if stop.stopped and trainer.steps_done < stop_at:
                 self._print(f"stopped by {stop.signal_name} after step {trainer.steps_done}; checkpoint "
                             f"{self.run_dir / CHECKPOINT} saved; continue with --resume")
@@ -263,7 +269,15 @@ class Run:
             result = shared[0]
         return result
 
-    def _save(self) -> None:
+    def _note_best(self, record: dict) -> bool:
+        """Whether this epoch's EMA has the best clean test accuracy so far; if so, self.best says so."""
+        accuracy = record.get("test_clean_acc")  # absent when the epoch was cut short by a signal
+        if accuracy is None or (self.best is not None and accuracy <= self.best["test_clean_acc"]):
+            return False
+        self.best = {"epoch": record["epoch"], "step": record["step"], "test_clean_acc": accuracy}
+        return True
+
+    def _save(self, name: str = CHECKPOINT) -> None:
         """Every rank contributes its RNG state; rank 0 writes the file; all leave together."""
         rng = _rng_state()
         if self.ctx.is_distributed:
@@ -272,11 +286,12 @@ class Run:
         else:
             rng_per_rank = [rng]
         if self.ctx.is_main:
-            save_checkpoint(self.run_dir / CHECKPOINT, {
+            save_checkpoint(self.run_dir / name, {
                 "config": self.config.to_dict(),
                 "trainer": self.trainer.state_dict(),
                 "rng": rng_per_rank,
                 "world_size": self.ctx.world_size,
+                "best": self.best,
             })
         if self.ctx.is_distributed:
             dist.barrier()
