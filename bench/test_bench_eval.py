@@ -69,7 +69,7 @@ def test_eval_cpu(benchmark, tmp_path):
 
     results = benchmark.pedantic(ours, rounds=2, iterations=1, warmup_rounds=0)
     seconds = benchmark.stats.stats.median
-    x, y = source.batch(0, 0)
+    x, y = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).contiguous(), torch.from_numpy(labels)
     began = time.perf_counter()
     theirs = AutoAttackPackage(EPS, attacks=("apgd-ce", "apgd-t")).robust(model, x, y, seed=0)
     autoattack_s = time.perf_counter() - began
