@@ -296,12 +296,15 @@ class APGD:
 
     def run(self, model, x, y=None, generator=None, start=None) -> APGDResult:
         counts = y is not None and isinstance(self.objective, str) and self.objective in _LABELS_ARE_TRUE_CLASSES
-        return apgd_run(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective, start=start,
-                        random_start=self.random_start, count_misclassified=counts, backend=self.backend,
-                        generator=generator)
+        return self._run(model, x, y, generator, start, counts)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
-        return self.run(model, x, y, generator).best
+        return self._run(model, x, y, generator, None, False).best  # training needs no success bookkeeping
+
+    def _run(self, model, x, y, generator, start, count_misclassified: bool) -> APGDResult:
+        return apgd_run(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective, start=start,
+                        random_start=self.random_start, count_misclassified=count_misclassified,
+                        backend=self.backend, generator=generator)
 
 
 # attack_rows(x, y, targets, start, eps) -> APGDResult: the targeted runs of a set of (image, target)

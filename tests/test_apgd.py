@@ -217,3 +217,10 @@ def test_apgd_t_rows_target_the_runner_ups_and_merge_per_image(trained_tiny, bat
         wrong = trained_tiny(result.adversarial).argmax(1) != y
     assert torch.equal(wrong, result.fooled)
     assert ((result.adversarial - x).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+
+
+def test_run_counts_success_only_where_labels_are_the_true_classes(trained_tiny, batch):
+    x, y = batch
+    assert APGD(0.5, 2).run(trained_tiny, x[:4], y[:4]).fooled.shape == (4,)
+    assert APGD(0.5, 2, objective="kl_uniform").run(trained_tiny, x[:4]).fooled is None
+    assert APGD(0.5, 2, objective="target_ce").run(trained_tiny, x[:4], (y[:4] + 1) % 10).fooled is None
