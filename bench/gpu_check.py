@@ -115,7 +115,8 @@ def rows_from_benchmark_json(data: dict, commit: str | None = None) -> list[dict
     info = data.get("machine_info", {})
     common = {**{k: info[k] for k in PROVENANCE if k in info},
               "gpu": info.get("gpu") or info.get("cpu", {}).get("brand_raw") or "unknown",
-              "date": data.get("datetime", ""), "commit": commit or (data.get("commit_info") or {}).get("id") or "unknown"}
+              "date": data.get("datetime", ""),
+              "commit": commit or (data.get("commit_info") or {}).get("id") or "unknown"}
     return [benchmark_row(bench, common) for bench in data.get("benchmarks", [])]
 
 

@@ -39,7 +39,8 @@ def dry_run(tmp_path_factory, bench_module):
     out, lib, no_dali = base / "out", base / "lib", base / "no_dali"
     out.mkdir()
     no_dali.mkdir()
-    (no_dali / "sitecustomize.py").write_text('import sys\nsys.modules["nvidia.dali"] = None  # as on the GPU machine\n')
+    # As on the GPU machine: `import nvidia.dali` fails, and find_spec finds nothing.
+    (no_dali / "sitecustomize.py").write_text('import sys\nsys.modules["nvidia.dali"] = None\n')
     gpu_check = bench_module("gpu_check")
     env = {**os.environ, "OUT": str(out), gpu_check.LIB_DIR_ENV: str(lib),
            "PYTHONPATH": os.pathsep.join([str(no_dali), os.environ.get("PYTHONPATH", "")])}

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"case", "gpu", "torch", "triton", "date", "commit", "median_s", "mean_s", "min_s", "rounds"}
 
 
-def pytest_with_rows(args, rows_path, **env):
+def pytest_with_rows(gpu_check, args, rows_path, **env):
     """pytest in a subprocess with the gpu_check plugin writing rows to `rows_path`."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")]),
-           "RATIO_FAST_BENCH_ROWS": str(rows_path), "RATIO_FAST_COMMIT": "abc123", **env}
+    path = os.pathsep.join([str(ROOT), str(ROOT / "bench"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, gpu_check.ROWS_ENV: str(rows_path), gpu_check.COMMIT_ENV: "abc123", **env}
     return subprocess.run([sys.executable, "-m", "pytest", *args, "-p", "gpu_check", "-p", "no:cacheprovider", "-q"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -31,11 +31,12 @@ def pytest_with_rows(args, rows_path, **env):
 def cpu_run(tmp_path_factory, bench_module):
     """The reference and the default engine on CPU (quick size): streamed rows and pytest-benchmark's JSON."""
     out = tmp_path_factory.mktemp("rows")
-    done = pytest_with_rows(["bench/test_bench_ratio_step.py", "--benchmark-only", f"--benchmark-json={out / 'b.json'}",
+    gpu_check = bench_module("gpu_check")
+    done = pytest_with_rows(gpu_check, ["bench/test_bench_ratio_step.py", "--benchmark-only", f"--benchmark-json={out / 'b.json'}",
                              "-k", "test_ratio_step_cpu_reference or test_ratio_step_cpu and fast"],
                             out / "rows.jsonl", RATIO_FAST_BENCH_QUICK="1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return bench_module("gpu_check"), out
+    return gpu_check, out
 
 
 def test_each_measured_case_has_a_row(cpu_run):
@@ -79,9 +80,10 @@ def test_a_killed_process_keeps_the_rows_it_measured(tmp_path, bench_module):
         def test_killed(benchmark):
             os.kill(os.getpid(), signal.SIGKILL)  # what a stage's deadline does to its process
     """))
-    done = pytest_with_rows([str(tmp_path / "test_two.py")], tmp_path / "rows.jsonl")
+    gpu_check = bench_module("gpu_check")
+    done = pytest_with_rows(gpu_check, [str(tmp_path / "test_two.py")], tmp_path / "rows.jsonl")
     assert done.returncode == -9
-    (row,) = bench_module("gpu_check").read_rows(tmp_path / "rows.jsonl")
+    (row,) = gpu_check.read_rows(tmp_path / "rows.jsonl")
     assert row["case"] == "test_two::test_measured" and row["note"] == "kept" and row["rounds"] == 3
 
 

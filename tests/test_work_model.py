@@ -91,7 +91,8 @@ def test_the_committed_rows_agree_with_the_constant(work_model):
     engine = rows["work_model::engine[sequential, fused step]"]
     assert reference["model"] == "wrn34"
     assert reference["flops_per_pair"] == pytest.approx(work_model.FLOP_PER_PAIR, rel=AGREEMENT)
-    assert engine["attack_flops_per_pair"] == reference["attack_flops_per_pair"] + reference["clean_forward_flops_per_image"]
+    clean_forward = reference["clean_forward_flops_per_image"]
+    assert engine["attack_flops_per_pair"] == reference["attack_flops_per_pair"] + clean_forward
     assert rows["work_model::engine[concat, fused step]"]["flops_per_pair"] == engine["flops_per_pair"]
     compiled = rows["work_model::compiled_attack_iteration[weights require grad]"]
     assert compiled["backward_flops_per_image"] == 2 * rows["work_model::compiled_attack_iteration[weights frozen]"][
