@@ -1,30 +1,25 @@
-"""Images per second of each loader kind, next to the rate one RATIO step consumes.
+"""Images per second of each loader kind and augmentation, next to the rate one RATIO step consumes.
 
 A loader keeps up when its rate is well above ``extra_info['ratio_step_images_per_s']``: the
-in-distribution images one RATIO step trains on per second (the out-distribution stream
-needs the same rate again). On CPU that rate is measured here on the tiny model; on the GPU
-the field ``ratio_step_images_per_s_gpu`` is left ``None`` for the GPU script, which measures
-the WRN-34-10 step, to fill in.
+in-distribution images one RATIO step trains on per second (the out-distribution stream needs
+the same rate again). On CPU that rate is measured here on the tiny model; on the GPU the field
+``ratio_step_images_per_s_gpu`` is left ``None`` for the GPU script, which measures the
+WRN-34-10 step, to fill in. ``--augment autoaugment_cutout`` (the default) adds AutoAugment and
+Cutout to ``crop_flip``; ``test_autoaugment_cpu`` times the AutoAugment part alone.
 
-Measured on the 2-core AMD EPYC dev machine (torch 2.13.0+cpu, DALI 2.4.0 CPU pipeline,
-synthetic 10240 x 32x32x3 uint8, global batch 128, augment on), 59 batches in order after one
-warm-up batch, machine otherwise idle:
-    gpu (resident, one gather)      ~70k img/s
-    torch, 2 DataLoader workers     ~28k img/s   (0 workers: ~56k, 1: ~21k)
-    dali, 2 Python workers          ~46k img/s   (0 workers: ~57k, 1: ~44k)
-    RATIO step, tiny model          ~400 img/s   (README: 356 to 431 img/s)
-Every loader kind is 50x or more above what the step consumes. This file, run while other
-jobs loaded the 2 cores (load average 6), gave torch ~25k img/s, gpu and dali ~3k img/s:
-compare kinds within one quiet run only. The ``auto`` rule in ratio_fast/data/loaders.py
-follows the quiet numbers: resident when the set fits, else DALI. H100: not measured yet (no
-GPU lent to this work; the GPU machine also lacks DALI, see ../shared/GPU.md).
+Numbers: README "Benchmarks" and bench/results/, each with the machine it ran on. This machine
+is shared: compare kinds within one quiet run only.
 """
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from ratio_fast.data import make_loader, make_synthetic
+from ratio_fast.data import BatchSpec, make_loader, make_synthetic
+from ratio_fast.data.augment import AutoAugment, fill_colour
+from ratio_fast.data.plan import plan_epoch
+from ratio_fast.models import CIFAR10_MEAN
 
 CPU_IMAGES, GPU_IMAGES = 10240, 50000
 BATCH = 128
@@ -33,6 +28,7 @@ STREAMING_WORKERS = 2
 KINDS = ["gpu", "torch", "dali"]
 # Not the bare word "gpu" as a test id: the root conftest skips items whose keywords hold it.
 KIND_IDS = ["resident-loader", "torch-loader", "dali-loader"]
+AUGMENTS = ["crop_flip", "autoaugment_cutout"]
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +50,10 @@ def ratio_step_images_per_s():
     return steps * BATCH / (time.perf_counter() - began)
 
 
-def run_case(benchmark, sync, kind, device, num_images, extra):
+def run_case(benchmark, sync, kind, augment, device, num_images, extra):
     x, y = make_synthetic(num_images)
     workers = None if kind == "gpu" else STREAMING_WORKERS
-    loader = make_loader(kind, x, y, BATCH, device, seed=0, workers=workers)
+    loader = make_loader(kind, x, y, BatchSpec(BATCH, augment=augment), device, workers=workers)
     position = iter(range(10**9))
     loader.batch(0, 0)  # warm-up: workers and pipeline started, first batches prefetched
 
@@ -70,20 +66,36 @@ def run_case(benchmark, sync, kind, device, num_images, extra):
 
     benchmark.pedantic(take_batches, rounds=5, iterations=1, warmup_rounds=1)
     seconds_per_batch = benchmark.stats.stats.median / BATCHES_TIMED
-    benchmark.extra_info.update(kind=kind, device=str(device), batch=BATCH, images=num_images,
+    benchmark.extra_info.update(kind=kind, augment=augment, device=str(device), batch=BATCH, images=num_images,
                                 workers=workers, images_per_s=round(BATCH / seconds_per_batch), **extra)
+    if hasattr(loader, "close"):
+        loader.close()
 
 
+@pytest.mark.parametrize("augment", AUGMENTS)
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
-def test_loader_cpu(benchmark, sync, kind, ratio_step_images_per_s):
-    run_case(benchmark, sync, kind, "cpu", CPU_IMAGES,
-             {"ratio_step_images_per_s": round(ratio_step_images_per_s), "ratio_step_model": "tiny (CPU)"})
+def test_loader_cpu(benchmark, sync, kind, augment, ratio_step_images_per_s):
+    run_case(benchmark, sync, kind, augment, "cpu", CPU_IMAGES,
+             {"ratio_step_images_per_s": round(ratio_step_images_per_s), "ratio_step_model": "tiny (CPU)",
+              "threads": torch.get_num_threads()})
+
+
+def test_autoaugment_cpu(benchmark):
+    """The policy alone on a batch of 128 (the draws of one training batch), in the calling thread."""
+    x, _ = make_synthetic(BATCH)
+    images = torch.from_numpy(x)
+    codes = torch.from_numpy(plan_epoch(0, 0, BATCH, shuffle=True, draws=BatchSpec(BATCH).draws).autoaugment)
+    autoaugment = AutoAugment((32, 32), fill_colour(CIFAR10_MEAN), "cpu")
+    benchmark.pedantic(autoaugment, args=(images, codes), rounds=10, iterations=3, warmup_rounds=1)
+    benchmark.extra_info.update(batch=BATCH, images_per_s=round(BATCH / benchmark.stats.stats.median),
+                                fired=int(np.count_nonzero(codes.numpy())), threads=torch.get_num_threads())
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("augment", AUGMENTS)
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
-def test_loader_cuda(benchmark, sync, kind):
+def test_loader_cuda(benchmark, sync, kind, augment):
     if kind == "dali":
         pytest.importorskip("nvidia.dali", reason="DALI is not installed on this GPU machine")
-    run_case(benchmark, sync, kind, "cuda", GPU_IMAGES,
+    run_case(benchmark, sync, kind, augment, "cuda", GPU_IMAGES,
              {"gpu": torch.cuda.get_device_name(), "ratio_step_images_per_s_gpu": None})

@@ -4,10 +4,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import AMP_DTYPES, ATTACK_SCHEDULES, ATTACKS, BACKENDS, LOADERS, MODES, TrainConfig
+from .config import AMP_DTYPES, ATTACK_SCHEDULES, ATTACKS, AUGMENTATIONS, BACKENDS, LOADERS, MODES, TrainConfig
 from .cli_format import HelpFormatter
 from .errors import TrainingStopped, UserError
 from .eval_cli import add_counterfactuals, add_eval, add_export
+
+
+class _Lists(argparse.Action):
+    """A repeatable flag whose values replace its default (e.g. the list from --config) rather than extend it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = getattr(namespace, self.dest, None)
+        items = [] if items is None or items is self.default else list(items)
+        setattr(namespace, self.dest, items + [values])
+
+
+class _Replaced(argparse.Action):
+    """Flags of earlier versions: say what replaced them."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} was replaced by --augment: --augment none (no crop/flip), crop_flip "
+                     "(the old default), autoaugment_cutout (the authors', now the default; its Cutout is mean-filled)")
 
 
 def _train_parser(sub, d: TrainConfig) -> None:
@@ -20,17 +37,19 @@ def _train_parser(sub, d: TrainConfig) -> None:
                    help="out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), the 80M "
                         "Tiny Images tiny_images.bin, a folder of PNG/JPEG images, or cifar10 / cifar100 / "
                         "synthetic; default: cifar100 for cifar10, cifar10 for cifar100, synthetic for synthetic")
-    g.add_argument("--out-exclude", default=d.out_exclude, metavar="FILE",
-                   help="text file of 1-based out-distribution indices to leave out, one per line "
-                        "(the published Tiny Images / CIFAR overlap list 80mn_cifar_idxs.txt as it is)")
+    g.add_argument("--out-exclude", action=_Lists, default=d.out_exclude, metavar="FILE[:0|:1]",
+                   help="a list of out-distribution rows to leave out, one number per line, 1-based (FILE or "
+                        "FILE:1, e.g. the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' "
+                        "80mn_cifar10_test_idxs.txt); repeat for several lists (configs/ratio-cifar10-wrn34.json)")
     g.add_argument("--loader", default=d.loader, choices=LOADERS,
                    help="gpu: whole data set on the device; dali: NVIDIA DALI pipeline; torch: DataLoader "
                         "workers; auto: the fastest that fits, as measured")
     g.add_argument("--synthetic-size", type=int, default=d.synthetic_size, help="training images of the synthetic set (default 10240)")
-    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    g.add_argument("--cutout", action="store_true", default=d.cutout,
-                   help="zero one 16x16 square per training image, centred anywhere on it (DeVries & Taylor "
-                        "2017); with or without --no-augment")
+    g.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
+                   help="of both batches. autoaugment_cutout: the authors' (crop from a 4-pixel padding of the "
+                        "mean colour, flip, AutoAugment's CIFAR-10 policy, a 16x16 Cutout of the mean colour); "
+                        "crop_flip: crop from a zero padding and flip; none")
+    g.add_argument("--no-augment", "--cutout", dest="replaced_flag", nargs=0, action=_Replaced, help=argparse.SUPPRESS)
 
     g = p.add_argument_group("model and optimization")
     g.add_argument("--arch", default=d.arch, help="wrn34, wrn28, resnet18, resnet50 or tiny")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .data.augment import AUGMENTATIONS
 from .errors import UserError
 from .models import check_model_name
 
@@ -27,7 +28,8 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str = "data"
     out_data: str | None = None  # .npy path or a dataset name; None: the default for `dataset`
-    out_exclude: str | None = None  # text file of out-distribution indices to leave out (one per line)
+    # Out-distribution rows to leave out: exclusion lists FILE[:0|:1] (0- or 1-based; default 1).
+    out_exclude: list[str] = dataclasses.field(default_factory=list)
     loader: str = "auto"  # auto | dali | gpu | torch
     mode: str = "ratio"
     epochs: int = 300
@@ -56,8 +58,7 @@ class TrainConfig:
     fp32_first_conv: bool = True  # under AMP, the first convolution stays fp32 (attack strength)
     input_grad_only: bool = True  # attacks compute no weight gradients
     fused_optimizer: bool = True  # SGD's fused kernel (one launch for the whole update)
-    augment: bool = True  # random crop (4-pixel padding) and horizontal flip
-    cutout: bool = False  # one 16x16 square zeroed per training image (DeVries & Taylor 2017)
+    augment: str = "autoaugment_cutout"  # the authors' --augm; or crop_flip, none (data/augment.py)
     backend: str = "auto"  # fused-op backend: auto | triton | torch
     device: str = "auto"
     seed: int = 0
@@ -95,6 +96,8 @@ class TrainConfig:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise UserError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         if self.loader not in LOADERS:
             raise UserError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
         if self.attack not in ATTACKS:
@@ -114,4 +117,20 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in upgrade_legacy_settings(values, "checkpoint settings").items() if k in known})
+
+
+def upgrade_legacy_settings(values: dict, where: str) -> dict:
+    """Settings saved before --augment and the repeatable --out-exclude, in today's terms: augment
+    true / false -> crop_flip / none (what those runs did), out_exclude FILE / null -> [FILE] / [].
+    The old zero-filled --cutout has no equivalent: a UserError names its replacement."""
+    values = dict(values)
+    if isinstance(values.get("augment"), bool) or "cutout" in values:
+        if values.pop("cutout", False):
+            raise UserError(f"{where}: cutout was replaced by --augment autoaugment_cutout (AutoAugment and a "
+                            "Cutout filled with the mean colour, as the authors train); the zero-filled Cutout is gone")
+        if isinstance(values.get("augment"), bool):
+            values["augment"] = "crop_flip" if values["augment"] else "none"
+    if "out_exclude" in values and not isinstance(values["out_exclude"], list):
+        values["out_exclude"] = [] if values["out_exclude"] is None else [values["out_exclude"]]
+    return values

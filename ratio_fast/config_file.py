@@ -9,14 +9,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, upgrade_legacy_settings
 from .errors import UserError
 
 # Field annotation (as written in config.py) -> JSON types accepted for it.
 _ACCEPTED = {
     "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
     "int | None": (int, type(None)), "float | None": (int, float, type(None)),
-    "bool | None": (bool, type(None)), "str | None": (str, type(None)),
+    "bool | None": (bool, type(None)), "str | None": (str, type(None)), "list[str]": (list,),
 }
 
 
@@ -35,6 +35,7 @@ def read_config_file(path: str | Path) -> dict:
         raise UserError(f"--config {path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     if not isinstance(values, dict):
         raise UserError(f"--config {path}: expected a JSON object of settings, got {type(values).__name__}")
+    values = upgrade_legacy_settings(values, f"--config {path}")  # config.json files of earlier versions
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -42,7 +43,8 @@ def read_config_file(path: str | Path) -> dict:
     for name, value in values.items():
         accepted = _ACCEPTED[str(fields[name].type)]
         is_bool_as_number = isinstance(value, bool) and bool not in accepted
-        if not isinstance(value, accepted) or is_bool_as_number:
+        not_strings = isinstance(value, list) and not all(isinstance(item, str) for item in value)
+        if not isinstance(value, accepted) or is_bool_as_number or not_strings:
             wanted = str(fields[name].type).replace("None", "null")
             raise UserError(f"--config {path}: {name} must be {wanted}, got {json.dumps(value)}")
     return values

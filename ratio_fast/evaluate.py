@@ -19,7 +19,6 @@ at a fixed number of rows (`AttackCalls`), like the training attacks.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 import zlib
@@ -33,6 +32,7 @@ import torch
 from .apgd import APGDTargeted, apgd_run, eval_mode, random_start_point
 from .attacks import L2PGD
 from .cuda_graph import GraphedCall
+from .data.loaders import BatchSpec, Loader, ResidentLoader
 from .errors import UserError
 from .files import atomic_save
 from .ood import max_confidence, ood_metrics
@@ -163,24 +163,24 @@ class EvalState:
 Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator, slice], dict]
 
 
-def run_part(state: EvalState, part: str, source: "BatchSource", measure: Measure, seed: int) -> dict:
+def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed: int) -> dict:
     """Measure every batch of a part not yet in `state`, saving as it goes; return all its results.
 
     The generator handed to `measure` is seeded by (seed, part, batch), so a batch gives the
     same result whenever it is computed.
     """
-    todo = [b for b in range(source.batches) if not state.done(part, b)]
+    todo = [b for b in range(len(source)) if not state.done(part, b)]
     if todo:
         progress = Progress(len(todo), desc=part)
         for b in todo:
-            x, y = source.batch(b)
+            x, y = source.batch(0, b)
             generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
-            rows = slice(b * source.batch_size, b * source.batch_size + x.shape[0])
+            rows = slice(b * source.spec.batch_size, b * source.spec.batch_size + x.shape[0])
             state.put(part, b, measure(x, y, generator, rows))
             progress.update(1)
         progress.close()
         state.save()
-    return state.collect(part, source.batches)
+    return state.collect(part, len(source))
 
 
 def _batch_seed(seed: int, part: str, batch: int) -> int:
@@ -225,11 +225,11 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     return padded.contiguous(memory_format=sample_layout(t)) if t.dim() == 4 else padded
 
 
-def evaluate_model(model: torch.nn.Module, test: "BatchSource", ood_sets: dict[str, "BatchSource"],
+def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loader],
                    settings: EvalSettings, state: EvalState, test_images: int | None = None) -> dict:
     """Every metric of `settings` on `test` (labelled) and the unlabelled `ood_sets`; a JSON-ready dict.
 
-    test_images: the size of the whole test split `test` is taken from (default: test.size), so
+    test_images: the size of the whole test split `test` is taken from (default: test.num_samples), so
     that accuracies on fewer images get a confidence interval. OOD sets are scored against the
     clean in-distribution scores of all of `test`.
     """
@@ -258,14 +258,14 @@ def evaluate_model(model: torch.nn.Module, test: "BatchSource", ood_sets: dict[s
         return {"conf": max_confidence(_no_grad(model, worst))}
 
     with eval_mode(model):
-        results: dict = {"samples": test.size, "test_images": test_images or test.size}
-        clean_part = run_part(state, f"clean, {test.size} images", test, clean, seed)
+        results: dict = {"samples": test.num_samples, "test_images": test_images or test.num_samples}
+        clean_part = run_part(state, f"clean, {test.num_samples} images", test, clean, seed)
         results["clean_accuracy"] = float(clean_part["correct"].double().mean())
         results["mean_max_conf_in"] = float(clean_part["conf"].double().mean())
 
         if s.eps > 0 and (s.attacks or s.autoattack):
             robust_set = test.first(s.robust_samples) if s.robust_samples else test
-            n = robust_set.size
+            n = robust_set.num_samples
             robust = {"eps": s.eps, "steps": s.steps, "targets": s.targets, "samples": n, "attacks": list(s.attacks)}
             still_robust = clean_part["correct"][:n]
             for k, name in enumerate(s.attacks):
@@ -291,14 +291,14 @@ def evaluate_model(model: torch.nn.Module, test: "BatchSource", ood_sets: dict[s
 
         results["ood"] = {}
         for name, source in ood_sets.items():
-            conf = run_part(state, f"ood {name}, clean, {source.size} images", source, ood_clean, seed)["conf"]
+            conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed)["conf"]
             metrics = ood_metrics(clean_part["conf"], conf)
             if s.ood_steps > 0 and s.ood_eps > 0:
-                part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.size} images"
+                part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.num_samples} images"
                 worst = run_part(state, part, source, ood_worst, seed)["conf"]
                 metrics.update({f"worst_case_{k}": v for k, v in ood_metrics(clean_part["conf"], worst).items()})
                 metrics.update(worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
-            metrics["samples"] = source.size
+            metrics["samples"] = source.num_samples
             results["ood"][name] = metrics
     results["settings"] = {**asdict(s), "attacks": list(s.attacks)}
     return results
@@ -345,43 +345,18 @@ def _no_grad(model, x):
         return model(x)
 
 
-class BatchSource:
-    """A data set on the device in fixed, in-order batches: `batch(i)` -> (x in [0,1] NCHW, labels or None).
-
-    images: uint8 (N, 32, 32, 3) HWC (numpy or tensor); labels: (N,) integers or None.
-    """
-
-    def __init__(self, images, labels, batch_size: int, device, channels_last: bool = False):
-        self.images = torch.as_tensor(np.ascontiguousarray(images)).to(device)
-        self.labels = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(device)
-        self.batch_size, self.size = batch_size, len(self.images)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    @property
-    def batches(self) -> int:
-        return -(-self.size // self.batch_size)
-
-    def batch(self, index: int):
-        lo, hi = index * self.batch_size, min((index + 1) * self.batch_size, self.size)
-        x = self.images[lo:hi].permute(0, 3, 1, 2).float().div_(255).contiguous(memory_format=self.memory_format)
-        return x, (None if self.labels is None else self.labels[lo:hi])
-
-    def first(self, n: int) -> "BatchSource":
-        """The first n samples, in the same batches (the last one cut)."""
-        head = copy.copy(self)
-        head.size = min(n, self.size)
-        return head
-
-
 def batch_source(images, labels, batch_size: int, device, channels_last: bool = False,
-                 limit: int | None = None) -> BatchSource:
-    """A BatchSource of the first `limit` (0 or None: all) images of an array or a data-module image source."""
+                 limit: int | None = None) -> ResidentLoader:
+    """The first `limit` (0 or None: all) images of an array or a data-module image source, on the
+    device, in order and as they are (the data package's evaluation loader): `len(source)` batches,
+    `source.batch(0, i)` -> (x in [0,1] NCHW, labels or None), `source.first(n)`."""
     n = min(limit, len(images)) if limit else len(images)
     if hasattr(images, "read"):  # an ImageSource reads rows on demand: only these n are read
         first = images.read(np.arange(n, dtype=np.int64))
     else:
         first = images[:n]
-    return BatchSource(first, None if labels is None else labels[:n], batch_size, device, channels_last)
+    return ResidentLoader(first, None if labels is None else labels[:n], BatchSpec.in_order(batch_size, channels_last),
+                          device)
 
 
 

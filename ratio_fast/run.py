@@ -12,6 +12,7 @@ the run at the next step boundary with a checkpoint (see stop.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -25,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .attacks import L2PGD
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
+from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, shutdown)
 from .errors import TrainingStopped, UserError
@@ -90,14 +91,15 @@ class Run:
         if len(train.labels) < cfg.batch_size:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train.labels)} images)")
         channels_last = wants_channels_last(cfg, self.device)
-        shard = dict(rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
-        augmentation = dict(augment=cfg.augment, cutout=cfg.cutout)
-        self.loader_kinds = [self._loader_kind(train.images, **augmentation, **shard)]
-        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, cfg.batch_size, self.device,
-                                        seed=cfg.seed, **augmentation, **shard)
+        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
+        # Both batches get the same augmentation, filled with the in-distribution's mean colour (as the authors do).
+        spec = BatchSpec(cfg.batch_size, seed=cfg.seed, augment=cfg.augment, mean=mean, channels_last=channels_last,
+                         rank=ctx.rank, world_size=ctx.world_size)
+        self.loader_kinds = [self._loader_kind(train.images, spec)]
+        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
-        self.test_loader = make_loader("gpu", test.images, test.labels, 256, self.device, seed=cfg.seed,
-                                       augment=False, shuffle=False, drop_last=False, channels_last=channels_last)
+        self.test_loader = make_loader("gpu", test.images, test.labels, BatchSpec.in_order(256, channels_last),
+                                       self.device)
         self.out_loader = None
         if cfg.mode == "ratio":
             out_images = load_out_distribution(cfg.out_data or _default_out_data(cfg.dataset), cfg.data_dir,
@@ -105,12 +107,11 @@ class Run:
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
-            self.loader_kinds.append(self._loader_kind(out_images, **augmentation, **shard))
-            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, cfg.batch_size, self.device,
-                                          seed=cfg.seed + 1, **augmentation, **shard)
+            out_spec = dataclasses.replace(spec, seed=cfg.seed + 1)
+            self.loader_kinds.append(self._loader_kind(out_images, out_spec))
+            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device)
 
         self.steps_per_epoch = len(self.train_loader)
-        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
         model = create_model(cfg.arch, num_classes=train.num_classes, mean=mean, std=std)
         if cfg.sync_bn and ctx.is_distributed:
             model = convert_sync_batchnorm(model, self.device)
@@ -131,10 +132,9 @@ class Run:
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
                                  keep_best=True, backend=cfg.backend)
 
-    def _loader_kind(self, images, **loader_options) -> str:
+    def _loader_kind(self, images, spec: BatchSpec) -> str:
         """--loader for these images; a measured 'auto' choice is logged with its rates."""
-        choice = choose_loader_kind(self.config.loader, images, self.device, batch_size=self.config.batch_size,
-                                    **loader_options)
+        choice = choose_loader_kind(self.config.loader, images, self.device, spec)
         if choice.measured:
             self._print(choice.describe())
         return choice.kind

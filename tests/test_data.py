@@ -1,5 +1,5 @@
 """Tests of ratio_fast.data: CIFAR pickles and download, .npy files, the synthetic set,
-the source entry points and the device-resident loader. CPU only, small files in tmp_path."""
+the source entry points and the resident (gpu) loader. CPU only, small files in tmp_path."""
 
 from __future__ import annotations
 
@@ -14,15 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_fast.data import (
-    DeviceLoader,
-    load_cifar,
-    load_in_distribution,
-    load_npy_images,
-    load_out_distribution,
-    make_synthetic,
-    make_synthetic_out,
-)
+from ratio_fast.data import BatchSpec, load_in_distribution, load_out_distribution, make_synthetic, make_synthetic_out
+from ratio_fast.data.cifar import load_cifar
+from ratio_fast.data.loaders import ResidentLoader
+from ratio_fast.data.sources import load_npy_images
 from ratio_fast.errors import UserError
 
 N_PER_FILE = 20
@@ -338,7 +333,11 @@ def test_out_distribution_sources(tmp_path):
         load_out_distribution(str(tmp_path / "missing.npy"), tmp_path, in_name="cifar10")
 
 
-# --- DeviceLoader -----------------------------------------------------------------------------
+# --- the resident loader ----------------------------------------------------------------------
+
+
+def resident(images, labels, batch_size, **spec):
+    return ResidentLoader(images, labels, BatchSpec(batch_size, **spec), "cpu")
 
 
 def _id_images(n: int) -> np.ndarray:
@@ -359,7 +358,7 @@ def _ids(x: torch.Tensor) -> np.ndarray:
 def test_loader_batch_format():
     x, y = make_synthetic(300)
     for channels_last in (False, True):
-        loader = DeviceLoader(x, y, 128, "cpu", seed=0, channels_last=channels_last)
+        loader = resident(x, y, 128, channels_last=channels_last)
         xb, yb = loader.batch(0, 1)
         assert len(loader) == 2
         assert xb.shape == (128, 3, 32, 32) and xb.dtype == torch.float32
@@ -368,7 +367,7 @@ def test_loader_batch_format():
         assert xb.is_contiguous(memory_format=torch.channels_last) == channels_last
         assert xb.is_contiguous() != channels_last
 
-    unlabelled = DeviceLoader(torch.from_numpy(x), None, 100, "cpu", seed=0)
+    unlabelled = resident(torch.from_numpy(x), None, 100)
     xb, yb = unlabelled.batch(0, 0)
     assert yb is None and xb.shape == (100, 3, 32, 32)
 
@@ -376,7 +375,7 @@ def test_loader_batch_format():
 def test_loader_labels_follow_images_through_shuffle_and_augment():
     labels = np.arange(500) % 10
     x = np.broadcast_to((labels * 20 + 5).astype(np.uint8)[:, None, None, None], (500, 32, 32, 3)).copy()
-    loader = DeviceLoader(x, labels, 64, "cpu", seed=1)
+    loader = resident(x, labels, 64, seed=1, augment="crop_flip")
     for epoch in range(2):
         for xb, yb in loader.epoch(epoch):
             # Crops pad with zeros, so the image's value is its maximum.
@@ -385,9 +384,9 @@ def test_loader_labels_follow_images_through_shuffle_and_augment():
 
 def test_loader_is_pure_function_of_seed_epoch_index():
     x, y = make_synthetic(400)
-    a = DeviceLoader(x, y, 64, "cpu", seed=7)
-    b = DeviceLoader(x, y, 64, "cpu", seed=7)
-    c = DeviceLoader(x, y, 64, "cpu", seed=8)
+    a = resident(x, y, 64, seed=7)
+    b = resident(x, y, 64, seed=7)
+    c = resident(x, y, 64, seed=8)
     xa, ya = a.batch(3, 4)
     xb, yb = b.batch(3, 4)  # fresh instance, no earlier batches or epochs drawn
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -406,22 +405,27 @@ def test_loader_is_pure_function_of_seed_epoch_index():
 def test_loader_drop_last_and_coverage():
     n = 300
     x = _id_images(n)
-    keep = DeviceLoader(x, None, 128, "cpu", seed=0, augment=False, drop_last=False)
+    keep = resident(x, None, 128, augment="none", drop_last=False)
     batches = [xb for xb, _ in keep.epoch(5)]
     assert len(keep) == 3 and [len(b) for b in batches] == [128, 128, 44]
     ids = np.concatenate([_ids(b) for b in batches])
     assert sorted(ids.tolist()) == list(range(n))  # every image exactly once per epoch
     assert not np.array_equal(ids, np.arange(n))  # shuffled
 
-    drop = DeviceLoader(x, None, 128, "cpu", seed=0, augment=False)
+    drop = resident(x, None, 128, augment="none")
     assert len(drop) == 2
     with pytest.raises(IndexError):
         drop.batch(0, 2)
 
-    ordered = DeviceLoader(x, None, 128, "cpu", seed=0, augment=False, shuffle=False, drop_last=False)
+    ordered = ResidentLoader(x, None, BatchSpec.in_order(128), "cpu")  # what evaluation reads
     xb, _ = ordered.batch(0, 2)
     assert np.array_equal(_ids(xb), np.arange(256, 300))
     assert torch.equal(xb, torch.from_numpy(x[256:]).permute(0, 3, 1, 2).float() / 255)  # as is
+    head = ordered.first(200)  # the first 200 images, in the same batches, the last one cut
+    assert len(head) == 2 and head.num_samples == 200 and head.images.data_ptr() == ordered.images.data_ptr()
+    assert torch.equal(head.batch(0, 1)[0], ordered.batch(0, 1)[0][:72])
+    with pytest.raises(ValueError, match="shuffled"):
+        keep.first(10)
 
 
 def test_loader_crop_offsets_and_flip_statistics():
@@ -430,7 +434,7 @@ def test_loader_crop_offsets_and_flip_statistics():
     x = np.zeros((n, 32, 32, 3), np.uint8)
     x[:, 16, 16, 0] = 255  # red marker
     x[:, 16, 17, 1] = 255  # green marker, right of the red one before any flip
-    loader = DeviceLoader(x, None, 256, "cpu", seed=0)
+    loader = resident(x, None, 256, augment="crop_flip")
     offsets, flips = [], []
     for epoch in range(3):
         for xb, _ in loader.epoch(epoch):
@@ -459,9 +463,9 @@ def test_loader_crop_offsets_and_flip_statistics():
     assert abs(flips.mean().item() - 0.5) < 0.03
 
 
-def test_loader_pads_with_zeros():
+def test_crop_flip_pads_with_zeros():
     x = np.full((512, 32, 32, 3), 200, np.uint8)
-    xb, _ = DeviceLoader(x, None, 512, "cpu", seed=0).batch(0, 0)
+    xb, _ = resident(x, None, 512, augment="crop_flip").batch(0, 0)
     v = torch.round(xb * 255)
     rows_zero = (v == 0).all(dim=(1, 3))  # (B, 32): whole row black in all channels
     cols_zero = (v == 0).all(dim=(1, 2))
@@ -473,17 +477,19 @@ def test_loader_pads_with_zeros():
 def test_loader_rejects_bad_inputs():
     x, y = make_synthetic(10)
     with pytest.raises(ValueError):
-        DeviceLoader(x.astype(np.float32), y, 4, "cpu", seed=0)
+        resident(x.astype(np.float32), y, 4)
     with pytest.raises(ValueError):
-        DeviceLoader(x, y[:5], 4, "cpu", seed=0)
+        resident(x, y[:5], 4)
     with pytest.raises(ValueError):
-        DeviceLoader(x, y, 16, "cpu", seed=0)  # drop_last leaves no batch
+        resident(x, y, 16)  # drop_last leaves no batch
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_loader_batches_do_not_sync_the_host():
+@pytest.mark.gpu
+@pytest.mark.parametrize("augment", ["autoaugment_cutout", "crop_flip"])
+def test_loader_batches_do_not_sync_the_host(augment):
+    """The resident loader's batches, AutoAugment included, never wait for the GPU."""
     x, y = make_synthetic(512)
-    loader = DeviceLoader(x, y, 128, "cuda", seed=0, channels_last=True)
+    loader = ResidentLoader(x, y, BatchSpec(128, augment=augment, channels_last=True), "cuda")
     loader.batch(0, 0)  # the epoch plan is copied to the device here, once
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -491,3 +497,4 @@ def test_loader_batches_do_not_sync_the_host():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert xb.is_cuda and yb.is_cuda
+    assert torch.equal(xb.cpu(), ResidentLoader(x, y, loader.spec, "cpu").batch(0, 1)[0])  # CUDA = CPU, bit for bit

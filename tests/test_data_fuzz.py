@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ratio_fast.data import load_cifar, load_out_distribution, make_loader
+from ratio_fast.data import BatchSpec, load_out_distribution, make_loader
+from ratio_fast.data.cifar import load_cifar
 from ratio_fast.errors import UserError
 
 CASES_PER_FORMAT = 12
@@ -68,7 +69,7 @@ def mutations(good: bytes, seed: int):
 
 def load_through_a_loader(source) -> None:
     """Read the whole set as an epoch of the torch loader and check what comes out."""
-    loader = make_loader("torch", source, None, len(source), "cpu", seed=0, drop_last=False, workers=0)
+    loader = make_loader("torch", source, None, BatchSpec(len(source), drop_last=False), "cpu", workers=0)
     x, _ = loader.batch(0, 0)
     assert x.shape == (len(source), 3, 32, 32) and 0 <= x.min() and x.max() <= 1
 
@@ -96,7 +97,7 @@ def open_exclusion_list(tmp_path, data: bytes) -> None:
     (tmp_path / "tiny.bin").write_bytes(valid_tiny_images())
     (tmp_path / "exclude.txt").write_bytes(data)
     source = load_out_distribution(str(tmp_path / "tiny.bin"), tmp_path, in_name="cifar10",
-                                   exclude=str(tmp_path / "exclude.txt"))
+                                   exclude=[str(tmp_path / "exclude.txt")])
     assert 1 <= len(source) <= ROWS
     load_through_a_loader(source)
 

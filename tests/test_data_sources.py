@@ -1,4 +1,5 @@
-"""Out-distribution sources: Tiny Images .bin, exclusion lists, image folders, --out-data dispatch."""
+"""Out-distribution sources: Tiny Images .bin, exclusion lists (as published: 0- and 1-based),
+image folders, --out-data dispatch."""
 
 from __future__ import annotations
 
@@ -8,16 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ratio_fast.data import (
-    ExcludedRows,
-    ImageFolder,
-    NpyImages,
-    TinyImages,
-    load_out_distribution,
-    make_loader,
-    read_exclusion_list,
-)
-from ratio_fast.data.image_source import ArraySource
+from ratio_fast.data import BatchSpec, load_out_distribution, make_loader
+from ratio_fast.data.sources import ArraySource, ExcludedRows, ImageFolder, NpyImages, TinyImages, read_exclusion_list
 from ratio_fast.errors import UserError
 
 
@@ -84,18 +77,23 @@ def test_bad_tiny_images_file_names_it(tmp_path, kind):
 # --- exclusion lists ------------------------------------------------------------------------------
 
 
-def test_exclusion_list_is_one_based_and_honoured(tmp_path):
+def test_exclusion_lists_as_published_are_honoured(tmp_path):
     images = random_images(10)
     write_tiny_images(tmp_path / "tiny.bin", images)
-    # The published list's format: 1-based rows, one per line; blank lines and repeats are fine.
-    (tmp_path / "exclude.txt").write_text("1\n4\n\n4\n10\n")
+    # 80mn_cifar_idxs.txt's format: 1-based rows, one per line; blank lines and repeats are fine.
+    (tmp_path / "one_based.txt").write_text("1\n4\n\n4\n10\n")
+    # The authors' other lists (80mn_cifar10_test_idxs.txt, ...) are 0-based; lists may overlap.
+    (tmp_path / "zero_based.txt").write_text("0\n5\n")
     source = load_out_distribution(str(tmp_path / "tiny.bin"), tmp_path, in_name="cifar10",
-                                   exclude=str(tmp_path / "exclude.txt"))
-    kept = [1, 2, 4, 5, 6, 7, 8]  # 0-based rows 0, 3, 9 are gone
+                                   exclude=[str(tmp_path / "one_based.txt"), f"{tmp_path / 'zero_based.txt'}:0"])
+    kept = [1, 2, 4, 6, 7, 8]  # 0-based rows 0, 3, 9 (1-based list) and 0, 5 (0-based list) are gone
     assert isinstance(source, ExcludedRows) and len(source) == len(kept)
     assert np.array_equal(source.read(np.arange(len(kept))), images[kept])
+    explicit = read_exclusion_list(f"{tmp_path / 'one_based.txt'}:1", 10)
+    assert np.array_equal(explicit, read_exclusion_list(tmp_path / "one_based.txt", 10))  # 1: the default
+    assert np.array_equal(explicit, [0, 3, 9])
     # Through a loader: an epoch sees exactly the kept images.
-    loader = make_loader("torch", source, None, 7, "cpu", seed=0, augment=False, workers=0)
+    loader = make_loader("torch", source, None, BatchSpec(6, augment="none"), "cpu", workers=0)
     seen = np.round(loader.batch(0, 0)[0].permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     assert sorted(map(bytes, seen)) == sorted(map(bytes, images[kept]))
 
@@ -111,32 +109,33 @@ def test_excluded_rows_mapping_matches_np_delete():
     assert np.array_equal(view.read(rows), base.array[expected[rows]])
 
 
-@pytest.mark.parametrize("content, phrase", [
-    ("1\n2\nthree\n", "line 3: 'three' is not a row number"),
-    ("1\n-2\n", "line 2: '-2' is not a row number"),
-    ("1.5\n", "line 1: '1.5' is not a row number"),
-    ("0\n", "line 1: row 0 is outside 1..10"),
-    ("3\n11\n", "line 2: row 11 is outside 1..10"),
+@pytest.mark.parametrize("content, base, phrase", [
+    ("1\n2\nthree\n", "", "line 3: 'three' is not a row number"),
+    ("1\n-2\n", "", "line 2: '-2' is not a row number"),
+    ("1.5\n", ":0", "line 1: '1.5' is not a row number"),
+    ("0\n", "", "line 1: row 0 is outside 1..10 (1-based rows of the 10 --out-data images; a 0-based list is passed as FILE:0)"),
+    ("3\n11\n", ":1", "line 2: row 11 is outside 1..10"),
+    ("0\n9\n10\n", ":0", "line 3: row 10 is outside 0..9 (0-based rows"),
 ])
-def test_bad_exclusion_list_names_file_and_line(tmp_path, content, phrase):
+def test_bad_exclusion_list_names_file_and_line(tmp_path, content, base, phrase):
     path = tmp_path / "exclude.txt"
     path.write_text(content)
     with pytest.raises(UserError) as info:
-        read_exclusion_list(path, 10)
+        read_exclusion_list(f"{path}{base}", 10)
     msg = str(info.value)
-    assert msg.startswith(f"--out-exclude {path}") and phrase in msg and "\n" not in msg
+    assert msg.startswith(f"--out-exclude {path}{base}, line") and phrase in msg and "\n" not in msg
 
 
 def test_exclusion_list_file_errors(tmp_path):
     np.save(tmp_path / "z.npy", random_images(4))
     with pytest.raises(UserError, match="--out-exclude .*nope.txt: no such file"):
-        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10", exclude=str(tmp_path / "nope.txt"))
+        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10", exclude=[str(tmp_path / "nope.txt")])
     (tmp_path / "binary.txt").write_bytes(b"1\n\xff\xfe\n")
     with pytest.raises(UserError, match="not a text file"):
         read_exclusion_list(tmp_path / "binary.txt", 4)
     (tmp_path / "all.txt").write_text("1\n2\n3\n4\n")
     with pytest.raises(UserError, match="excludes all 4 images"):
-        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10", exclude=str(tmp_path / "all.txt"))
+        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10", exclude=[str(tmp_path / "all.txt")])
 
 
 # --- image folders ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ratio_fast.checkpoint import save_checkpoint
 from ratio_fast.cli import main
 from ratio_fast.config import TrainConfig
 from ratio_fast.errors import UserError
-from ratio_fast.evaluate import (AttackCalls, BatchSource, EvalSettings, EvalState, batch_source, evaluate_model,
+from ratio_fast.evaluate import (AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model,
                                  format_table, run_part, wilson_interval)
 from ratio_fast.ood import auroc, fpr_at_tpr, max_confidence, ood_metrics
 
@@ -76,7 +76,7 @@ def uint8_images(x):
 @pytest.fixture
 def sources(synthetic_split):
     x, y = synthetic_split["test"]
-    test = BatchSource(uint8_images(x[:96]), y[:96].numpy(), batch_size=32, device="cpu")
+    test = batch_source(uint8_images(x[:96]), y[:96].numpy(), batch_size=32, device="cpu")
     ood = batch_source(uint8_images(synthetic_split["out"]), None, batch_size=32, device="cpu", limit=64)
     return test, {"blobs": ood}
 
@@ -86,12 +86,12 @@ SMALL = EvalSettings(eps=0.5, steps=3, targets=2, robust_samples=64, ood_eps=1.0
 
 def test_batch_source_batches_and_prefix(sources):
     test, _ = sources
-    assert test.batches == 3
+    assert len(test) == 3
     head = test.first(40)
-    assert head.batches == 2 and head.size == 40
-    x, y = head.batch(1)
+    assert len(head) == 2 and head.num_samples == 40
+    x, y = head.batch(0, 1)
     assert x.shape == (8, 3, 32, 32) and y.shape == (8,) and x.dtype == torch.float32
-    assert torch.equal(x, test.batch(1)[0][:8])
+    assert torch.equal(x, test.batch(0, 1)[0][:8])
 
 
 def test_evaluate_model_metrics(trained_tiny, sources, tmp_path):
@@ -131,7 +131,7 @@ def test_later_attacks_only_see_the_points_still_robust(trained_tiny, sources, t
     monkeypatch.setattr(ev, "_fooled_by", counting)
     settings = EvalSettings(eps=1.0, steps=3, targets=2, ood_steps=0, batch_size=32)
     results = evaluate_model(trained_tiny, test, {}, settings, EvalState(tmp_path / "s.pt", {}))
-    n = test.size
+    n = test.num_samples
     assert seen["apgd-ce"] == round(results["clean_accuracy"] * n)
     assert seen["apgd-t"] == round(results["robust"]["apgd-ce"] * n) < seen["apgd-ce"]
 
@@ -203,7 +203,7 @@ def test_killed_evaluation_resumes_with_the_same_numbers(trained_tiny, sources, 
     attacked.clear()
     monkeypatch.setattr(ev, "_surviving", surviving(kill_after=None))
     resumed = evaluate_model(trained_tiny, test, ood, settings, EvalState(tmp_path / "b.pt", {"id": 1}))
-    assert len(attacked) == test.batches - 1, "only the attacked batches not saved yet are computed"
+    assert len(attacked) == len(test) - 1, "only the attacked batches not saved yet are computed"
     assert resumed == whole
 
 
@@ -284,7 +284,7 @@ def test_autoattack_is_driven_through_either_package(trained_tiny, sources, tmp_
     assert seen[0] == ("L2", 0.5, "standard") and seen[1] == ("apgd-ce", "apgd-t", "fab-t", "square")
     with torch.no_grad():
         zero_pred = trained_tiny(torch.zeros(1, 3, 32, 32)).argmax(1)
-    labels = torch.cat([test.batch(i)[1] for i in range(2)])
+    labels = torch.cat([test.batch(0, i)[1] for i in range(2)])
     assert results["robust"]["autoattack"] == pytest.approx((labels == zero_pred).double().mean().item())
     assert results["robust"]["autoattack_version"] == f"AutoAttack standard ({name})"
 
@@ -307,7 +307,7 @@ def test_own_apgd_is_at_least_as_strong_as_autoattacks_apgd(trained_tiny, source
     points = test.first(16)
     settings = EvalSettings(eps=1.0, steps=100, attacks=("apgd-ce", "apgd-t"), ood_steps=0, batch_size=16)
     ours = evaluate_model(trained_tiny, points, {}, settings, EvalState(tmp_path / "s.pt", {}))["robust"]["all"]
-    x, y = points.batch(0)
+    x, y = points.batch(0, 0)
     theirs = AutoAttackPackage(1.0, attacks=("apgd-ce", "apgd-t")).robust(trained_tiny, x, y, seed=0)
     assert 0 < ours * 16 <= int(theirs.sum()) < 16, (ours * 16, int(theirs.sum()))
 

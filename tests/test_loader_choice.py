@@ -12,9 +12,10 @@ import json
 import pytest
 
 from ratio_fast.config import TrainConfig
-from ratio_fast.data import choose_loader_kind, loaders, make_synthetic, resolve_loader_kind
-from ratio_fast.data.image_source import ArraySource
+from ratio_fast.models import CIFAR10_MEAN
+from ratio_fast.data import BatchSpec, choose_loader_kind, loaders, make_synthetic
 from ratio_fast.data.loaders import MEASURED_BATCHES
+from ratio_fast.data.sources import ArraySource
 
 SECONDS_PER_CALL = {"gpu": 0.08, "dali": 0.02, "torch": 0.04}
 
@@ -32,8 +33,8 @@ class FakeTimer:
         return self.seconds[kind]
 
 
-def choose(images, timer, cache, **options):
-    return choose_loader_kind("auto", images, "cpu", batch_size=64, workers=0, timer=timer, cache=cache, **options)
+def choose(images, timer, cache, **spec):
+    return choose_loader_kind("auto", images, "cpu", BatchSpec(64, **spec), workers=0, timer=timer, cache=cache)
 
 
 def test_fastest_measured_kind_wins_then_the_cache_answers(tmp_path):
@@ -49,13 +50,12 @@ def test_fastest_measured_kind_wins_then_the_cache_answers(tmp_path):
     assert (again.kind, again.cached, len(timer.measured)) == ("dali", True, 3)
     assert again.images_per_s == pytest.approx(first.images_per_s)
     assert f"read from {cache}" in again.describe()
-    assert resolve_loader_kind("auto", x, "cpu", batch_size=64, workers=0, timer=timer, cache=cache) == "dali"
     assert len(timer.measured) == 3
 
     # What decides the answer is in the key: another batch size or augmentation is measured anew.
     other = FakeTimer({"gpu": 0.01, "dali": 0.02, "torch": 0.04})
-    assert choose(x, other, cache, cutout=True).kind == "gpu" and len(other.measured) == 3
-    assert choose_loader_kind("auto", x, "cpu", batch_size=32, workers=0, timer=other, cache=cache).kind == "gpu"
+    assert choose(x, other, cache, augment="crop_flip").kind == "gpu" and len(other.measured) == 3
+    assert choose_loader_kind("auto", x, "cpu", BatchSpec(32), workers=0, timer=other, cache=cache).kind == "gpu"
     assert len(other.measured) == 6
     assert len(json.loads(cache.read_text())) == 3
 
@@ -101,27 +101,31 @@ def test_kinds_that_cannot_hold_the_set_are_never_measured(tmp_path, monkeypatch
 def test_cpu_without_a_timer_keeps_the_size_rule(tmp_path, monkeypatch):
     monkeypatch.setenv("RATIO_FAST_CACHE_DIR", str(tmp_path))
     x, _ = make_synthetic(200)
-    choice = choose_loader_kind("auto", x, "cpu", batch_size=64)
+    choice = choose_loader_kind("auto", x, "cpu", BatchSpec(64))
     assert (choice.kind, choice.measured) == ("gpu", False)
-    assert choose_loader_kind("torch", x, "cpu", batch_size=64).kind == "torch"
+    assert choose_loader_kind("torch", x, "cpu", BatchSpec(64)).kind == "torch"
     assert list(tmp_path.iterdir()) == []
     assert loaders.default_loader_cache_path() == tmp_path / "loader_choice.json"
 
 
-def test_run_logs_the_measured_choice_and_passes_cutout(tmp_path, monkeypatch):
-    """Run wiring: the measured choice is logged, and cutout reaches the training loaders only."""
+def test_run_logs_the_measured_choice_and_passes_the_augmentation(tmp_path, monkeypatch):
+    """Run wiring: the measured choice is logged; --augment reaches both training loaders (filled
+    with the in-distribution's mean colour), the test loader stays in order and unaugmented."""
     from ratio_fast import run as run_module
 
     timer = FakeTimer({"gpu": 0.04, "dali": 0.08, "torch": 0.02})
     monkeypatch.setattr(run_module, "choose_loader_kind", functools.partial(
         choose_loader_kind, workers=0, timer=timer, cache=tmp_path / "loaders.json"))
     config = TrainConfig(arch="tiny", dataset="synthetic", synthetic_size=256, batch_size=32, device="cpu",
-                         cutout=True)
+                         augment="autoaugment_cutout")
     log = io.StringIO()
     run = run_module.Run(config, tmp_path / "run", log=log)
     try:
         assert run.loader_kinds == ["torch", "torch"]
-        assert run.train_loader.cutout and run.out_loader.cutout and not run.test_loader.cutout
+        assert run.train_loader.spec.augment == run.out_loader.spec.augment == "autoaugment_cutout"
+        assert run.train_loader.spec.mean == run.out_loader.spec.mean == CIFAR10_MEAN
+        assert run.out_loader.spec.seed == run.train_loader.spec.seed + 1
+        assert run.test_loader.spec == BatchSpec.in_order(256)
         lines = [line for line in log.getvalue().splitlines() if line.startswith("loader auto:")]
         assert len(lines) == 2 and all(line.endswith("-> torch (measured now, cached in "
                                                      f"{tmp_path / 'loaders.json'})") for line in lines)
@@ -134,10 +138,10 @@ def test_run_logs_the_measured_choice_and_passes_cutout(tmp_path, monkeypatch):
 def test_measures_real_loaders_on_cuda(tmp_path):
     x, _ = make_synthetic(2048)
     cache = tmp_path / "loaders.json"
-    first = choose_loader_kind("auto", x, "cuda", batch_size=256, workers=2, cache=cache)
+    first = choose_loader_kind("auto", x, "cuda", BatchSpec(256), workers=2, cache=cache)
     candidates = loaders.auto_candidates(ArraySource(x))
     assert first.measured and not first.cached and set(first.images_per_s) == set(candidates)
     assert first.kind == max(first.images_per_s, key=first.images_per_s.get)
     assert all(rate > 0 for rate in first.images_per_s.values())
-    again = choose_loader_kind("auto", x, "cuda", batch_size=256, workers=2, cache=cache)
+    again = choose_loader_kind("auto", x, "cuda", BatchSpec(256), workers=2, cache=cache)
     assert (again.kind, again.cached) == (first.kind, True)

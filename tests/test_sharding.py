@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_fast.data import make_loader
+from ratio_fast.data import BatchSpec, make_loader
 from ratio_fast.data.plan import NUM_SHIFTS, EpochKeys, plan_batch, plan_epoch
 from ratio_fast.errors import UserError
 
@@ -60,7 +60,7 @@ def test_order_of_a_huge_set_costs_only_the_batch():
 
 
 def test_augmentation_draws_are_uniform_and_per_position():
-    plan = plan_epoch(3, 0, 90_000, shuffle=True)
+    plan = plan_epoch(3, 0, 90_000, shuffle=True)  # crop and flip draws by default
     for axis in range(2):
         freq = np.bincount(plan.shift[:, axis], minlength=NUM_SHIFTS) / len(plan)
         assert len(freq) == NUM_SHIFTS and np.all(np.abs(freq - 1 / NUM_SHIFTS) < 0.005)
@@ -76,17 +76,17 @@ def test_augmentation_draws_are_uniform_and_per_position():
 def test_global_batch_must_split_evenly():
     x = id_images(64)
     with pytest.raises(UserError, match="--batch-size 30.*divisible.*4"):
-        make_loader("gpu", x, None, 30, "cpu", seed=0, rank=0, world_size=4)
+        BatchSpec(30, rank=0, world_size=4)
     with pytest.raises(ValueError):
-        make_loader("gpu", x, None, 32, "cpu", seed=0, rank=4, world_size=4)
+        BatchSpec(32, rank=4, world_size=4)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_shards_cover_the_epoch_exactly_once(kind):
     n, batch, world = 203, 24, 4  # 8 full batches = 192 images; the last 11 are dropped
     x = id_images(n)
-    loaders = [make_loader(kind, x, np.arange(n), batch, "cpu", seed=11, augment=False, rank=r,
-                           world_size=world, workers=0) for r in range(world)]
+    loaders = [make_loader(kind, x, np.arange(n), BatchSpec(batch, seed=11, augment="none", rank=r, world_size=world),
+                           "cpu", workers=0) for r in range(world)]
     for epoch in (0, 3):
         seen = []
         for loader in loaders:
@@ -103,12 +103,12 @@ def test_shards_cover_the_epoch_exactly_once(kind):
 
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_ranks_see_slices_of_the_single_rank_batches(kind):
-    """Same global batch on 1 and on 3 ranks: identical pixels, crops and flips included."""
+    """Same global batch on 1 and on 3 ranks: identical pixels, all augmentation draws included."""
     n, batch = 150, 48
     x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = np.arange(n) % 10
-    single = make_loader(kind, x, y, batch, "cpu", seed=2, workers=0)
-    ranks = [make_loader(kind, x, y, batch, "cpu", seed=2, rank=r, world_size=3, workers=0) for r in range(3)]
+    single = make_loader(kind, x, y, BatchSpec(batch, seed=2), "cpu", workers=0)
+    ranks = [make_loader(kind, x, y, BatchSpec(batch, seed=2, rank=r, world_size=3), "cpu", workers=0) for r in range(3)]
     for epoch, index in [(0, 0), (0, 2), (4, 1)]:
         xs, ys = single.batch(epoch, index)
         parts = [loader.batch(epoch, index) for loader in ranks]
@@ -120,8 +120,8 @@ def test_last_partial_batch_is_split_in_rank_order():
     """Without drop_last, the short last batch goes to the first ranks; nothing repeats."""
     n, batch, world = 70, 32, 4  # last global batch holds 6 images: ranks 0 (8 slots) gets them
     x = id_images(n)
-    loaders = [make_loader("gpu", x, None, batch, "cpu", seed=0, augment=False, drop_last=False,
-                           rank=r, world_size=world) for r in range(world)]
+    loaders = [make_loader("gpu", x, None, BatchSpec(batch, augment="none", drop_last=False, rank=r, world_size=world),
+                           "cpu") for r in range(world)]
     assert len(loaders[0]) == 3
     last = [ids_of(loader.batch(0, 2)[0]) for loader in loaders]
     assert [len(ids) for ids in last] == [6, 0, 0, 0]

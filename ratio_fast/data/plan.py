@@ -1,20 +1,25 @@
-"""What each batch holds: which images, which crop offsets, which flips, for which rank.
+"""What each batch holds: which images, and every random draw of their augmentation, for which rank.
 
-Every loader kind (gpu, torch, dali) asks this module, so they all produce the same batches,
-and a batch is a pure function of (seed, epoch, index): a resumed run, a loader rebuilt
+Every loader kind (gpu, torch, dali) asks this module, so they all load the same images with the
+same draws, and a batch is a pure function of (seed, epoch, index): a resumed run, a loader rebuilt
 mid-epoch and a worker process all agree without sharing state.
 
 - Order: position p of an epoch holds image ``permute(p)``, where ``permute`` is a
   pseudo-random bijection of [0, N) keyed by (seed, epoch): a 4-round Feistel network on the
   next even number of bits, with cycle walking back into [0, N). It is evaluated per position,
   so a batch costs O(batch) work and no O(N) table, even for the 79 million Tiny Images rows.
-- Augmentation: the crop shift (dy, dx), each uniform over the 2*PAD+1 integer offsets, and the
-  flip bit belong to the position, drawn from a hash of (seed, epoch, position). With cutout,
-  so does the cutout centre (cy, cx), uniform over the image's pixels, from a second hash of
-  the same inputs: turning cutout on or off leaves the order, crops and flips as they were.
+- Draws belong to the position, each from its own salted hash of (seed, epoch, position), so
+  turning one augmentation on or off leaves the others as they were: the crop shift (dy, dx),
+  each uniform over the 2*PAD+1 integer offsets, and the flip bit; the AutoAugment draws (which
+  of the policy's sub-policies, whether each of its two operations fires, each one's sign); the
+  Cutout centre (cy, cx), uniform over the image's pixels.
 - Sharding: global batch ``index`` holds positions [index*B, (index+1)*B); rank r of W gets the
   r-th of W equal slices. An N-rank run therefore sees exactly the batches of a 1-rank run with
-  the same global batch, with the same crops and flips.
+  the same global batch, with the same draws.
+
+The AutoAugment policy (``CIFAR10_POLICY``) is the one table all three loaders read: the torch
+operations in ``augment.py`` and the DALI pipeline in ``dali.py`` both decode the drawn
+``BatchPlan.autoaugment`` codes through it.
 """
 
 from __future__ import annotations
@@ -25,23 +30,89 @@ import numpy as np
 
 from ratio_fast.errors import UserError
 
-PAD = 4  # random-crop padding in pixels (zeros), as in the RATIO and standard CIFAR recipes
+PAD = 4  # random-crop padding in pixels, as in the RATIO and standard CIFAR recipes
 NUM_SHIFTS = 2 * PAD + 1  # integer crop offsets per axis: 0..2*PAD, i.e. a shift of -PAD..PAD
+
+# AutoAugment's CIFAR-10 policy (Cubuk et al., CVPR 2019, appendix), in the form of the PIL-based
+# implementation the authors train with: 25 sub-policies, each two stages of
+# (operation, probability, magnitude bin 0..9). ``augment.MAGNITUDES`` maps bins to values.
+CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
+    (("invert", 0.1, 7), ("contrast", 0.2, 6)),
+    (("rotate", 0.7, 2), ("translateX", 0.3, 9)),
+    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)),
+    (("shearY", 0.5, 8), ("translateY", 0.7, 9)),
+    (("autocontrast", 0.5, 8), ("equalize", 0.9, 2)),
+    (("shearY", 0.2, 7), ("posterize", 0.3, 7)),
+    (("color", 0.4, 3), ("brightness", 0.6, 7)),
+    (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
+    (("equalize", 0.6, 5), ("equalize", 0.5, 1)),
+    (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
+    (("color", 0.7, 7), ("translateX", 0.5, 8)),
+    (("equalize", 0.3, 7), ("autocontrast", 0.4, 8)),
+    (("translateY", 0.4, 3), ("sharpness", 0.2, 6)),
+    (("brightness", 0.9, 6), ("color", 0.2, 8)),
+    (("solarize", 0.5, 2), ("invert", 0.0, 3)),
+    (("equalize", 0.2, 0), ("autocontrast", 0.6, 0)),
+    (("equalize", 0.2, 8), ("equalize", 0.6, 4)),
+    (("color", 0.9, 9), ("equalize", 0.6, 6)),
+    (("autocontrast", 0.8, 4), ("solarize", 0.2, 8)),
+    (("brightness", 0.1, 3), ("color", 0.7, 0)),
+    (("solarize", 0.4, 5), ("autocontrast", 0.9, 3)),
+    (("translateY", 0.9, 9), ("translateY", 0.7, 9)),
+    (("autocontrast", 0.9, 2), ("solarize", 0.8, 3)),
+    (("equalize", 0.8, 8), ("invert", 0.1, 3)),
+    (("translateY", 0.7, 9), ("autocontrast", 0.9, 1)),
+)
+STAGES = 2
+
+
+def autoaugment_code(sub_policy: np.ndarray, stage: int, negative: np.ndarray) -> np.ndarray:
+    """The code of a fired operation: 1 + (sub_policy * STAGES + stage) * 2 + negative; 0: nothing.
+
+    One integer per (sample, stage) names the operation, its magnitude bin and its sign, so a
+    plan column is all a loader needs; ``decode_autoaugment`` inverts it.
+    """
+    return 1 + (np.asarray(sub_policy) * STAGES + stage) * 2 + np.asarray(negative)
+
+
+def decode_autoaugment(code: int) -> tuple[str, int, int] | None:
+    """(operation, magnitude bin, sign +1/-1) of a code, or None for 0 (no operation)."""
+    if code == 0:
+        return None
+    sub_policy, rest = divmod(code - 1, 2 * STAGES)
+    stage, negative = divmod(rest, 2)
+    name, _probability, magnitude_bin = CIFAR10_POLICY[sub_policy][stage]
+    return name, magnitude_bin, -1 if negative else 1
+
+
+NUM_AUTOAUGMENT_CODES = 1 + len(CIFAR10_POLICY) * STAGES * 2
 
 _FEISTEL_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 increment: spreads consecutive inputs
-_CUTOUT_SALT = np.uint64(0x5C0FFEE5A17C0DE5)  # separates the cutout hash from the crop/flip hash
+# Salts separate the hashes of the draws from the crop/flip hash (and from each other).
+_CUTOUT_SALT = np.uint64(0x5C0FFEE5A17C0DE5)
+_AUTOAUGMENT_SALT = np.uint64(0xA07A0C1F4B25D3E7)
+_PROBABILITY_BITS = 24  # a stage fires when a 24-bit uniform fraction is below its probability
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Which random draws a plan makes (besides the order)."""
+
+    crop_flip: bool = True
+    autoaugment: bool = False
+    cutout: bool = False
 
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """One rank's part of one batch: source rows, crop shifts (dy, dx) in [0, 2*PAD], flips 0/1,
-    and cutout centres (cy, cx) when cutout is on."""
+    """One rank's part of one batch: source rows, and the draws the ``Draws`` asked for."""
 
     indices: np.ndarray  # int64 (b,)
-    shift: np.ndarray  # int64 (b, 2)
-    flip: np.ndarray  # int64 (b,)
-    cutout: np.ndarray | None = None  # int64 (b, 2), cy in [0, H), cx in [0, W); None: no cutout
+    shift: np.ndarray | None = None  # int64 (b, 2), (dy, dx) crop offsets in [0, 2*PAD]
+    flip: np.ndarray | None = None  # int64 (b,), 0/1
+    autoaugment: np.ndarray | None = None  # int64 (b, STAGES) codes (``autoaugment_code``); 0: no op
+    cutout: np.ndarray | None = None  # int64 (b, 2), centres cy in [0, H), cx in [0, W)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -100,12 +171,29 @@ class EpochKeys:
             outside = values >= np.uint64(num_samples)
         return values.astype(np.int64)
 
-    def augmentation(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def crop_flip(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shift (b, 2) with each axis uniform in [0, 2*PAD], flip (b,) in {0, 1}) per position."""
         h = self._position_hash(positions)
         shift = np.stack([h % np.uint64(NUM_SHIFTS), (h >> np.uint64(20)) % np.uint64(NUM_SHIFTS)], axis=1)
         flip = h >> np.uint64(63)
         return shift.astype(np.int64), flip.astype(np.int64)
+
+    def autoaugment(self, positions: np.ndarray) -> np.ndarray:
+        """AutoAugment codes (b, STAGES) per position: a uniform sub-policy, and per stage
+        whether it fires (with the policy's probability) and its sign (uniform)."""
+        h = _mix(self._position_hash(positions) ^ _AUTOAUGMENT_SALT)
+        fractions = _mix(h)  # a second word of bits: the firing draws
+        # Multiply-shift maps the 32 high bits to [0, 25) with a bias below 25 / 2**32.
+        sub_policy = (((h >> np.uint64(32)) * np.uint64(len(CIFAR10_POLICY))) >> np.uint64(32)).astype(np.int64)
+        probabilities = np.array([[stage[1] for stage in sub] for sub in CIFAR10_POLICY])  # (25, STAGES)
+        unit = np.uint64((1 << _PROBABILITY_BITS) - 1)
+        codes = np.zeros((len(h), STAGES), dtype=np.int64)
+        for stage in range(STAGES):
+            fraction = ((fractions >> np.uint64(32 * stage)) & unit) / float(1 << _PROBABILITY_BITS)
+            fires = fraction < probabilities[sub_policy, stage]
+            negative = ((h >> np.uint64(stage)) & np.uint64(1)).astype(np.int64)  # low bits: the signs
+            codes[:, stage] = np.where(fires, autoaugment_code(sub_policy, stage, negative), 0)
+        return codes
 
     def cutout_centres(self, positions: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
         """Cutout centre (cy, cx) per position, (b, 2), uniform over an image of size ``image_hw``."""
@@ -117,27 +205,30 @@ class EpochKeys:
         return _mix(np.asarray(positions, dtype=np.uint64) * _GOLDEN ^ self.augment_key)
 
 
-def plan_batch(seed: int, epoch: int, index: int, *, batch_size: int, num_samples: int,
-               shuffle: bool, rank: int = 0, world_size: int = 1,
-               cutout_hw: tuple[int, int] | None = None) -> BatchPlan:
-    """The rows, crops, flips (and cutout centres within ``cutout_hw``, the image's (height,
-    width), if given) that ``rank`` loads for global batch ``index`` of ``epoch``."""
+def plan_batch(seed: int, epoch: int, index: int, *, batch_size: int, num_samples: int, shuffle: bool,
+               draws: Draws = Draws(), image_hw: tuple[int, int] = (32, 32), rank: int = 0,
+               world_size: int = 1) -> BatchPlan:
+    """The rows and draws that ``rank`` loads for global batch ``index`` of ``epoch``;
+    ``image_hw`` (height, width) bounds the Cutout centres."""
     positions = shard_positions(index, batch_size, num_samples, rank, world_size)
-    return _plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, cutout_hw)
+    return plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, draws, image_hw)
 
 
-def plan_epoch(seed: int, epoch: int, num_samples: int, shuffle: bool,
-               cutout_hw: tuple[int, int] | None = None) -> BatchPlan:
+def plan_epoch(seed: int, epoch: int, num_samples: int, shuffle: bool, draws: Draws = Draws(),
+               image_hw: tuple[int, int] = (32, 32)) -> BatchPlan:
     """The plan of every position of an epoch at once (the gpu loader keeps it on the device)."""
     positions = np.arange(num_samples, dtype=np.int64)
-    return _plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, cutout_hw)
+    return plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, draws, image_hw)
 
 
-def _plan_positions(keys: EpochKeys, positions: np.ndarray, num_samples: int, shuffle: bool,
-                    cutout_hw: tuple[int, int] | None) -> BatchPlan:
-    shift, flip = keys.augmentation(positions)
-    cutout = None if cutout_hw is None else keys.cutout_centres(positions, cutout_hw)
-    return BatchPlan(keys.order(positions, num_samples, shuffle), shift, flip, cutout)
+def plan_positions(keys: EpochKeys, positions: np.ndarray, num_samples: int, shuffle: bool, draws: Draws,
+                   image_hw: tuple[int, int]) -> BatchPlan:
+    shift, flip = keys.crop_flip(positions) if draws.crop_flip else (None, None)
+    return BatchPlan(
+        keys.order(positions, num_samples, shuffle), shift, flip,
+        autoaugment=keys.autoaugment(positions) if draws.autoaugment else None,
+        cutout=keys.cutout_centres(positions, image_hw) if draws.cutout else None,
+    )
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
