@@ -42,7 +42,8 @@ def reference_operation(image: Image.Image, name: str, m: float) -> Image.Image:
         return ImageOps.posterize(image, int(m))
     if name == "solarize":
         return ImageOps.solarize(image, m)
-    return {"autocontrast": ImageOps.autocontrast, "equalize": ImageOps.equalize, "invert": ImageOps.invert}[name](image)
+    point = {"autocontrast": ImageOps.autocontrast, "equalize": ImageOps.equalize, "invert": ImageOps.invert}
+    return point[name](image)
 
 
 def images_with_edge_cases(n: int = 32) -> np.ndarray:

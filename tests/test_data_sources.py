@@ -113,7 +113,8 @@ def test_excluded_rows_mapping_matches_np_delete():
     ("1\n2\nthree\n", "", "line 3: 'three' is not a row number"),
     ("1\n-2\n", "", "line 2: '-2' is not a row number"),
     ("1.5\n", ":0", "line 1: '1.5' is not a row number"),
-    ("0\n", "", "line 1: row 0 is outside 1..10 (1-based rows of the 10 --out-data images; a 0-based list is passed as FILE:0)"),
+    ("0\n", "", "line 1: row 0 is outside 1..10 (1-based rows of the 10 --out-data images; "
+                "a 0-based list is passed as FILE:0)"),
     ("3\n11\n", ":1", "line 2: row 11 is outside 1..10"),
     ("0\n9\n10\n", ":0", "line 3: row 10 is outside 0..9 (0-based rows"),
 ])
@@ -129,7 +130,8 @@ def test_bad_exclusion_list_names_file_and_line(tmp_path, content, base, phrase)
 def test_exclusion_list_file_errors(tmp_path):
     np.save(tmp_path / "z.npy", random_images(4))
     with pytest.raises(UserError, match="--out-exclude .*nope.txt: no such file"):
-        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10", exclude=[str(tmp_path / "nope.txt")])
+        load_out_distribution(str(tmp_path / "z.npy"), tmp_path, in_name="cifar10",
+                              exclude=[str(tmp_path / "nope.txt")])
     (tmp_path / "binary.txt").write_bytes(b"1\n\xff\xfe\n")
     with pytest.raises(UserError, match="not a text file"):
         read_exclusion_list(tmp_path / "binary.txt", 4)

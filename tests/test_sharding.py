@@ -108,7 +108,8 @@ def test_ranks_see_slices_of_the_single_rank_batches(kind):
     x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = np.arange(n) % 10
     single = make_loader(kind, x, y, BatchSpec(batch, seed=2), "cpu", workers=0)
-    ranks = [make_loader(kind, x, y, BatchSpec(batch, seed=2, rank=r, world_size=3), "cpu", workers=0) for r in range(3)]
+    ranks = [make_loader(kind, x, y, BatchSpec(batch, seed=2, rank=r, world_size=3), "cpu", workers=0)
+             for r in range(3)]
     for epoch, index in [(0, 0), (0, 2), (4, 1)]:
         xs, ys = single.batch(epoch, index)
         parts = [loader.batch(epoch, index) for loader in ranks]

@@ -31,6 +31,7 @@ import torch
 
 from ratio_fast.data.plan import CIFAR10_POLICY, NUM_AUTOAUGMENT_CODES, PAD, STAGES, decode_autoaugment
 
+AUGMENTATIONS = ("autoaugment_cutout", "crop_flip", "none")  # --augment, described in Augmenter
 CUTOUT_SIZE = 16  # side of the square, as DeVries & Taylor use for CIFAR-10 (and the authors)
 ROTATE_FILL = 128  # the reference rotates through RGBA and composites onto grey 128, not the fill colour
 
@@ -55,7 +56,6 @@ MAGNITUDES: dict[str, np.ndarray] = {
 SIGNED = frozenset({"shearX", "shearY", "translateX", "translateY", "color", "contrast", "sharpness",
                     "brightness"})
 GEOMETRIC = ("shearX", "shearY", "translateX", "translateY", "rotate")
-POINT = ("invert", "solarize", "posterize", "autocontrast", "equalize")
 ENHANCE = ("brightness", "contrast", "color", "sharpness")
 
 _KEEP, _FILL, _ROTATE_FILL = 0, 1, 2  # what a geometric operation puts at a pixel: its source, or a fill
@@ -71,9 +71,6 @@ def signed_magnitude(name: str, magnitude_bin: int, sign: int) -> float:
     """The parameter of an operation at a bin, with the drawn sign where the reference draws one."""
     value = MAGNITUDES[name][magnitude_bin]
     return float(value) * (sign if name in SIGNED else 1)
-
-
-AUGMENTATIONS = ("autoaugment_cutout", "crop_flip", "none")
 
 
 class Augmenter:

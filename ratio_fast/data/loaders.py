@@ -82,7 +82,8 @@ class BatchSpec:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.augment not in AUGMENTATIONS:
-            raise UserError(f"--augment: unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+            raise UserError(f"--augment: unknown augmentation {self.augment!r}; "
+                            f"choose one of {', '.join(AUGMENTATIONS)}")
         check_sharding(self.batch_size, self.rank, self.world_size)
 
     @classmethod
@@ -207,8 +208,8 @@ class ResidentLoader(Loader):
         if self._plan_epoch != epoch:
             s = self.spec
             plan = plan_epoch(s.seed, epoch, self.num_samples, s.shuffle, s.draws, self.image_hw)
-            columns = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if getattr(plan, f.name) is not None}
-            columns = {name: c.reshape(len(c), -1) for name, c in columns.items()}
+            columns = {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan)}
+            columns = {name: c.reshape(len(c), -1) for name, c in columns.items() if c is not None}
             packed = torch.from_numpy(np.concatenate(list(columns.values()), axis=1)).to(self.device)  # one copy
             widths = np.cumsum([0] + [c.shape[1] for c in columns.values()])
             self._plan = {name: packed[:, a] if b - a == 1 else packed[:, a:b]
