@@ -11,15 +11,48 @@ from dataclasses import dataclass
 from .data.augment import AUGMENTATIONS
 from .errors import UserError
 from .models import check_model_name
+from .validation import check_number
 
-MODES = ("ratio", "at", "plain")
+MODES = ("ratio", "at", "plain")  # RATIO; plain L2 adversarial training; plain (clean) training
 LOADERS = ("auto", "dali", "gpu", "torch")
 ATTACKS = ("pgd", "apgd")
-BACKENDS = ("auto", "triton", "native", "torch")  # fused ops: Triton, kernels/ (C++/CUDA), plain torch  # RATIO; plain L2 adversarial training; plain (clean) training
+BACKENDS = ("auto", "triton", "native", "torch")  # fused ops: Triton, kernels/ (C++/CUDA), plain torch
 AMP_DTYPES = ("bf16", "fp16")
 # How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
 # two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
 ATTACK_SCHEDULES = ("auto", "sequential", "streams", "concat")
+
+
+# The numeric settings and their ranges. Each must also be finite: a NaN radius passes every
+# "< 0" test and then never projects; an infinite weight makes every step non-finite.
+_FLOAT_RANGES = {
+    "lr": dict(above=0), "momentum": dict(at_least=0), "weight_decay": dict(at_least=0),
+    "eps_in": dict(at_least=0), "eps_out": dict(at_least=0), "step_size_in": dict(above=0),
+    "step_size_out": dict(above=0), "attack_momentum": dict(at_least=0), "lam": dict(at_least=0),
+    "ema_decay": dict(at_least=0, below=1),
+}
+_INTEGER_RANGES = {
+    "epochs": dict(at_least=1), "batch_size": dict(at_least=1), "steps_in": dict(at_least=0),
+    "steps_out": dict(at_least=0), "eval_samples": dict(at_least=0), "max_skipped_steps": dict(at_least=1),
+    "seed": {}, "max_steps": dict(at_least=1), "checkpoint_every": dict(at_least=1), "synthetic_size": dict(at_least=1),
+}
+_UNSET_ALLOWED = {"max_steps", "checkpoint_every", "synthetic_size"}  # None: not set
+
+# What a resumed run may change: how long it runs, how often it saves and evaluates, where its
+# data lies, and the speed switches that keep the math. Anything else would silently train
+# another run than the checkpoint's, so `--resume` refuses it.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "max_steps", "checkpoint_every", "max_skipped_steps", "eval_samples", "data_dir", "device",
+    "loader", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
+    "fused_optimizer",
+})
+# Limits of one invocation, not settings of the run: a resume does not inherit them.
+PER_INVOCATION = frozenset({"max_steps"})
+
+
+def flag_name(field: str) -> str:
+    """The command-line flag of a TrainConfig field: eps_in -> --eps-in."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclass
@@ -33,7 +66,7 @@ class TrainConfig:
     loader: str = "auto"  # auto | dali | gpu | torch
     mode: str = "ratio"
     epochs: int = 300
-    max_steps: int | None = None  # stop after this many optimizer steps in total
+    max_steps: int | None = None  # stop after this many optimizer steps in total (this invocation only)
     batch_size: int = 128  # in-distribution batch; the out-distribution batch has the same size
     lr: float = 0.1
     momentum: float = 0.9
@@ -56,7 +89,7 @@ class TrainConfig:
     cuda_graphs: bool | None = None  # the attacks replayed from a CUDA graph (CUDA only)
     compile: bool | None = None  # torch.compile the model
     fp32_first_conv: bool = True  # under AMP, the first convolution stays fp32 (attack strength)
-    input_grad_only: bool = True  # attacks compute no weight gradients
+    input_grad_only: bool = True  # attacks freeze the weights: no weight gradients in a compiled backward
     fused_optimizer: bool = True  # SGD's fused kernel (one launch for the whole update)
     augment: str = "autoaugment_cutout"  # the authors' --augm; or crop_flip, none (data/augment.py)
     backend: str = "auto"  # fused-op backend: auto | triton | torch
@@ -68,32 +101,20 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun
     max_skipped_steps: int = 20  # stop when this many steps in a row had a non-finite loss or gradient
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
-        def flag(name):
-            return "--" + name.replace("_", "-")
-
         check_model_name(self.arch)
-        for name in ("eps_in", "eps_out", "lam", "weight_decay", "momentum", "attack_momentum",
-                     "steps_in", "steps_out", "eval_samples"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "step_size_in", "step_size_out"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{flag(name)} must be > 0, got {getattr(self, name)}")
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise UserError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
-        if self.max_skipped_steps < 1:
-            raise UserError(f"--max-skipped-steps must be >= 1, got {self.max_skipped_steps}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UserError(f"--max-steps must be >= 1, got {self.max_steps}")
+        for name, bounds in _FLOAT_RANGES.items():
+            check_number(flag_name(name), getattr(self, name), **bounds)
+        for name, bounds in _INTEGER_RANGES.items():
+            value = getattr(self, name)
+            if value is not None or name not in _UNSET_ALLOWED:
+                check_number(flag_name(name), value, integer=True, **bounds)
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
-        if not 0 <= self.ema_decay < 1:
-            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.augment not in AUGMENTATIONS:
@@ -134,3 +155,19 @@ def upgrade_legacy_settings(values: dict, where: str) -> dict:
     if "out_exclude" in values and not isinstance(values["out_exclude"], list):
         values["out_exclude"] = [] if values["out_exclude"] is None else [values["out_exclude"]]
     return values
+
+
+def resume_differences(saved: TrainConfig, given: TrainConfig) -> tuple[list[str], list[str]]:
+    """(allowed, refused): the settings `given` changes from the checkpoint's `saved` ones, each as
+    '--flag: checkpoint A, given B'; refused are those outside RESUME_MAY_CHANGE."""
+    allowed, refused = [], []
+    for field in dataclasses.fields(TrainConfig):
+        before, after = getattr(saved, field.name), getattr(given, field.name)
+        if before != after:
+            line = f"{flag_name(field.name)}: checkpoint {_shown(before)}, given {_shown(after)}"
+            (allowed if field.name in RESUME_MAY_CHANGE else refused).append(line)
+    return allowed, refused
+
+
+def _shown(value) -> str:
+    return "not set" if value is None else str(value)

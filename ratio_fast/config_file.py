@@ -47,4 +47,8 @@ def read_config_file(path: str | Path) -> dict:
         if not isinstance(value, accepted) or is_bool_as_number or not_strings:
             wanted = str(fields[name].type).replace("None", "null")
             raise UserError(f"--config {path}: {name} must be {wanted}, got {json.dumps(value)}")
+    try:
+        TrainConfig(**values)  # the ranges (finite radii, positive sizes, ...) as for flags
+    except UserError as e:
+        raise UserError(f"--config {path}: {e}") from None
     return values

@@ -25,11 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import L2PGD
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, shutdown)
 from .errors import TrainingStopped, UserError
+from .files import RunDirectoryLock, atomic_write_text, file_error
 from .evaluate import clean_accuracy, robust_accuracy
 from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 from .progress import Progress
@@ -38,6 +39,7 @@ from .train import RatioTrainer, wants_channels_last
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"  # the EMA weights of the best clean test accuracy so far (the authors' "best_avg")
+CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
 
@@ -62,12 +64,15 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
 class Run:
     """Everything a training run needs, built from a TrainConfig; `fit()` runs it."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str = False, log=None,
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str | Path = False, log=None,
                  dist_context: DistContext | None = None):
+        """resume: False (a new run), True (the checkpoint in run_dir) or a checkpoint's path. A
+        resumed run must have the checkpoint's settings, except those in RESUME_MAY_CHANGE."""
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
         self.log = (log if log is not None else sys.stdout) if ctx.is_main else None
+        self.stopped_by: str | None = None  # the signal that stopped fit() early, if one did
         self.device = resolve_device(cfg.device, ctx)
         if ctx.is_distributed and cfg.batch_size % ctx.world_size:
             raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes "
@@ -79,6 +84,17 @@ class Run:
             from .ops.native import load_library
 
             load_library("cuda" if self.device.type == "cuda" else "cpu")
+        # One writer per run directory (rank 0 writes everything), held until fit() ends.
+        self._lock = RunDirectoryLock(self.run_dir).acquire() if ctx.is_main else None
+        try:
+            self._build(resume)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release(clean=True)  # a run that failed to start leaves no empty directory
+            raise
+
+    def _build(self, resume: bool | str | Path) -> None:
+        cfg, ctx = self.config, self.ctx
         checkpoint_state = self._checkpoint_to_resume(resume)
         init_process_group(ctx, self.device)
 
@@ -139,7 +155,7 @@ class Run:
             self._print(choice.describe())
         return choice.kind
 
-    def _checkpoint_to_resume(self, resume: bool | str) -> dict | None:
+    def _checkpoint_to_resume(self, resume: bool | str | Path) -> dict | None:
         default = self.run_dir / CHECKPOINT
         if not resume:
             if default.exists():
@@ -147,10 +163,13 @@ class Run:
                                 "pass --resume to continue it or choose another --out")
             return None
         path = default if resume is True else Path(resume)
-        state = load_checkpoint(path, arch=self.config.arch)
-        if state["config"]["dataset"] != self.config.dataset:
-            raise UserError(f"checkpoint {path} was trained on --dataset {state['config']['dataset']}, "
-                            f"not {self.config.dataset}")
+        state = load_checkpoint(path)
+        allowed, refused = resume_differences(TrainConfig.from_dict(state["config"]), self.config)
+        if refused:
+            raise UserError(f"--resume {path}: not the checkpoint's settings ({'; '.join(refused)}); leave those "
+                            "flags out to continue the run as it was, or start a new run with another --out")
+        if allowed:
+            self._print(f"resuming with changed settings: {'; '.join(allowed)}")
         return state
 
     def fit(self) -> dict:
@@ -162,13 +181,14 @@ class Run:
             for loader in (self.train_loader, self.out_loader):
                 if hasattr(loader, "close"):  # streaming loaders own worker processes
                     loader.close()
+            if self._lock is not None:
+                self._lock.release()
             shutdown()
 
     def _fit(self, stop: StopRequest) -> dict:
         cfg, trainer = self.config, self.trainer
-        if self.ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if self.ctx.is_main:  # the lock made the directory
+            atomic_write_text(self.run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
         total = cfg.epochs * self.steps_per_epoch
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
@@ -186,6 +206,7 @@ class Run:
             if improved:
                 self._save(BEST)
             if stop.stopped and trainer.steps_done < stop_at:
+                self.stopped_by = stop.signal_name
                 self._print(f"stopped by {stop.signal_name} after step {trainer.steps_done}; checkpoint "
                             f"{self.run_dir / CHECKPOINT} saved; continue with --resume")
                 return last
@@ -230,10 +251,18 @@ class Run:
         if not stopped:  # a preempted run has seconds left: checkpoint first, evaluate after resuming
             record.update(self._evaluate())
         if self.ctx.is_main:
-            with open(self.run_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            self._append_metrics(record)
         self._print(_summary_line(record, cfg))
         return record
+
+    def _append_metrics(self, record: dict) -> None:
+        path = self.run_dir / METRICS
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise file_error(path, error, advice=f"{self.run_dir / CHECKPOINT} holds the last checkpoint; "
+                                                 "fix that, then continue with --resume") from None
 
     def _check_skipped_steps(self) -> None:
         """Stop a run whose steps keep failing (non-finite loss or gradients); skipped steps change nothing."""
