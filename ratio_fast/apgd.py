@@ -44,6 +44,7 @@ from .attacks import OBJECTIVES, Objective, attacking
 from .losses import at_least_fp32, cross_entropy
 from .ops import pgd_step, sample_ball
 from .ops._common import compute_dtype, per_sample, sample_layout
+from .validation import check_number
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)
 RHO = 0.75  # condition 1: the fraction of steps that must raise the loss between checkpoints
@@ -267,10 +268,10 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 
 def _check_settings(eps, steps) -> None:
-    if isinstance(eps, (int, float)) and eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    """The radius as a finite number >= 0 (a per-sample tensor is the caller's: reading it could sync)."""
+    if not isinstance(eps, torch.Tensor):
+        check_number("eps", eps, at_least=0)
+    check_number("steps", steps, at_least=0, integer=True)
 
 
 @dataclass
@@ -332,8 +333,7 @@ class APGDTargeted:
     backend: str = "auto"
 
     def __post_init__(self):
-        if self.targets < 1:
-            raise ValueError(f"targets must be >= 1, got {self.targets}")
+        check_number("targets", self.targets, at_least=1, integer=True)
         _check_settings(self.eps, self.steps)
 
     def rows(self, model, x, y, generator=None):

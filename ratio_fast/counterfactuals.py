@@ -112,7 +112,7 @@ def save_grid(
                 draw.text((left, top + h + 3), f"{name(int(labels[row]))} -> {name(t)}", fill="black", font=font)
             draw.text((left, top + h + 17), f"p({name(t)}) = {p:.3f}", fill=(170, 0, 0), font=font)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    grid.save(path, format="PNG")  # by name, not by suffix: callers may write to a temporary file
 
 
 def _to_pil(image: torch.Tensor):

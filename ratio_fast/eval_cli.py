@@ -13,6 +13,8 @@ from pathlib import Path
 from .cli_format import HelpFormatter
 from .config import BACKENDS
 from .errors import UserError
+from .files import atomic_write, atomic_write_text, make_directory
+from .validation import check_number
 
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
@@ -62,7 +64,7 @@ def add_eval(sub) -> None:
     g.add_argument("--ood-steps", type=int, default=100, help="APGD steps of the worst-case attack (0: skip it)")
     g = p.add_argument_group("run")
     g.add_argument("--samples", type=int, default=0, help="test images for clean accuracy and OOD (0: all)")
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--batch-size", type=int, default=256, help="images per forward; attacks run in pieces of this size")
     g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the attack calls from CUDA graphs (default: on for CUDA, off for CPU)")
@@ -122,14 +124,14 @@ def _run_eval(args) -> int:
                 for spec in ood_specs}
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
+    make_directory(out)
     state = EvalState(out / EVAL_STATE, _identity(args, data_dir))
     evaluated = describe_weights(args.checkpoint, args.weights)
     print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
     results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
     results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "evaluated": evaluated,
                "arch": config.arch, "dataset": config.dataset, **results}
-    (out / EVAL_RESULTS).write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / EVAL_RESULTS, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"results: {out / EVAL_RESULTS}")
     return 0
@@ -174,10 +176,9 @@ def _run_counterfactuals(args) -> int:
     if bad:
         raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
     radii = [_float("--radii", v) for v in _names("--radii", args.radii)]
-    if not radii or any(r <= 0 for r in radii):
-        raise UserError(f"--radii must be positive numbers, got {args.radii!r}")
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    for radius in radii:
+        check_number("--radii", radius, above=0)
+    check_number("--steps", args.steps, at_least=1, integer=True)
     if args.target is not None and not 0 <= args.target < test.num_classes:
         raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {args.target}")
 
@@ -190,12 +191,12 @@ def _run_counterfactuals(args) -> int:
     original_conf = target_probability(model, x, targets)
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
-    out.mkdir(parents=True, exist_ok=True)
-    save_grid(out / "counterfactuals.png", x, adv, conf, original_conf, radii, labels, targets,
-              class_names=CLASS_NAMES.get(config.dataset))
-    save_tensors(out / "counterfactuals.safetensors", original=x, counterfactuals=adv, target_confidence=conf,
-                 original_target_confidence=original_conf, radii=torch.tensor(radii), labels=labels,
-                 targets=targets, indices=torch.tensor(indices))
+    make_directory(out)
+    atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
+        tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=CLASS_NAMES.get(config.dataset)))
+    atomic_write(out / "counterfactuals.safetensors", lambda tmp: save_tensors(
+        tmp, original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
+        radii=torch.tensor(radii), labels=labels, targets=targets, indices=torch.tensor(indices)))
     print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
           f"({args.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
     return 0

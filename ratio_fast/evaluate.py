@@ -38,6 +38,7 @@ from .files import atomic_save
 from .ood import max_confidence, ood_metrics
 from .ops._common import sample_layout
 from .progress import Progress
+from .validation import check_number
 
 ROBUST_ATTACKS = ("apgd-ce", "apgd-t")
 Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % interval
@@ -102,12 +103,12 @@ class EvalSettings:
     cuda_graphs: bool | None = None  # attack calls replayed from CUDA graphs; None: on for CUDA
 
     def validate(self) -> "EvalSettings":
-        for name in ("eps", "steps", "robust_samples", "ood_eps", "ood_steps", "seed"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("eps", "ood_eps"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
+        for name in ("steps", "robust_samples", "ood_steps", "seed"):
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0, integer=True)
         for name in ("targets", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=1, integer=True)
         unknown = [a for a in self.attacks if a not in ROBUST_ATTACKS]
         if unknown:
             raise UserError(f"--attacks: unknown attack {unknown[0]!r}; choose from {', '.join(ROBUST_ATTACKS)}")

@@ -16,7 +16,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .errors import UserError
-from .files import atomic_save, atomic_write
+from .files import atomic_save, atomic_write, make_directory
 from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
 
 WEIGHTS = ("ema", "model")
@@ -89,8 +89,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema
     model, config = model_from_checkpoint(path, weights)  # checks the weights fit the architecture
     tensors = clean_state_dict(model.state_dict())
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: exists and is not a directory; choose another --out")
+    make_directory(out_dir)
     pt_path, st_path = out_dir / "model.pt", out_dir / "model.safetensors"
     atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,

@@ -48,6 +48,22 @@ def file_error(path: str | Path, error: OSError, doing: str = "write", advice: s
     return UserError(f"cannot {doing} {path}: {reason}" + (f"; {advice}" if advice else ""))
 
 
+def make_directory(path: str | Path, flag: str = "--out") -> bool:
+    """Create the output directory `path` (and its parents); True if it did not exist before.
+
+    UserError in one line when that cannot be: a file in the way, no permission, read-only.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: exists and is not a directory; choose another {flag}")
+    existed = path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise file_error(path, error, "create", f"choose another {flag}") from None
+    return not existed
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = "") -> None:
     """Call write(tmp_path) and then rename tmp_path over path: all of the new file or none of it.
 
@@ -137,14 +153,11 @@ class RunDirectoryLock:
 
     def acquire(self) -> "RunDirectoryLock":
         where = f"{self.flag} {self.run_dir}"
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise UserError(f"{where}: exists and is not a directory; choose another {self.flag}")
+        self._created = make_directory(self.run_dir, self.flag)
         try:
-            self._created = not self.run_dir.exists()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             handle = open(self.run_dir / LOCK_FILE, "a+")
         except OSError as error:
-            raise file_error(self.run_dir, error, "create", f"choose another {self.flag}") from None
+            raise file_error(self.run_dir / LOCK_FILE, error, "create", f"choose another {self.flag}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -139,10 +139,9 @@ def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, 
     if spec.lower().endswith(".mat"):
         return read_svhn_mat(spec)
     try:
-        return load_out_distribution(spec, data_dir, in_name=dataset, seed=seed + 1)
+        return load_out_distribution(spec, data_dir, in_name=dataset, seed=seed + 1, flag="--ood")
     except UserError as e:
-        raise UserError(str(e).replace("--out-data", "--ood", 1)
-                        + f"; built-in sets: {', '.join(BUILT_IN)}; also svhn or a .mat file") from None
+        raise UserError(f"{e}; built-in sets: {', '.join(BUILT_IN)}; also svhn or a .mat file") from None
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:

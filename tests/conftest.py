@@ -73,3 +73,14 @@ def trained_tiny(synthetic_split):
             opt.step()
     return model.eval()
 
+
+class Recording(torch.nn.Module):
+    """The model, remembering every input it sees (what an attack evaluated it at)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)

@@ -8,6 +8,7 @@ import torch
 from ratio_fast import L2PGD
 from ratio_fast.apgd import APGD, APGDTargeted, apgd_run, checkpoints, dlr, max_log_confidence, targeted_dlr
 from ratio_fast.losses import cross_entropy
+from conftest import Recording
 
 
 def ce_and_accuracy(model, x, y):
@@ -170,16 +171,6 @@ def test_triton_kernels_give_the_reference_result(trained_tiny, batch):
                      generator=torch.Generator().manual_seed(0)) for backend in ("torch", "triton")]
     assert torch.allclose(runs[0].best, runs[1].best, atol=1e-5)
     assert torch.equal(runs[0].fooled, runs[1].fooled)
-
-
-class Recording(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.inputs = model, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
 
 
 def test_fooled_means_some_iterate_was_misclassified(trained_tiny, batch):

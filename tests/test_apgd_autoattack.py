@@ -17,20 +17,9 @@ import torch
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
 from ratio_fast.apgd import apgd_run, dlr, random_start_point, targeted_dlr
+from conftest import Recording
 
 EPS = 1.0
-
-
-class Recording(torch.nn.Module):
-    """The model, remembering every input it sees."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.inputs = model, []
-
-    def forward(self, x):
-        self.inputs.append(x.detach().clone())
-        return self.model(x)
 
 
 class FollowingReference(torch.nn.Module):

@@ -122,9 +122,10 @@ def test_missing_cifar_offline_says_where_to_put_it(tmp_path, capsys, monkeypatc
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    err = error_of(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing"), "--arch", "tiny",
-                    "--device", "cpu", "--out", str(tmp_path / "run")], capsys)
-    assert str(tmp_path / "nothing") in err and "cifar-10" in err
+    err = error_of(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing" / "data"), "--arch",
+                    "tiny", "--device", "cpu", "--out", str(tmp_path / "run")], capsys)
+    assert str(tmp_path / "nothing" / "data") in err and "cifar-10" in err
+    assert not (tmp_path / "nothing").exists() and not (tmp_path / "run").exists()  # no mistyped tree left
 
 
 def test_corrupt_cifar_file_is_named(tmp_path, capsys):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from ratio_fast import L2PGD, TrainConfig
+from ratio_fast import APGD, L2PGD, APGDTargeted, TrainConfig
 from ratio_fast.checkpoint import load_checkpoint, save_checkpoint
 from ratio_fast.cli import build_parser, main
 from ratio_fast.errors import UserError
@@ -223,6 +223,8 @@ def test_non_finite_numbers_are_refused_in_a_config_file(tmp_path, capsys):
     lambda: L2PGD(eps=0.5, steps=1, step_size=0.1, momentum=math.nan),
     lambda: TrainConfig(eps_in=math.nan),
     lambda: TrainConfig(lam=math.inf),
+    lambda: APGD(eps=math.nan, steps=10),
+    lambda: APGDTargeted(eps=math.inf, steps=10),
 ])
 def test_non_finite_numbers_are_refused_by_the_api_objects(make):
     with pytest.raises(ValueError, match="must be a finite number"):
@@ -283,12 +285,38 @@ def test_export_into_a_file_or_onto_a_full_disk(tmp_path, capsys, monkeypatch):
     assert str(tmp_path / "export" / "model.pt") in err and "disk is full" in err
 
 
+def test_eval_and_counterfactuals_write_errors_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(FAST + ["--epochs", "1", "--max-steps", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    small = ["--device", "cpu", "--samples", "8", "--attacks", "none", "--ood", "none"]
+    err = one_line_error(["eval", str(run), "--out", str(blocker)] + small, capsys)
+    assert f"--out {blocker}: exists and is not a directory" in err
+    err = one_line_error(["counterfactuals", str(run), "--out", str(blocker), "--device", "cpu", "--steps", "1",
+                          "--images", "0"], capsys)
+    assert f"--out {blocker}: exists and is not a directory" in err
+    err = one_line_error(["counterfactuals", str(run), "--radii=nan", "--device", "cpu"], capsys)
+    assert "--radii must be a finite number > 0" in err
+
+
+def test_a_bad_ood_file_is_named_with_the_eval_flag(tmp_path):
+    from ratio_fast.ood_sets import load_ood_set
+
+    path = tmp_path / "bad.npy"
+    __import__("numpy").save(path, __import__("numpy").zeros((4, 32, 32), "uint8"))
+    with pytest.raises(UserError) as error:
+        load_ood_set(str(path), dataset="synthetic", test_images=None, data_dir=tmp_path, samples=0, seed=0)
+    assert str(error.value).startswith("--ood: ") and "--out-data" not in str(error.value)
+
+
 # --- help ---------------------------------------------------------------------------------
 
-def test_every_train_flag_has_help_with_its_default():
+def test_every_flag_has_help_with_its_default():
     parser = build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in [("train", subcommands.choices["train"])]:
+    for name, sub in subcommands.choices.items():
         text = sub.format_help()
         for action in sub._actions:
             if not action.option_strings or action.dest == "help":

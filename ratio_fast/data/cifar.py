@@ -202,6 +202,7 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
                           missing: list[str]) -> None:
     """Fetch the tarball (unless a good copy is already there) and unpack the missing files."""
     folder = root / spec.folder
+    created = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -213,6 +214,7 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
         try:
             _download(url, archive, md5)
         except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, bad URLs
+            _remove_empty(created)  # a mistyped --data-dir leaves nothing behind
             raise UserError(_missing_message(spec, folder, missing, url,
                                              f"download failed: {e}")) from e
     _extract(archive, root, spec)
@@ -220,6 +222,15 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
     if still_missing:
         raise UserError(f"{archive}: does not contain {spec.folder}/{', '.join(still_missing)}; "
                         f"delete it and download {url} again")
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove these directories, deepest first, while they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _download(url: str, dest: Path, md5: str) -> None:

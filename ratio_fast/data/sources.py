@@ -231,19 +231,19 @@ def load_in_distribution(name: str, data_dir: str | os.PathLike, train: bool, sy
 
 def load_out_distribution(spec: str, data_dir: str | os.PathLike, in_name: str, seed: int = 0,
                           synthetic_size: int | None = None, *, download: bool = True,
-                          exclude: Sequence[str] = ()) -> ImageSource:
+                          exclude: Sequence[str] = (), flag: str = "--out-data") -> ImageSource:
     """Open the unlabelled out-distribution images for ``--out-data`` as an ``ImageSource``.
 
     ``spec`` is ``synthetic`` (generated, default 10240 images), ``cifar10`` / ``cifar100`` (that
     set's train split, labels dropped), or a ``.npy`` / ``.bin`` file or an image directory (see
     the module). ``exclude`` (``--out-exclude``): exclusion lists ``FILE[:0|:1]`` whose rows are
-    left out, for any of these (``read_exclusion_list``).
+    left out, for any of these (``read_exclusion_list``). ``flag``: the option errors name.
 
     Using the in-distribution itself as out-distribution is refused: it would train the model
     to be unsure on exactly the images it must classify. (``synthetic`` with the synthetic
     in-distribution is fine: the out-distribution generator shares nothing with its classes.)
     """
-    source = _open_out_distribution(spec, data_dir, in_name, seed, synthetic_size, download)
+    source = _open_out_distribution(spec, data_dir, in_name, seed, synthetic_size, download, flag)
     if not exclude:
         return source
     excluded = np.unique(np.concatenate([read_exclusion_list(item, len(source)) for item in exclude]))
@@ -296,10 +296,10 @@ def _exclusion_spec(spec: str) -> tuple[Path, int]:
 
 
 def _open_out_distribution(spec: str, data_dir, in_name: str, seed: int, synthetic_size: int | None,
-                           download: bool) -> ImageSource:
+                           download: bool, flag: str) -> ImageSource:
     if spec in CIFAR_SPECS:
         if spec == in_name:
-            raise UserError(f"--out-data: {spec!r} is also the in-distribution (--dataset); "
+            raise UserError(f"{flag}: {spec!r} is also the in-distribution (--dataset); "
                             f"training low confidence on it contradicts classifying it, "
                             f"pick another set (choices: {_out_choices()})")
         images, _labels = load_cifar(spec, data_dir, train=True, download=download)
@@ -316,11 +316,11 @@ def _open_out_distribution(spec: str, data_dir, in_name: str, seed: int, synthet
             what = "neither a path nor a known set"
         else:
             what = "a file of unknown type" if path.exists() else "not an existing file or directory"
-        raise UserError(f"--out-data: {spec!r} is {what}; choose one of {_out_choices()}")
+        raise UserError(f"{flag}: {spec!r} is {what}; choose one of {_out_choices()}")
     try:
         return opener(path)
     except UserError as e:
-        raise UserError(f"--out-data: {e}") from e
+        raise UserError(f"{flag}: {e}") from e
 
 
 def _out_choices() -> str:
