@@ -75,7 +75,7 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--images", "0,99999"], "--images: index 99999 is outside the test set"),
     (["--images", "a"], "--images: 'a' is not an integer"),
-    (["--radii", "0.5,-1"], "--radii must be positive"),
+    (["--radii", "0.5,-1"], "--radii must be a finite number > 0, got -1.0"),
     (["--target", "10"], "--target must be a class in 0..9"),
 ])
 def test_counterfactuals_bad_flags(trained_tiny, tmp_path, capsys, extra, message):

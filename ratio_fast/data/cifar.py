@@ -213,10 +213,11 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
         log.info("downloading %s to %s", url, archive)
         try:
             _download(url, archive, md5)
-        except (OSError, ValueError) as e:  # URLError, timeouts, refused connections, bad URLs
+        except BaseException as e:
             _remove_empty(created)  # a mistyped --data-dir leaves nothing behind
-            raise UserError(_missing_message(spec, folder, missing, url,
-                                             f"download failed: {e}")) from e
+            if isinstance(e, (OSError, ValueError)) and not isinstance(e, UserError):  # URLError, timeouts, bad URLs
+                raise UserError(_missing_message(spec, folder, missing, url, f"download failed: {e}")) from e
+            raise
     _extract(archive, root, spec)
     still_missing = [f for f in missing if not (folder / f).is_file()]
     if still_missing:
