@@ -161,9 +161,12 @@ def _run_train(args) -> int:
     if args.resume:
         # The checkpoint's settings, with only what was named here (flags, --config) on top;
         # Run refuses the changes that would make it another run.
-        resume_from = Path(args.out or default_run_dir(settings)) if args.resume is True else Path(args.resume)
-        if resume_from.is_dir():
-            resume_from = resume_from / CHECKPOINT
+        if args.resume is True:
+            resume_from = Path(args.out or default_run_dir(settings)) / CHECKPOINT
+        else:
+            resume_from = Path(args.resume)
+            if resume_from.is_dir():  # a run directory
+                resume_from = resume_from / CHECKPOINT
         saved = load_checkpoint(resume_from)["config"]
         inherited = {name: value for name, value in saved.items() if name not in PER_INVOCATION}
         config = TrainConfig.from_dict({**inherited, **{name: settings[name] for name in args.given_settings}})
