@@ -18,6 +18,9 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
+from .files import atomic_write_text
+
 
 def time_call(run: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
     """Median seconds of run() after `warmup` calls: CUDA events on a GPU, the wall clock elsewhere."""
@@ -79,9 +82,6 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, entries: dict) -> None:
     """Atomic write, so two runs starting together never leave a torn file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError:
+        atomic_write_text(path, json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    except UserError:
         pass  # a read-only home only costs a new measurement next time
