@@ -9,6 +9,9 @@ from .errors import UserError
 from .files import atomic_save
 
 FORMAT = "ratio-fast-checkpoint-v1"
+# The checkpoints of a run directory.
+CHECKPOINT = "checkpoint.pt"  # the last one: what --resume continues
+BEST = "best.pt"  # the EMA weights of the best clean test accuracy so far (the authors' "best_avg"): what eval takes
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:

@@ -153,8 +153,8 @@ def _train_parser(sub, d: TrainConfig) -> None:
 
 
 def _run_train(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .run import CHECKPOINT, Run  # torch and the data stack load only when a command runs
+    from .checkpoint import CHECKPOINT, load_checkpoint
+    from .run import Run  # torch and the data stack load only when a command runs
 
     settings = {name: value for name, value in vars(args).items() if name in TRAIN_SETTINGS}
     resume_from = None

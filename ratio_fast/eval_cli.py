@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .checkpoint import BEST, CHECKPOINT
 from .cli_format import HelpFormatter
 from .config import BACKENDS
 from .errors import UserError
@@ -19,13 +20,11 @@ from .validation import check_number
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
-BEST = "best.pt"  # run.py keeps the EMA weights of the best clean test accuracy here (the authors' best_avg)
-LAST = "checkpoint.pt"
 
 
 def _common(p) -> None:
     p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
-                                      f"(the authors' choice of weights), else its {LAST}")
+                                      f"(the authors' choice of weights), else its {CHECKPOINT}")
     p.add_argument("--weights", default="ema", choices=("ema", "model"), help="the EMA weights or the raw model's")
 
 
@@ -143,10 +142,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    for name in (BEST, LAST):
+    for name in (BEST, CHECKPOINT):
         if (path / name).is_file():
             return path / name
-    raise UserError(f"{path}: a directory without {BEST} or {LAST}; pass a checkpoint file")
+    raise UserError(f"{path}: a directory without {BEST} or {CHECKPOINT}; pass a checkpoint file")
 
 
 def describe_weights(path: str | Path, weights: str) -> str:

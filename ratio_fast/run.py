@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import L2PGD
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
@@ -37,8 +37,6 @@ from .progress import Progress
 from .stop import StopRequest
 from .train import RatioTrainer, wants_channels_last
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"  # the EMA weights of the best clean test accuracy so far (the authors' "best_avg")
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
