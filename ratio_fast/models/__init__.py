@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from ..errors import UserError
+from .modes import eval_mode
 from .normalization import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
                             NormalizedModel)
 from .precision import Fp32Conv2d, keep_first_conv_fp32
@@ -18,7 +19,7 @@ from .wide_resnet import WideResNet
 __all__ = [
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODEL_NAMES",
     "Fp32Conv2d", "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name", "create_model",
-    "keep_first_conv_fp32",
+    "eval_mode", "keep_first_conv_fp32",
 ]
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
