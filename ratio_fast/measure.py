@@ -21,6 +21,9 @@ import torch
 from .errors import UserError
 from .files import atomic_write_text
 
+# timer(name, run) -> seconds per call of run(), which does the work the candidate `name` stands for.
+Timer = Callable[[str, Callable[[], object]], float]
+
 
 def time_call(run: Callable[[], object], device: torch.device, warmup: int = 1, repeats: int = 3) -> float:
     """Median seconds of run() after `warmup` calls: CUDA events on a GPU, the wall clock elsewhere."""
@@ -40,6 +43,21 @@ def time_call(run: Callable[[], object], device: torch.device, warmup: int = 1, 
             run()
             seconds.append(time.perf_counter() - began)
     return statistics.median(seconds)
+
+
+def device_timer(device: torch.device) -> Timer:
+    """The timer `fastest`'s callers use unless a test injects one: time_call on `device`."""
+    return lambda name, run: time_call(run, device)
+
+
+def setting_key(device: torch.device, *setting: str) -> str:
+    """A cache key: the device (its name and compute capability on CUDA), the setting, the torch version."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        where = f"{torch.cuda.get_device_name(device)} sm{major}{minor}"
+    else:
+        where = device.type
+    return " | ".join([where, *setting, f"torch {torch.__version__}"])
 
 
 def cache_dir() -> Path:

@@ -8,6 +8,7 @@ mistake (CUDA graphs without CUDA).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,17 @@ class SpeedSettings:
     ieee_fp32_convs: bool  # fp32 convolutions (all without autocast, the first under it) in IEEE fp32, not TF32
     input_grad_only: bool
     fused_optimizer: bool
+
+    @property
+    def precision(self) -> str:
+        """fp32, bf16 or fp16: what the forward and backward passes compute in."""
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def autocast(self, device: torch.device, cache_enabled: bool = True):
+        """Autocast to the AMP dtype, or nothing in fp32. The attacks keep their perturbation in fp32."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype, cache_enabled=cache_enabled)
 
 
 def wants_channels_last(config: TrainConfig, device: torch.device) -> bool:

@@ -11,8 +11,8 @@ forward on the joined batch (BatchNorm sees both) with the loss
 Mode 'at' drops the out-distribution term (plain L2 adversarial training); mode 'plain' also
 drops the in-distribution attack (clean training). The loop below is the whole algorithm.
 
-Speed (see speed.py for the switches): the attack phase runs under one of the schedules of
-attack_schedule.py, optionally replayed from a CUDA graph (cuda_graph.py) and through a
+Speed (see speed.py for the switches): the attack phase (attack_schedule.AttackPhase) runs the
+two attacks under one of its schedules, optionally replayed from a CUDA graph and through a
 torch.compile'd model. A step whose loss or gradients are not finite is skipped on the device
 (no host sync): weights, momentum, BatchNorm statistics and EMA stay bit-identical, and
 `skipped_in_a_row` counts such steps until a finite one.
@@ -26,14 +26,13 @@ from typing import Callable
 
 import torch
 
-from .attack_schedule import ScheduleChoice, choose_schedule, run_attacks
-from .measure import time_call
 from .apgd import APGD
+from .attack_schedule import AttackPhase, ScheduleChoice
 from .attacks import L2PGD
 from .config import TrainConfig
-from .cuda_graph import GraphedCall
 from .ema import ModelEMA
 from .losses import ratio_loss
+from .measure import Timer
 from .models import keep_first_conv_fp32
 from .models.precision import ieee_fp32_convolutions
 from .speed import resolve_speed, wants_channels_last
@@ -44,10 +43,6 @@ __all__ = ["RatioTrainer", "cosine_lr", "wants_channels_last"]
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
     """Cosine decay from base_lr to 0 over total_steps, evaluated per optimizer step."""
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-
-# schedule_timer(name, run) -> seconds per call of run(), which runs the attacks under schedule `name`.
-ScheduleTimer = Callable[[str, Callable[[], object]], float]
 
 
 class RatioTrainer:
@@ -61,7 +56,7 @@ class RatioTrainer:
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int, device="cpu", *,
-                 train_module: torch.nn.Module | None = None, schedule_timer: ScheduleTimer | None = None,
+                 train_module: torch.nn.Module | None = None, schedule_timer: Timer | None = None,
                  schedule_cache: str | Path | None = None, log: Callable[[str], None] | None = None):
         self.config = config
         self.device = torch.device(device)
@@ -90,16 +85,11 @@ class RatioTrainer:
                 self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=speed.amp_dtype == torch.float16)
         self.attack_in, self.attack_out = training_attacks(config, speed.input_grad_only)
+        self.attack_phase = AttackPhase(self.model, self.forward_model, self.attack_in, self.attack_out, speed,
+                                        self.device, timer=schedule_timer, cache_path=schedule_cache, log=log)
         # BatchNorm statistics change in the train forward, before the step is known to be finite.
         self._running_buffers = [b for b in self.model.buffers()]
         self.skipped_in_a_row = torch.zeros((), device=self.device)
-        self.schedule_choice: ScheduleChoice | None = None  # set when 'auto' has chosen
-        self._schedule = speed.attack_schedule
-        self._schedule_timer = schedule_timer
-        self._schedule_cache = schedule_cache
-        self._log = log
-        self._phases: dict[str, Callable] = {}
-        self._side_stream = None
 
     @property
     def uses_channels_last(self) -> bool:
@@ -108,81 +98,21 @@ class RatioTrainer:
     @property
     def attack_schedule(self) -> str:
         """The schedule the attacks run under: 'auto' until the first step has chosen one."""
-        return self._schedule
+        return self.attack_phase.schedule
+
+    @property
+    def schedule_choice(self) -> ScheduleChoice | None:
+        """What 'auto' measured (or read from the cache) on the first step; None otherwise."""
+        return self.attack_phase.choice
 
     def fp32_convolutions(self):
         """The span of a step: fp32 convolutions in IEEE fp32 (not cuDNN's TF32) when the settings
         call for fp32 (no AMP, or the fp32 first convolution under it), torch's default otherwise."""
         return ieee_fp32_convolutions() if self.speed.ieee_fp32_convs else nullcontext()
 
-    def autocast(self, cache_enabled: bool = True):
-        """Autocast to the AMP dtype, or nothing in fp32. The attacks keep their perturbation in fp32."""
-        if self.speed.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.speed.amp_dtype, cache_enabled=cache_enabled)
-
-    # ---- the attack phase: clean logits and adversarial examples, in eval mode --------------
-
-    def _attack_phase(self, schedule: str, x, y, z):
-        """(clean logits, x_adv, z_adv) of one batch; z_adv is None without an out-distribution batch."""
-        model, fm = self.model, self.forward_model
-        # No autocast weight cache: under a CUDA graph a cached cast would be replayed stale.
-        with self.autocast(cache_enabled=False):
-            with torch.no_grad():  # clean accuracy in eval mode, as the attack sees the model
-                model.eval()
-                clean_logits = fm(x)
-                model.train()
-            if z is None:
-                return clean_logits, self.attack_in(fm, x, y), None
-            x_adv, z_adv = run_attacks(schedule, fm, x, y, z, self.attack_in, self.attack_out,
-                                       self._stream_for(schedule))
-            return clean_logits, x_adv, z_adv
-
-    def _stream_for(self, schedule: str):
-        if schedule != "streams" or self.device.type != "cuda":
-            return None
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device=self.device)
-        return self._side_stream
-
-    def _phase(self, schedule: str) -> Callable:
-        if schedule not in self._phases:
-            def phase(x, y, z, schedule=schedule):
-                return self._attack_phase(schedule, x, y, z)
-            self._phases[schedule] = GraphedCall(phase) if self.speed.cuda_graphs else phase
-        return self._phases[schedule]
-
-    def _resolve_schedule(self, x, y, z) -> str:
-        """The schedule to use; 'auto' is measured on this batch once (or read from the cache)."""
-        if self._schedule != "auto":
-            return self._schedule
-        if self._schedule_timer is None and self.device.type != "cuda":
-            self._schedule = "sequential"  # nothing to choose between on one CPU stream
-            return self._schedule
-        timer = self._schedule_timer or (lambda name, run: time_call(run, self.device))
-        choice = choose_schedule(self._schedule_key(x, z), lambda name: timer(name, lambda: self._phase(name)(x, y, z)),
-                                 cache_path=self._schedule_cache)
-        self.schedule_choice, self._schedule = choice, choice.schedule
-        self._phases = {choice.schedule: self._phases[choice.schedule]} if choice.schedule in self._phases else {}
-        if self._log is not None:
-            self._log(choice.describe())
-        return self._schedule
-
-    def _schedule_key(self, x, z) -> str:
-        s, cfg = self.speed, self.config
-        if self.device.type == "cuda":
-            major, minor = torch.cuda.get_device_capability(self.device)
-            where = f"{torch.cuda.get_device_name(self.device)} sm{major}{minor}"
-        else:
-            where = "cpu"
-        n_params = sum(p.numel() for p in self.model.parameters())
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[s.amp_dtype]
-        return " | ".join([
-            where, f"{type(self.model).__name__} {n_params} params", f"batch {x.shape[0]}+{z.shape[0]}",
-            f"image {tuple(x.shape[1:])}", precision, f"steps {cfg.steps_in}/{cfg.steps_out}",
-            f"graphs {s.cuda_graphs}", f"compile {s.compile}", f"channels_last {s.channels_last}",
-            f"torch {torch.__version__}",
-        ])
+    def autocast(self):
+        """Autocast to the AMP dtype, or nothing in fp32 (SpeedSettings.autocast)."""
+        return self.speed.autocast(self.device)
 
     # ---- the step ----------------------------------------------------------------------------
 
@@ -197,7 +127,7 @@ class RatioTrainer:
         """(clean logits or None, x_adv, z_adv or None) for the configured mode and schedule."""
         if self.config.mode == "plain":
             return None, x, None
-        return self._phase(self._resolve_schedule(x, y, z))(x, y, z)
+        return self.attack_phase(x, y, z)
 
     def adversarial_examples(self, x, y, z=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(x_adv, z_adv) that step() would train on now. Under CUDA graphs they are the graph's

@@ -150,7 +150,7 @@ def test_cuda_graph_replays_the_eager_attacks_with_current_weights(schedule, mon
         graphed.step(x, y, z)
         eager.step(x, y, z)
     assert_states_close(graphed, eager)
-    (captured,) = graphed._phases.values()
+    (captured,) = graphed.attack_phase._calls.values()
     assert len(captured._graphs) == 1  # captured once, replayed every step
 
 

@@ -46,9 +46,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ratio_fast.data.augment import AUGMENTATIONS, Augmenter
 from ratio_fast.data.plan import BatchPlan, Draws, batches_per_epoch, check_sharding, plan_batch, plan_epoch
 from ratio_fast.data.sources import ImageSource, as_source
+from ratio_fast.datasets import CIFAR10
 from ratio_fast.errors import UserError
-from ratio_fast.measure import cache_dir, fastest, time_call
-from ratio_fast.models.normalization import CIFAR10_MEAN
+from ratio_fast.measure import Timer, cache_dir, device_timer, fastest, setting_key
 
 LOADER_KINDS = ("gpu", "dali", "torch")
 LOADER_CHOICES = ("auto", *LOADER_KINDS)
@@ -71,7 +71,7 @@ class BatchSpec:
     batch_size: int  # global, over all ranks; each rank gets batch_size // world_size
     seed: int = 0
     augment: str = "autoaugment_cutout"  # or crop_flip, none (augment.Augmenter)
-    mean: tuple[float, float, float] = CIFAR10_MEAN  # the data set's mean colour: autoaugment_cutout's fill
+    mean: tuple[float, float, float] = CIFAR10.mean  # the data set's mean colour: autoaugment_cutout's fill
     shuffle: bool = True
     drop_last: bool = True
     channels_last: bool = False
@@ -396,9 +396,6 @@ LOADER_CHOICE_CACHE = "loader_choice.json"  # file name, in the attack schedule 
 # one another, so a timed call mostly waits for batches prepared while it runs (the steady rate).
 MEASURED_BATCHES = 8
 
-# loader_timer(kind, run) -> seconds per call of run(), which loads MEASURED_BATCHES batches of `kind`.
-LoaderTimer = Callable[[str, Callable[[], object]], float]
-
 
 def make_loader(kind: str, images: np.ndarray | torch.Tensor | ImageSource, labels: np.ndarray | torch.Tensor | None,
                 spec: BatchSpec, device: torch.device | str, *, workers: int | None = None) -> Loader:
@@ -440,7 +437,7 @@ class LoaderChoice:
 
 def choose_loader_kind(kind: str, images: np.ndarray | torch.Tensor | ImageSource, device: torch.device | str,
                        spec: BatchSpec | None = None, *, workers: int | None = None,
-                       timer: LoaderTimer | None = None, cache: str | Path | None = None) -> LoaderChoice:
+                       timer: Timer | None = None, cache: str | Path | None = None) -> LoaderChoice:
     """The loader kind ``kind`` stands for with these images on ``device``, as the module says.
 
     ``auto`` measures (on CUDA, or on any device when ``timer`` is given: tests inject one) the
@@ -459,7 +456,7 @@ def choose_loader_kind(kind: str, images: np.ndarray | torch.Tensor | ImageSourc
         return LoaderChoice(candidates[0])
 
     measured_spec = dataclasses.replace(spec, seed=0, drop_last=len(source) >= spec.batch_size)
-    time_kind = timer or (lambda name, run: time_call(run, device))
+    time_kind = timer or device_timer(device)  # timed: a call that loads MEASURED_BATCHES batches
 
     def seconds_per_batch(candidate: str) -> float:
         loader = make_loader(candidate, images, None, measured_spec, device, workers=workers)
@@ -504,10 +501,9 @@ def _next_batches(loader: Loader, count: int) -> Callable[[], None]:
 
 
 def _choice_key(source, device: torch.device, spec: BatchSpec, candidates: tuple[str, ...], workers: int | None) -> str:
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return " | ".join([
-        where, f"{type(source).__name__} {len(source)} images {tuple(source.shape[1:])}",
+    return setting_key(
+        device, f"{type(source).__name__} {len(source)} images {tuple(source.shape[1:])}",
         f"batch {spec.batch_size} on {spec.world_size} ranks", f"augment {spec.augment}",
         f"channels_last {spec.channels_last}", f"workers {workers if workers is not None else 'default'}",
-        f"candidates {' '.join(candidates)}", f"torch {torch.__version__}",
-    ])
+        f"candidates {' '.join(candidates)}",
+    )
