@@ -1,5 +1,5 @@
-"""Out-distribution sources: Tiny Images .bin, exclusion lists (as published: 0- and 1-based),
-image folders, --out-data dispatch."""
+"""Tests of ratio_fast.data.sources: the in- and out-distribution entry points, .npy files, Tiny
+Images .bin, exclusion lists (as published: 0- and 1-based), image folders, --out-data dispatch."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ratio_fast.data import BatchSpec, load_out_distribution, make_loader
-from ratio_fast.data.sources import ArraySource, ExcludedRows, ImageFolder, NpyImages, TinyImages, read_exclusion_list
+from ratio_fast.data import BatchSpec, load_in_distribution, load_out_distribution, make_loader
+from ratio_fast.data.cifar import load_cifar
+from ratio_fast.data.sources import (ArraySource, ExcludedRows, ImageFolder, NpyImages, TinyImages, load_npy_images,
+                                     read_exclusion_list)
 from ratio_fast.errors import UserError
+from test_data_cifar import N_PER_FILE, write_cifar10, write_cifar100
 
 
 def write_tiny_images(path, images: np.ndarray) -> None:
@@ -23,6 +26,99 @@ def write_tiny_images(path, images: np.ndarray) -> None:
 
 def random_images(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+# --- the entry points: --dataset and --out-data ----------------------------------------------
+
+
+def test_in_distribution_sources(tmp_path):
+    train = load_in_distribution("synthetic", tmp_path, train=True)
+    test = load_in_distribution("synthetic", tmp_path, train=False)
+    assert (len(train), len(test), train.num_classes, train.name) == (10240, 1024, 10, "synthetic")
+    assert len(load_in_distribution("synthetic", tmp_path, train=True, synthetic_size=64)) == 64
+
+    write_cifar10(tmp_path)
+    c10 = load_in_distribution("cifar10", tmp_path, train=False)
+    assert c10.images.shape == (N_PER_FILE, 32, 32, 3) and c10.num_classes == 10
+
+    with pytest.raises(UserError, match="--dataset.*cifar10"):
+        load_in_distribution("imagenet", tmp_path, train=True)
+
+
+def test_out_distribution_sources(tmp_path):
+    write_cifar100(tmp_path)
+    c100 = load_out_distribution("cifar100", tmp_path, in_name="cifar10")
+    assert c100.shape == (150, 32, 32, 3)
+    train_images, _ = load_cifar("cifar100", tmp_path, train=True, download=False)
+    assert np.array_equal(c100.read(np.array([3, 0, 3])), train_images[[3, 0, 3]])
+
+    syn = load_out_distribution("synthetic", tmp_path, in_name="synthetic", synthetic_size=32)
+    assert syn.shape == (32, 32, 32, 3)
+
+    np.save(tmp_path / "300K.npy", np.zeros((5, 32, 32, 3), np.uint8))
+    assert load_out_distribution(str(tmp_path / "300K.npy"), tmp_path, in_name="cifar10").shape[0] == 5
+
+    with pytest.raises(UserError, match="--out-data.*in-distribution"):
+        load_out_distribution("cifar100", tmp_path, in_name="cifar100")
+    with pytest.raises(UserError, match="--out-data"):
+        load_out_distribution("tinyimages", tmp_path, in_name="cifar10")
+    with pytest.raises(UserError, match="--out-data.*missing.npy"):
+        load_out_distribution(str(tmp_path / "missing.npy"), tmp_path, in_name="cifar10")
+
+
+# --- .npy -------------------------------------------------------------------------------------
+
+
+def test_npy_loads_as_memmap(tmp_path):
+    arr = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "out.npy", arr)
+    loaded = load_npy_images(tmp_path / "out.npy")
+    assert isinstance(loaded, np.memmap)
+    assert np.array_equal(loaded, arr)
+
+
+def _bad_npy(kind: str, path) -> str:
+    """Write a bad file at ``path``; return a phrase the error must contain."""
+    if kind == "missing":
+        return "no such file"
+    if kind == "not_npy":
+        path.write_bytes(b"\x00\x01 random bytes, not an npy header" * 5)
+        return "not a valid .npy"
+    if kind == "truncated":
+        np.save(path, np.zeros((10, 32, 32, 3), np.uint8))
+        path.write_bytes(path.read_bytes()[:1000])
+        return "truncated"
+    if kind == "truncated_header":
+        np.save(path, np.zeros((10, 32, 32, 3), np.uint8))
+        path.write_bytes(path.read_bytes()[:20])
+        return "not a valid .npy"
+    if kind == "wrong_ndim":
+        np.save(path, np.zeros((10, 32, 32), np.uint8))
+        return "(10, 32, 32)"
+    if kind == "wrong_shape":
+        np.save(path, np.zeros((10, 3, 32, 32), np.uint8))
+        return "(N, 32, 32, 3), got (10, 3, 32, 32)"
+    if kind == "wrong_dtype":
+        np.save(path, np.zeros((10, 32, 32, 3), np.float32))
+        return "uint8"
+    if kind == "empty":
+        np.save(path, np.zeros((0, 32, 32, 3), np.uint8))
+        return "no images"
+    if kind == "pickled_objects":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        return "(N, 32, 32, 3)"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_npy", "truncated", "truncated_header", "wrong_ndim",
+                                  "wrong_shape", "wrong_dtype", "empty", "pickled_objects"])
+def test_bad_npy_names_the_file(tmp_path, kind):
+    path = tmp_path / "images.npy"
+    phrase = _bad_npy(kind, path)
+    with pytest.raises(UserError) as info:
+        load_npy_images(path)
+    msg = str(info.value)
+    assert str(path) in msg and phrase in msg and "\n" not in msg
 
 
 # --- Tiny Images --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The DALI loader: real worker processes (CPU pipelines, device_id=None), and its AutoAugment.
+"""Tests of ratio_fast.data.dali, the DALI loader: real worker processes (CPU pipelines,
+device_id=None), and its AutoAugment.
 
 tests/test_data_loaders.py checks its crop_flip and none batches against the gpu loader bit for
 bit. With the authors' augmentation DALI applies the same plan (sub-policy, firing, sign per

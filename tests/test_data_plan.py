@@ -1,8 +1,10 @@
-"""The batch plan (ratio_fast/data/plan.py) and sharding over ranks, for every loader kind.
+"""Tests of ratio_fast.data.plan: the batch plan and sharding over ranks, for every loader kind.
 
 The claims: the epoch order is a permutation; a batch is a pure function of (seed, epoch,
-index); the shards of an epoch cover the drop_last prefix exactly once; an N-rank run sees,
-slice by slice, the batches (and crops and flips) of a 1-rank run with the same global batch.
+index); the augmentation draws are uniform, and the authors' AutoAugment and Cutout draws follow
+their policy without changing the crop and flip draws; the shards of an epoch cover the
+drop_last prefix exactly once; an N-rank run sees, slice by slice, the batches (and crops and
+flips) of a 1-rank run with the same global batch.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import pytest
 import torch
 
 from ratio_fast.data import BatchSpec, make_loader
-from ratio_fast.data.plan import NUM_SHIFTS, EpochKeys, plan_batch, plan_epoch
+from ratio_fast.data.plan import (CIFAR10_POLICY, NUM_AUTOAUGMENT_CODES, NUM_SHIFTS, STAGES, Draws, EpochKeys,
+                                  autoaugment_code, decode_autoaugment, plan_batch, plan_epoch)
 from ratio_fast.errors import UserError
 
 # The streaming kinds read in the calling process here (workers=0): the plan, not the
-# worker machinery, is under test; tests/test_dali.py runs real workers.
+# worker machinery, is under test; tests/test_data_dali.py runs real workers.
 KINDS = ["gpu", "torch", "dali"]
 # Test ids must not be the bare word "gpu": the root conftest skips items whose keywords hold it.
 KIND_IDS = [f"{kind}-loader" for kind in KINDS]
@@ -71,6 +74,50 @@ def test_augmentation_draws_are_uniform_and_per_position():
     b = plan_batch(3, 0, 5, batch_size=64, num_samples=90_000, shuffle=True)
     assert np.array_equal(b.indices, plan.indices[320:384])
     assert np.array_equal(b.shift, plan.shift[320:384]) and np.array_equal(b.flip, plan.flip[320:384])
+
+
+def test_the_authors_augmentation_keeps_the_crop_and_flip_draws():
+    """AutoAugment and Cutout draw from hashes of their own: order, crops and flips stay those of crop_flip."""
+    with_all = plan_batch(3, 1, 2, batch_size=64, num_samples=300, shuffle=True,
+                          draws=Draws(crop_flip=True, autoaugment=True, cutout=True))
+    crop_flip = plan_batch(3, 1, 2, batch_size=64, num_samples=300, shuffle=True)
+    assert crop_flip.autoaugment is None and crop_flip.cutout is None
+    assert with_all.autoaugment.shape == (64, 2) and with_all.cutout.shape == (64, 2)
+    for name in ("indices", "shift", "flip"):
+        assert np.array_equal(getattr(with_all, name), getattr(crop_flip, name))
+
+
+
+def test_plan_draws_follow_the_policy():
+    """Sub-policies uniform, each stage fires with its probability, signs half and half."""
+    plan = plan_epoch(5, 2, 200_000, shuffle=True, draws=BatchSpec(1).draws)
+    codes = plan.autoaugment
+    assert codes.shape == (200_000, STAGES) and codes.min() >= 0 and codes.max() < NUM_AUTOAUGMENT_CODES
+    for stage in range(STAGES):
+        fired = codes[:, stage] > 0
+        decoded = [decode_autoaugment(int(c)) for c in codes[fired, stage][:20_000]]
+        negative = np.mean([sign < 0 for _, _, sign in decoded])
+        assert abs(negative - 0.5) < 0.02
+        sub_policy = (codes[fired, stage] - 1) // (2 * STAGES)
+        assert np.all((codes[fired, stage] - 1) // 2 % STAGES == stage)
+        probabilities = np.array([sub[stage][1] for sub in CIFAR10_POLICY])
+        counts = np.bincount(sub_policy, minlength=len(CIFAR10_POLICY))
+        expected = probabilities * len(codes) / len(CIFAR10_POLICY)
+        assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected) + 1), (stage, counts, expected)
+    # The two stages of a sample come from the same sub-policy.
+    both = (codes[:, 0] > 0) & (codes[:, 1] > 0)
+    assert np.array_equal((codes[both, 0] - 1) // 4, (codes[both, 1] - 1) // 4)
+    assert autoaugment_code(np.array([24]), 1, np.array([1]))[0] == NUM_AUTOAUGMENT_CODES - 1
+
+
+def test_cutout_centres_cover_the_image():
+    drawn = EpochKeys(2, 0).cutout_centres(np.arange(40_000), (32, 32))
+    assert len({tuple(c) for c in drawn.tolist()}) == 32 * 32
+    for axis in range(2):
+        freq = np.bincount(drawn[:, axis], minlength=32) / len(drawn)
+        assert np.all(np.abs(freq - 1 / 32) < 0.1 / 32)
+    tall = EpochKeys(2, 0).cutout_centres(np.arange(4_000), (24, 40))
+    assert set(tall[:, 0].tolist()) == set(range(24)) and set(tall[:, 1].tolist()) == set(range(40))
 
 
 def test_global_batch_must_split_evenly():

@@ -1,4 +1,5 @@
-"""The authors' augmentation (``--augment autoaugment_cutout``) against its PIL reference.
+"""Tests of ratio_fast.data.augment: the authors' augmentation (``--augment autoaugment_cutout``)
+against its PIL reference, and crop_flip and Cutout in the batches of every loader kind.
 
 The authors train with a PIL pipeline (torchvision RandomCrop with a mean-colour fill, horizontal
 flip, the PIL-based AutoAugment CIFAR-10 policy, Cutout on the float tensor). Each operation of
@@ -8,20 +9,25 @@ zero: the torch operations repeat Pillow's arithmetic (integer lookup tables, fl
 float64 bicubic taps, 16.16 fixed-point rotation) in its order, so any difference is a bug.
 (Pillow built for a machine whose compiler fuses multiply-adds, e.g. aarch64, rounds its float
 blends differently; these tests pin the x86-64 wheels.)
+
+crop_flip and Cutout are followed through the batches of every loader kind: the offsets and flips
+drawn, the zero padding, the filled square, and digests of batches from before AutoAugment.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from ratio_fast.data import BatchSpec, make_loader
+from ratio_fast.data import BatchSpec, make_loader, make_synthetic
 from ratio_fast.data.augment import MAGNITUDES, AutoAugment, Augmenter, affine_matrix, fill_colour, signed_magnitude
-from ratio_fast.data.plan import (CIFAR10_POLICY, NUM_AUTOAUGMENT_CODES, PAD, STAGES, autoaugment_code,
-                                  decode_autoaugment, plan_epoch)
+from ratio_fast.data.plan import NUM_AUTOAUGMENT_CODES, PAD, STAGES, decode_autoaugment
 from ratio_fast.models import CIFAR10_MEAN
+from test_data_loaders import STREAMING
 
 FILL = fill_colour(CIFAR10_MEAN)
 
@@ -115,28 +121,6 @@ def test_the_authors_chain_equals_a_pil_reenactment_of_the_plan():
             assert torch.equal(xb[b], x), f"batch {index}, sample {b}"
 
 
-def test_plan_draws_follow_the_policy():
-    """Sub-policies uniform, each stage fires with its probability, signs half and half."""
-    plan = plan_epoch(5, 2, 200_000, shuffle=True, draws=BatchSpec(1).draws)
-    codes = plan.autoaugment
-    assert codes.shape == (200_000, STAGES) and codes.min() >= 0 and codes.max() < NUM_AUTOAUGMENT_CODES
-    for stage in range(STAGES):
-        fired = codes[:, stage] > 0
-        decoded = [decode_autoaugment(int(c)) for c in codes[fired, stage][:20_000]]
-        negative = np.mean([sign < 0 for _, _, sign in decoded])
-        assert abs(negative - 0.5) < 0.02
-        sub_policy = (codes[fired, stage] - 1) // (2 * STAGES)
-        assert np.all((codes[fired, stage] - 1) // 2 % STAGES == stage)
-        probabilities = np.array([sub[stage][1] for sub in CIFAR10_POLICY])
-        counts = np.bincount(sub_policy, minlength=len(CIFAR10_POLICY))
-        expected = probabilities * len(codes) / len(CIFAR10_POLICY)
-        assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected) + 1), (stage, counts, expected)
-    # The two stages of a sample come from the same sub-policy.
-    both = (codes[:, 0] > 0) & (codes[:, 1] > 0)
-    assert np.array_equal((codes[both, 0] - 1) // 4, (codes[both, 1] - 1) // 4)
-    assert autoaugment_code(np.array([24]), 1, np.array([1]))[0] == NUM_AUTOAUGMENT_CODES - 1
-
-
 def test_padding_and_cutout_fill_with_the_mean_colour():
     """autoaugment_cutout pads and cuts out with the data set's mean; crop_flip pads with zeros."""
     images = torch.full((1, 32, 32, 3), 255, dtype=torch.uint8)
@@ -152,3 +136,124 @@ def test_padding_and_cutout_fill_with_the_mean_colour():
     assert (model_input[0, :, 28:, 28:] == 1).all()
     plain = Augmenter("crop_flip", mean, (32, 32), "cpu").pixels(images, rows, shift, flip, None)
     assert (plain[0, :4] == 0).all() and (plain[0, 4:, 4:] == 255).all()
+
+
+# ---- crop_flip and Cutout in every loader's batches, and what they leave as it was --------------
+
+
+@pytest.mark.parametrize("kind", ["gpu", *STREAMING], ids=["gpu-loader", *STREAMING])
+def test_crop_offsets_and_flip_statistics(kind):
+    """Two marker pixels give back each draw's (dy, dx, flip): all 81 offset pairs, flips about half."""
+    n = 768
+    x = np.zeros((n, 32, 32, 3), np.uint8)
+    x[:, 16, 16, 0] = 255  # red marker
+    x[:, 16, 17, 1] = 255  # green marker, right of the red one before any flip
+    loader = make_loader(kind, x, None, BatchSpec(256, augment="crop_flip"), "cpu", workers=0)
+    offsets, flips = [], []
+    for epoch in range(3):
+        for xb, _ in loader.epoch(epoch):
+            red, green = xb[:, 0].flatten(1).argmax(1), xb[:, 1].flatten(1).argmax(1)
+            ri, rj, gj = red // 32, red % 32, green % 32
+            flipped = gj == rj - 1
+            assert torch.all(flipped | (gj == rj + 1)) and torch.equal(green // 32, ri)
+            dy = 20 - ri  # output row i shows source row i + dy - 4
+            dx = torch.where(flipped, rj + 16 - 31 + 4, 20 - rj)
+            offsets.append(torch.stack([dy, dx], 1))
+            flips.append(flipped)
+    offsets, flips = torch.cat(offsets), torch.cat(flips).float()
+    assert len(set(map(tuple, offsets.tolist()))) == 81  # all 9 x 9 integer offsets occur
+    for axis in range(2):
+        freq = torch.bincount(offsets[:, axis], minlength=9).float() / len(offsets)
+        assert len(freq) == 9 and torch.all((freq - 1 / 9).abs() < 0.035)
+    assert abs(flips.mean().item() - 0.5) < 0.04
+
+
+def test_loader_crop_offsets_and_flip_statistics():
+    """Track two marker pixels through the augmentation to recover (dy, dx, flip) per draw."""
+    n = 1024
+    x = np.zeros((n, 32, 32, 3), np.uint8)
+    x[:, 16, 16, 0] = 255  # red marker
+    x[:, 16, 17, 1] = 255  # green marker, right of the red one before any flip
+    loader = make_loader("gpu", x, None, BatchSpec(256, augment="crop_flip"), "cpu")
+    offsets, flips = [], []
+    for epoch in range(3):
+        for xb, _ in loader.epoch(epoch):
+            red = xb[:, 0].flatten(1).argmax(1)
+            green = xb[:, 1].flatten(1).argmax(1)
+            ri, rj, gj = red // 32, red % 32, green % 32
+            assert torch.equal(green // 32, ri)
+            flipped = gj == rj - 1
+            assert torch.all(flipped | (gj == rj + 1))
+            # Unflipped: output (i, j) shows source (i + dy - 4, j + dx - 4).
+            # Flipped: output (i, j) shows source (i + dy - 4, 31 - j + dx - 4).
+            dy = 20 - ri
+            dx = torch.where(flipped, rj + 16 - 31 + 4, 20 - rj)
+            offsets.append(torch.stack([dy, dx], 1))
+            flips.append(flipped)
+            # Exactly two marker pixels survive (the padding adds zeros, nothing else).
+            assert torch.equal((xb > 0).sum(dim=(1, 2, 3)), torch.full((256,), 2))
+    offsets = torch.cat(offsets)
+    flips = torch.cat(flips).float()
+    assert offsets.min() >= 0 and offsets.max() <= 8
+    pairs = set(map(tuple, offsets.tolist()))
+    assert len(pairs) == 81  # all 9 x 9 crop offsets occur
+    for axis in range(2):
+        freq = torch.bincount(offsets[:, axis], minlength=9).float() / len(offsets)
+        assert torch.all((freq - 1 / 9).abs() < 0.03)
+    assert abs(flips.mean().item() - 0.5) < 0.03
+
+
+def test_crop_flip_pads_with_zeros():
+    x = np.full((512, 32, 32, 3), 200, np.uint8)
+    xb, _ = make_loader("gpu", x, None, BatchSpec(512, augment="crop_flip"), "cpu").batch(0, 0)
+    v = torch.round(xb * 255)
+    rows_zero = (v == 0).all(dim=(1, 3))  # (B, 32): whole row black in all channels
+    cols_zero = (v == 0).all(dim=(1, 2))
+    assert rows_zero.sum(1).max() == 4 and cols_zero.sum(1).max() == 4
+    assert torch.equal((v == 0) | (v == 200), torch.ones_like(v, dtype=torch.bool))
+    assert (rows_zero.sum(1) == 0).any()  # the centre crop occurs too
+
+
+# sha256 of batches (0, 0), (1, 3), (2, 1) of make_synthetic(300), batch 64, seed 7, taken with the
+# code from before cutout (and then AutoAugment) existed: crop_flip and none must still give every
+# batch bit for bit as it was (the old default and --no-augment), so old runs repeat exactly.
+DIGESTS_BEFORE_AUTOAUGMENT = {
+    "crop_flip": "c49c346ef7a370b686fd289eea0ef296e48e8f96f1005047a471c4a6fe3882df",
+    "none_channels_last": "dd9fd06b5e9877dc80963967c732e8d878719fd4130faed825069a2fb9d2ed77",
+}
+
+
+@pytest.mark.parametrize("kind", ["gpu", *STREAMING], ids=["gpu-loader", *STREAMING])
+@pytest.mark.parametrize("options", ["crop_flip", "none_channels_last"])
+def test_crop_flip_and_none_leave_batches_as_they_were(kind, options):
+    x, y = make_synthetic(300)
+    spec = BatchSpec(64, seed=7, augment="crop_flip") if options == "crop_flip" else \
+        BatchSpec(64, seed=7, augment="none", channels_last=True)
+    loader = make_loader(kind, x, y, spec, "cpu", workers=0)
+    digest = hashlib.sha256()
+    for epoch, index in [(0, 0), (1, 3), (2, 1)]:
+        xb, yb = loader.batch(epoch, index)
+        digest.update(xb.numpy().tobytes())
+        digest.update(yb.numpy().tobytes())
+    assert digest.hexdigest() == DIGESTS_BEFORE_AUTOAUGMENT[options]
+
+
+def test_cutout_fills_one_square_clipped_at_the_border():
+    """Each image gets rows [cy - 8, cy + 8) x columns [cx - 8, cx + 8) of the mean colour, clipped."""
+    n, size = 512, 32
+    x = np.random.default_rng(0).integers(1, 256, (n, size, size, 3), dtype=np.uint8)
+    loader = make_loader("gpu", x, None, BatchSpec(128, seed=1), "cpu")
+    mean = torch.tensor(loader.spec.mean)
+    clipped = 0
+    for epoch, index in [(0, 0), (0, 3), (2, 1)]:
+        plan = loader.plan(epoch, index)
+        pixels = loader.augmenter.pixels(loader.images, torch.from_numpy(plan.indices), torch.from_numpy(plan.shift),
+                                         torch.from_numpy(plan.flip), torch.from_numpy(plan.autoaugment))
+        uncut = pixels.permute(0, 3, 1, 2).float() / 255
+        square = torch.zeros(len(plan), size, size, dtype=torch.bool)
+        for b, (cy, cx) in enumerate(plan.cutout):  # [c - 8, c + 8), slicing clips at the border
+            square[b, max(cy - 8, 0):cy + 8, max(cx - 8, 0):cx + 8] = True
+            clipped += (cy < 8) or (cx < 8) or (cy > size - 8) or (cx > size - 8)
+        expected = torch.where(square[:, None], mean[None, :, None, None], uncut)
+        assert torch.equal(loader.batch(epoch, index)[0], expected)  # the square filled, nothing else
+    assert clipped > 0  # the borders were exercised
