@@ -8,7 +8,7 @@ operations, so both give the same batches bit for bit. They realize the draws of
 - ``AutoAugment``: the CIFAR-10 policy (``plan.CIFAR10_POLICY``) per sample, matching the PIL
   reference implementation the authors train with (Pillow's ``ImageOps``/``ImageEnhance``/affine
   ``transform``) bit for bit: the same integer and floating-point arithmetic in the same order
-  (tests/test_data_autoaugment.py compares every operation and magnitude with PIL). Each of the
+  (tests/test_data_augment.py compares every operation and magnitude with PIL). Each of the
   two stages is three batched passes, each an identity for the samples that draw another kind:
   one resampling for the geometric operations (shear: PIL's bicubic along the sheared axis;
   translate and rotate: PIL's nearest neighbour; fills as in the reference), one per-image

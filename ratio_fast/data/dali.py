@@ -14,7 +14,7 @@ on the CPU with ``device_id=None`` on a machine without one):
   but DALI's kernels, so not the same bits. DALI has no bicubic warp (shear runs bilinear), it
   rounds where PIL truncates, and its equalize, autocontrast, contrast and sharpness follow
   OpenCV-style formulas; invert, solarize, posterize, translate and rotate are exact up to
-  float32 coordinates. tests/test_dali.py bounds the difference to the torch loaders.
+  float32 coordinates. tests/test_data_dali.py bounds the difference to the torch loaders.
 - Cutout and the model-input format: ``augment.Augmenter.model_input``, the other loaders' own
   last step, on the planned centres passed through the pipeline untouched.
 
