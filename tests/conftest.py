@@ -3,6 +3,7 @@ import os
 # Triton's interpreter runs the kernels on CPU tensors; it must be chosen before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import contextlib  # noqa: E402
 import importlib  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -84,3 +85,15 @@ class Recording(torch.nn.Module):
     def forward(self, x):
         self.inputs.append(x.detach().clone())
         return self.model(x)
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """The check of the tests that say something "never synchronizes with the host": inside, a
+    CUDA operation that would make the host wait for the GPU raises instead of waiting."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)

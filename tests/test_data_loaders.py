@@ -28,6 +28,7 @@ from ratio_fast.data.loaders import DEVICE_RESIDENT_MAX_BYTES, MEASURED_BATCHES,
 from ratio_fast.data.sources import ArraySource, ImageSource
 from ratio_fast.errors import UserError
 from ratio_fast.models import CIFAR10_MEAN
+from conftest import no_host_sync
 
 STREAMING = ["torch", "dali"]
 
@@ -240,11 +241,8 @@ def test_loader_batches_do_not_sync_the_host(augment):
     x, y = make_synthetic(512)
     loader = ResidentLoader(x, y, BatchSpec(128, augment=augment, channels_last=True), "cuda")
     loader.batch(0, 0)  # the epoch plan is copied to the device here, once
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         xb, yb = loader.batch(0, 1)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert xb.is_cuda and yb.is_cuda
     assert torch.equal(xb.cpu(), ResidentLoader(x, y, loader.spec, "cpu").batch(0, 1)[0])  # CUDA = CPU, bit for bit
 

@@ -10,6 +10,7 @@ import torch
 from ratio_fast import create_model
 from ratio_fast.apgd import APGDTargeted, apgd_run, random_start_point
 from ratio_fast.evaluate import EvalSettings, EvalState, batch_source, evaluate_model
+from conftest import no_host_sync
 
 pytestmark = pytest.mark.gpu
 
@@ -28,11 +29,8 @@ def test_apgd_and_apgd_t_never_synchronize_with_the_host():
 
     attacks()  # warm-up: cuDNN plans, kernel compilation
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         attacks()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_graphed_evaluation_gives_the_eager_numbers(tmp_path):

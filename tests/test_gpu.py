@@ -9,6 +9,7 @@ import torch
 
 from ratio_fast import L2PGD, RatioTrainer, TrainConfig, create_model
 from ratio_fast.ops import pgd_step, pgd_step_ref, random_start, random_start_ref
+from conftest import no_host_sync
 
 pytestmark = pytest.mark.gpu
 
@@ -51,11 +52,8 @@ def test_attack_loop_never_synchronizes_with_the_host():
     y = torch.randint(0, 10, (64,), device="cuda")
     attack = L2PGD(0.5, 5, 0.1, momentum=0.9, keep_best=True)
     attack(model, x, y)  # warm-up: cuDNN plans, kernel compilation
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         attack(model, x, y)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_pgd_step_is_capturable_in_a_cuda_graph():
@@ -195,11 +193,8 @@ def test_full_fast_step_never_synchronizes_with_the_host():
     for _ in range(2):  # compile, capture
         trainer.step(x, y, z)
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with no_host_sync():
         trainer.step(x, y, z)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_non_finite_step_is_skipped_on_cuda():

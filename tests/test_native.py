@@ -15,6 +15,7 @@ import torch
 
 from ratio_fast.errors import UserError
 from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref
+from conftest import no_host_sync
 from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_backend
 
 
@@ -213,12 +214,8 @@ def test_cuda_step_is_captured_by_cuda_graphs_without_host_syncs(cuda_native):
         attack_step()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with torch.cuda.graph(graph):
-            captured = attack_step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    with no_host_sync(), torch.cuda.graph(graph):
+        captured = attack_step()
     # New inputs in the static tensors: a replay must compute with them.
     x2, delta2, grad2, velocity2, _, _ = on_cuda(*make_inputs((64, 3, 32, 32), torch.bfloat16, "channels_last", seed=5))
     for s, t in zip(static, (x2, delta2, grad2, velocity2)):
