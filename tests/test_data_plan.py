@@ -21,7 +21,7 @@ from ratio_fast.errors import UserError
 # The streaming kinds read in the calling process here (workers=0): the plan, not the
 # worker machinery, is under test; tests/test_data_dali.py runs real workers.
 KINDS = ["gpu", "torch", "dali"]
-# Test ids must not be the bare word "gpu": the root conftest skips items whose keywords hold it.
+# The ids name loader kinds ("gpu-loader": the resident loader), not devices: these tests run on CPU.
 KIND_IDS = [f"{kind}-loader" for kind in KINDS]
 
 
