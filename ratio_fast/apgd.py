@@ -33,74 +33,21 @@ and only the input is differentiated: the backward computes no weight gradient.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-from .attacks import OBJECTIVES, Objective, attacking
-from .losses import at_least_fp32, cross_entropy
+from .attacks import attacking, check_attack_settings
+from .losses import PerSampleLoss, resolve_objective, targeted_dlr
+from .models import eval_mode
 from .ops import pgd_step, sample_ball
 from .ops._common import compute_dtype, per_sample, sample_layout
 from .validation import check_number
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)
 RHO = 0.75  # condition 1: the fraction of steps that must raise the loss between checkpoints
-EPS_DIV = 1e-12  # keeps the DLR denominators away from 0
-
-
-def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Untargeted DLR loss, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); > 0 iff misclassified."""
-    if logits.shape[1] < 3:
-        raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[1]}")
-    z = at_least_fp32(logits)
-    top = z.sort(dim=1, descending=True).values
-    z_y = z.gather(1, labels[:, None]).squeeze(1)
-    is_top = z.argmax(1) == labels
-    best_other = torch.where(is_top, top[:, 1], top[:, 0])
-    return -(z_y - best_other) / (top[:, 0] - top[:, 2] + EPS_DIV)
-
-
-def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR loss (AutoAttack's APGD-T), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)."""
-    z = at_least_fp32(logits)
-    top = z.sort(dim=1, descending=True).values
-    z_y = z.gather(1, labels[:, None]).squeeze(1)
-    z_t = z.gather(1, targets[:, None]).squeeze(1)
-    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + EPS_DIV)
-
-
-def max_log_confidence(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """max_k log p_k: the worst-case out-distribution attack makes the model confident. Labels ignored."""
-    return F.log_softmax(at_least_fp32(logits), dim=1).amax(dim=1)
-
-
-def target_log_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p_target (targeted CE, negated): counterfactuals push the target class's probability up."""
-    return -cross_entropy(logits, targets)
-
-
-# name -> per-sample loss to maximize, objective(logits, labels). "target_ce" reads the labels
-# as the target classes; the targeted DLR needs both the true and the target class, so
-# APGDTargeted builds it per row (see there).
-APGD_OBJECTIVES: dict[str, Objective] = {
-    **OBJECTIVES,
-    "dlr": dlr,
-    "max_conf": max_log_confidence,
-    "target_ce": target_log_probability,
-}
-_NEEDS_LABELS = {"ce", "dlr", "target_ce"}
-_LABELS_ARE_TRUE_CLASSES = {"ce", "dlr"}  # where "misclassified" means argmax != labels
-
-
-def resolve_apgd_objective(objective: str | Objective) -> Objective:
-    if callable(objective):
-        return objective
-    if objective not in APGD_OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(APGD_OBJECTIVES)} or a callable, got {objective!r}")
-    return APGD_OBJECTIVES[objective]
+GRAD_NORM_EPS = 1e-12  # AutoAttack steps along g / (||g||_2 + 1e-12)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -117,21 +64,6 @@ def checkpoints(steps: int) -> list[int]:
         window = max(window - shrink, shortest)
         at += window
     return marks
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Run the block with the model in eval mode (BatchNorm running stats) and restore its mode.
-
-    For the no-grad forwards around the attacks (target choice, checks); attacks themselves
-    run under `attacks.attacking`.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 class APGDResult(NamedTuple):
@@ -160,7 +92,7 @@ def apgd_run(
     *,
     eps: float | torch.Tensor,
     steps: int,
-    objective: str | Objective = "ce",
+    objective: str | PerSampleLoss = "ce",
     start: torch.Tensor | None = None,
     random_start: bool = True,
     count_misclassified: bool = False,
@@ -169,15 +101,17 @@ def apgd_run(
 ) -> APGDResult:
     """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
-    eps: a float or per-sample (N,) tensor. objective: a name in APGD_OBJECTIVES or a callable
+    eps: a float or per-sample (N,) tensor. objective: a name in losses.OBJECTIVES or a callable
     (logits, labels) -> per-sample loss. start: the first iterate (a point of the ball and the
     box), instead of a random one (`random_start`, drawn from `generator`) or x itself.
     count_misclassified: also track AutoAttack's success, argmax != y at some iterate.
     Returned points are detached, in x's dtype and memory layout.
     """
-    loss_fn = resolve_apgd_objective(objective)
-    if y is None and (count_misclassified or (isinstance(objective, str) and objective in _NEEDS_LABELS)):
-        raise ValueError(f"the {objective!r} objective (or counting misclassified iterates) needs labels y")
+    objective = resolve_objective(objective)
+    objective.check_labels(y)
+    if count_misclassified and y is None:
+        raise ValueError("counting misclassified iterates needs labels y")
+    loss_fn = objective.loss
     x = x.detach()
     n = x.shape[0]
     eps = per_sample(eps, n, x)
@@ -259,7 +193,7 @@ def _shortening(grad: torch.Tensor) -> torch.Tensor:
     """||g|| / (||g|| + 1e-12) per sample: AutoAttack steps along g / (||g|| + 1e-12), so a gradient
     of norm ~1e-12 (a saturated DLR) takes a shorter step; the fused step normalizes exactly."""
     norm = grad.flatten(1).norm(dim=1).to(torch.float32 if grad.dtype != torch.float64 else grad.dtype)
-    return norm / (norm + EPS_DIV)
+    return norm / (norm + GRAD_NORM_EPS)
 
 
 def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -267,36 +201,27 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
 
 
-def _check_settings(eps, steps) -> None:
-    """The radius as a finite number >= 0 (a per-sample tensor is the caller's: reading it could sync)."""
-    if not isinstance(eps, torch.Tensor):
-        check_number("eps", eps, at_least=0)
-    check_number("steps", steps, at_least=0, integer=True)
-
-
 @dataclass
 class APGD:
     """An L2 APGD attack with fixed settings, called as `attack(model, x, y)` like `L2PGD`.
 
-    Objectives: "ce" (APGD-CE), "dlr" (APGD-DLR), "kl_uniform" (training, out-distribution),
-    "max_conf" (worst-case out-distribution evaluation), "target_ce" (y holds the target class:
-    counterfactuals), or any callable (logits, labels) -> per-sample loss. Calling it returns
-    the highest-loss iterate; `run` returns the whole APGDResult (with AutoAttack's success
-    for "ce" and "dlr").
+    objective: a name in losses.OBJECTIVES ("ce" is APGD-CE, "dlr" APGD-DLR) or any callable
+    (logits, labels) -> per-sample loss. Calling it returns the highest-loss iterate; `run`
+    returns the whole APGDResult, with AutoAttack's success where the labels are the true
+    classes ("ce", "dlr").
     """
 
     eps: float | torch.Tensor
     steps: int
-    objective: str | Objective = "ce"
+    objective: str | PerSampleLoss = "ce"
     random_start: bool = True
     backend: str = "auto"
 
     def __post_init__(self):
-        _check_settings(self.eps, self.steps)
-        resolve_apgd_objective(self.objective)
+        check_attack_settings(self.eps, self.steps, self.objective)
 
     def run(self, model, x, y=None, generator=None, start=None) -> APGDResult:
-        counts = y is not None and isinstance(self.objective, str) and self.objective in _LABELS_ARE_TRUE_CLASSES
+        counts = y is not None and resolve_objective(self.objective).labels_are_true_classes
         return self._run(model, x, y, generator, start, counts)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
@@ -334,7 +259,7 @@ class APGDTargeted:
 
     def __post_init__(self):
         check_number("targets", self.targets, at_least=1, integer=True)
-        _check_settings(self.eps, self.steps)
+        check_attack_settings(self.eps, self.steps)
 
     def rows(self, model, x, y, generator=None):
         """The (image, target) rows, target-major: (x, y, targets, start, eps), each (T*N, ...)."""

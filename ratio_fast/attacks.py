@@ -17,30 +17,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from .losses import cross_entropy, kl_to_uniform
+from .losses import PerSampleLoss, resolve_objective
+from .models import eval_mode
 from .ops import pgd_step, sample_ball
 from .ops._common import per_sample
 from .validation import check_number
-
-Objective = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-
-# name -> per-sample loss to maximize, called as objective(logits, labels)
-OBJECTIVES: dict[str, Objective] = {
-    "ce": cross_entropy,  # in-distribution: push the true class down
-    "kl_uniform": kl_to_uniform,  # out-distribution: make the model confident (no labels needed)
-}
-
-
-def resolve_objective(objective: str | Objective) -> Objective:
-    if callable(objective):
-        return objective
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or a callable, got {objective!r}")
-    return OBJECTIVES[objective]
 
 
 @dataclass
@@ -65,18 +49,28 @@ class _Iterates:
 @contextmanager
 def attacking(model: torch.nn.Module, input_grad_only: bool):
     """Eval mode and gradients enabled; with input_grad_only, the weights stop requiring grad."""
-    was_training = model.training
     frozen = [p for p in model.parameters() if p.requires_grad] if input_grad_only else []
-    model.eval()
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
+    with eval_mode(model), torch.enable_grad():
         for p in frozen:
-            p.requires_grad_(True)
-        model.train(was_training)
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+
+
+def check_attack_settings(eps, steps, objective: str | PerSampleLoss | None = None, step_size=None) -> None:
+    """What every attack object checks when it is built, with one message format: eps (and a
+    step size) a finite number >= 0, steps an integer >= 0, the objective a registered name or
+    a callable. A per-sample tensor eps or step size is the caller's to check: reading a CUDA
+    tensor here would sync."""
+    for name, value in (("eps", eps), ("step_size", step_size)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            check_number(name, value, at_least=0)
+    check_number("steps", steps, at_least=0, integer=True)
+    if objective is not None:
+        resolve_objective(objective)
 
 
 def _start(x, eps, step_size, momentum, random_start, generator, backend) -> _Iterates:
@@ -126,12 +120,12 @@ def l2_pgd(
     momentum: float = 0.0,
     random_start: bool = False,
     keep_best: bool = False,
-    objective: str | Objective = "ce",
+    objective: str | PerSampleLoss = "ce",
     backend: str = "auto",
     generator: torch.Generator | None = None,
     input_grad_only: bool = True,
 ) -> torch.Tensor:
-    """Projected L2 PGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
+    """Projected L2 PGD maximizing `objective` (a name in losses.OBJECTIVES or a callable) within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps and step_size are floats or per-sample (N,) tensors. momentum > 0 accumulates the
     L1-normalized gradient (the authors' ArgminPGD); keep_best returns, per sample, the iterate
@@ -140,9 +134,9 @@ def l2_pgd(
     cost of a plain backward, there only to measure what skipping them saves.
     Returns x_adv, detached, in x's dtype and memory layout.
     """
-    loss_fn = resolve_objective(objective)
-    if loss_fn is cross_entropy and y is None:
-        raise ValueError("the 'ce' objective needs labels y")
+    objective = resolve_objective(objective)
+    objective.check_labels(y)
+    loss_fn = objective.loss
     with attacking(model, input_grad_only):
         it = _start(x, eps, step_size, momentum, random_start, generator, backend)
         it = _iterate(model, it, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only)
@@ -172,19 +166,13 @@ class L2PGD:
     momentum: float = 0.0
     random_start: bool = False
     keep_best: bool = False
-    objective: str | Objective = "ce"
+    objective: str | PerSampleLoss = "ce"
     backend: str = "auto"
     input_grad_only: bool = True
 
     def __post_init__(self):
-        # Per-sample tensors are the caller's to check: reading a CUDA tensor here would sync.
-        if not isinstance(self.eps, torch.Tensor):
-            check_number("eps", self.eps, at_least=0)
-        if not isinstance(self.step_size, torch.Tensor):
-            check_number("step_size", self.step_size, at_least=0)
-        check_number("steps", self.steps, at_least=0, integer=True)
+        check_attack_settings(self.eps, self.steps, self.objective, step_size=self.step_size)
         check_number("momentum", self.momentum, at_least=0)
-        resolve_objective(self.objective)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
         return l2_pgd(
@@ -220,9 +208,10 @@ def joint_l2_pgd(
     mismatched = [name for name in _SHARED if getattr(attack_x, name) != getattr(attack_z, name)]
     if mismatched:
         raise ValueError(f"joint_l2_pgd needs the two attacks to agree on {', '.join(mismatched)}")
-    loss_x, loss_z = resolve_objective(attack_x.objective), resolve_objective(attack_z.objective)
-    if loss_x is cross_entropy and y is None:
-        raise ValueError("the 'ce' objective needs labels y")
+    objective_x, objective_z = resolve_objective(attack_x.objective), resolve_objective(attack_z.objective)
+    objective_x.check_labels(y)
+    objective_z.check_labels(None)  # z, the out-distribution, has no labels
+    loss_x, loss_z = objective_x.loss, objective_z.loss
     n = x.shape[0]
 
     def joint_loss(logits, labels):

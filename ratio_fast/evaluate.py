@@ -29,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .apgd import APGDTargeted, apgd_run, eval_mode, random_start_point
+from .apgd import APGDTargeted, apgd_run, random_start_point
 from .attacks import L2PGD
 from .cuda_graph import GraphedCall
 from .data.loaders import BatchSpec, Loader, ResidentLoader
 from .errors import UserError
 from .files import atomic_save
+from .models import eval_mode
 from .ood import max_confidence, ood_metrics
 from .ops._common import sample_layout
 from .progress import Progress
@@ -47,13 +48,11 @@ Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % int
 @torch.no_grad()
 def clean_accuracy(model: torch.nn.Module, batches) -> float:
     """Fraction of correct top-1 predictions over an iterable of (x, y) batches, model in eval mode."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for x, y in batches:
-        correct = correct + (model(x).argmax(1) == y).sum()
-        total += y.shape[0]
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:
+            correct = correct + (model(x).argmax(1) == y).sum()
+            total += y.shape[0]
     return float(correct) / max(total, 1)
 
 
@@ -62,15 +61,13 @@ def robust_accuracy(model: torch.nn.Module, batches, attack: L2PGD) -> float:
 
     `attack` is any object called as attack(model, x, y) -> x_adv: L2PGD, APGD, APGDTargeted.
     """
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for x, y in batches:
-        x_adv = attack(model, x, y)
-        with torch.no_grad():
-            correct = correct + (model(x_adv).argmax(1) == y).sum()
-        total += y.shape[0]
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in batches:
+            x_adv = attack(model, x, y)
+            with torch.no_grad():
+                correct = correct + (model(x_adv).argmax(1) == y).sum()
+            total += y.shape[0]
     return float(correct) / max(total, 1)
 
 

@@ -1,10 +1,22 @@
-"""The losses RATIO attacks and trains on; per-sample forms are what the attacks maximize."""
+"""The losses RATIO attacks and trains on, and the attack objectives by name.
+
+Per-sample forms are what the attacks maximize. `OBJECTIVES` names each with what its labels
+must be; every attack (L2PGD, APGD) and their callers turn a name into an `Objective` with
+`resolve_objective`, the one place that knows the names.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+# loss(logits, labels) -> per-sample loss (N,); labels may be None where the loss ignores them
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+DLR_EPS = 1e-12  # AutoAttack's: keeps the DLR denominators away from 0
 
 
 def at_least_fp32(logits: torch.Tensor) -> torch.Tensor:
@@ -25,6 +37,83 @@ def kl_to_uniform(logits: torch.Tensor, labels: torch.Tensor | None = None) -> t
     """
     log_p = F.log_softmax(at_least_fp32(logits), dim=1)
     return -log_p.mean(dim=1) - math.log(logits.shape[1])
+
+
+def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Untargeted DLR loss, -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3); > 0 iff misclassified."""
+    if logits.shape[1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[1]}")
+    z = at_least_fp32(logits)
+    top = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    is_top = z.argmax(1) == labels
+    best_other = torch.where(is_top, top[:, 1], top[:, 0])
+    return -(z_y - best_other) / (top[:, 0] - top[:, 2] + DLR_EPS)
+
+
+def targeted_dlr(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targeted DLR loss (AutoAttack's APGD-T), -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2).
+
+    Not in OBJECTIVES: it needs the true and the target class, so APGDTargeted builds it per row.
+    """
+    z = at_least_fp32(logits)
+    top = z.sort(dim=1, descending=True).values
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    z_t = z.gather(1, targets[:, None]).squeeze(1)
+    return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + DLR_EPS)
+
+
+def max_log_confidence(logits: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """max_k log p_k: the worst-case out-distribution attack makes the model confident. Labels ignored."""
+    return F.log_softmax(at_least_fp32(logits), dim=1).amax(dim=1)
+
+
+def target_log_probability(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p_target (targeted CE, negated): counterfactuals push the target class's probability up."""
+    return -cross_entropy(logits, targets)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A per-sample loss an attack maximizes, `loss(logits, labels)`, and what its labels are.
+
+    needs_labels: the loss reads the labels, so an attack without them is refused before it runs.
+    labels_are_true_classes: the labels are the true classes, so an iterate with argmax != label
+    is misclassified (APGD counts AutoAttack's success only for these).
+    """
+
+    name: str
+    loss: PerSampleLoss
+    needs_labels: bool
+    labels_are_true_classes: bool = False
+
+    def check_labels(self, labels: torch.Tensor | None) -> None:
+        if self.needs_labels and labels is None:
+            raise ValueError(f"the {self.name!r} objective needs labels y")
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    # in-distribution: push the true class down (training, APGD-CE)
+    Objective("ce", cross_entropy, needs_labels=True, labels_are_true_classes=True),
+    # APGD-DLR: the margin to the best other class, scale-free
+    Objective("dlr", dlr, needs_labels=True, labels_are_true_classes=True),
+    # out-distribution in training: make the model confident (no labels)
+    Objective("kl_uniform", kl_to_uniform, needs_labels=False),
+    # out-distribution in evaluation: the worst-case max confidence (no labels)
+    Objective("max_conf", max_log_confidence, needs_labels=False),
+    # counterfactuals: the labels are the target classes
+    Objective("target_ce", target_log_probability, needs_labels=True),
+)}
+
+
+def resolve_objective(objective: str | PerSampleLoss) -> Objective:
+    """The registered objective of that name; a callable becomes one whose needs are its own
+    (its labels are passed as given, never checked, never read as the true classes)."""
+    if callable(objective):
+        return Objective(getattr(objective, "__name__", repr(objective)), objective, needs_labels=False)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)} or a callable, got {objective!r}")
+    return OBJECTIVES[objective]
 
 
 def ratio_loss(
