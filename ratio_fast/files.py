@@ -85,11 +85,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = 
         os.replace(tmp, path)
         _fsync_directory(path.parent)  # make the rename itself durable
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise file_error(path, error, advice=advice) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file if it is there; where it cannot be (its folder is gone or is a
+    file), the error being reported is the one to see, not this one."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_save(path: str | Path, obj, advice: str = "") -> None:
