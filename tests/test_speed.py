@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ratio_fast import L2PGD, RatioTrainer, TrainConfig, create_model
-from ratio_fast.attack_schedule import choose_schedule, run_attacks
+from ratio_fast.attack_schedule import run_attacks
 from ratio_fast.attacks import joint_l2_pgd
 from ratio_fast.cli import build_parser
 from ratio_fast.errors import UserError
@@ -71,30 +71,6 @@ def test_attack_with_weight_gradients_gives_the_same_examples(trained_tiny, in_a
 
 # ---- the measured choice ------------------------------------------------------------------
 
-def test_auto_choice_measures_once_then_reads_the_cache(tmp_path):
-    cache = tmp_path / "cache.json"
-    measured = []
-
-    def measure(name):
-        measured.append(name)
-        return {"streams": 0.020, "concat": 0.012}[name]
-
-    first = choose_schedule("gpu A | model", measure, cache_path=cache)
-    assert (first.schedule, first.cached, sorted(measured)) == ("concat", False, ["concat", "streams"])
-    assert first.timings_ms == pytest.approx({"streams": 20.0, "concat": 12.0})
-    assert "concat" in first.describe() and "streams 20.0 ms" in first.describe()
-
-    again = choose_schedule("gpu A | model", measure, cache_path=cache)
-    assert (again.schedule, again.cached, len(measured)) == ("concat", True, 2)
-    other = choose_schedule("gpu B | model", lambda name: {"streams": 1.0, "concat": 2.0}[name], cache_path=cache)
-    assert other.schedule == "streams"
-    assert set(json.loads(cache.read_text())) == {"gpu A | model", "gpu B | model"}
-
-    cache.write_text("{ not json")  # a torn or foreign file is measured over, not an error
-    assert choose_schedule("gpu A | model", measure, cache_path=cache).cached is False
-    assert json.loads(cache.read_text())["gpu A | model"]["fastest"] == "concat"
-
-
 def test_trainer_auto_schedule_uses_the_injected_timer_and_logs(synthetic_split, tmp_path):
     x, y = synthetic_split["train"]
     x, y, z = x[:32], y[:32], synthetic_split["out"][:32]
@@ -115,10 +91,12 @@ def test_trainer_auto_schedule_uses_the_injected_timer_and_logs(synthetic_split,
     measured.step(x, y, z)
     assert sorted(ran) == ["concat", "streams"]
     assert measured.schedule_choice.schedule == "concat" and lines == [measured.schedule_choice.describe()]
+    assert lines == ["attack schedule: concat (measured: streams 500.0 ms, concat 100.0 ms)"]
 
     cached = trainer()
     cached.step(x, y, z)
     assert len(ran) == 2 and cached.schedule_choice.cached  # the second run only read the cache
+    assert cached.schedule_choice.describe() == "attack schedule: concat (cached: concat 100.0 ms, streams 500.0 ms)"
 
     torch.manual_seed(0)
     explicit = RatioTrainer(create_model("tiny"), TrainConfig(**{**config.to_dict(), "attack_schedule": "concat"}),
