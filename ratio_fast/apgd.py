@@ -85,20 +85,10 @@ def random_start_point(x: torch.Tensor, eps: float | torch.Tensor, generator: to
     return sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend)[0]
 
 
-def apgd_run(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None = None,
-    *,
-    eps: float | torch.Tensor,
-    steps: int,
-    objective: str | PerSampleLoss = "ce",
-    start: torch.Tensor | None = None,
-    random_start: bool = True,
-    count_misclassified: bool = False,
-    backend: str = "auto",
-    generator: torch.Generator | None = None,
-) -> APGDResult:
+def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | torch.Tensor,
+             steps: int, objective: str | PerSampleLoss = "ce", start: torch.Tensor | None = None,
+             random_start: bool = True, count_misclassified: bool = False, backend: str = "auto",
+             generator: torch.Generator | None = None) -> APGDResult:
     """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps: a float or per-sample (N,) tensor. objective: a name in losses.OBJECTIVES or a callable
