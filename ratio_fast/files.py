@@ -1,10 +1,12 @@
 """Files a run writes: atomic replacement, one writer per run directory, and one-line errors.
 
-- `atomic_write` / `atomic_save`: the new bytes go to a temporary file beside the target, are
-  flushed to disk, and replace the target in one rename, so a crash, a kill -9 or a full disk
-  at any moment leaves the old file or the new one, never half of one. Temporary names carry
-  the host and the process id; a process only removes temporaries of its own, or of a process
-  of this host that no longer runs (a kill -9 skips every cleanup).
+- `atomic_write` (and `atomic_save`, `atomic_write_text`, `atomic_copy` on top of it): the one
+  writer of checkpoints, config.json, exports, eval and counterfactual results, the measurement
+  cache and downloads (metrics.jsonl is appended to). The new bytes go to a temporary file beside
+  the target, are flushed to disk, and replace the target in one rename, so a crash, a kill -9
+  or a full disk at any moment leaves the old file or the new one, never half of one.
+  Temporary names carry the host and the process id; a process only removes temporaries of its
+  own, or of a process of this host that no longer runs (a kill -9 skips every cleanup).
 - `RunDirectoryLock`: an exclusive `flock` on `<run dir>/.lock`. The kernel releases it when the
   process ends in any way, so a killed run never leaves a stale lock behind, and a second run
   into the same directory fails at once, naming the holder's PID.
@@ -19,7 +21,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -68,7 +70,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = 
     """Call write(tmp_path) and then rename tmp_path over path: all of the new file or none of it.
 
     The file gets the mode a plain open() would give (0666 less the umask). An OSError becomes
-    a UserError naming `path` (plus `advice`); the previous file is left as it was.
+    a UserError naming `path` (plus `advice`), other errors pass through; either way the
+    temporary file is removed and the previous file is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{_owner_tag()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
@@ -108,6 +111,46 @@ def atomic_save(path: str | Path, obj, advice: str = "") -> None:
 
 def atomic_write_text(path: str | Path, text: str, advice: str = "") -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), advice)
+
+
+def atomic_copy(path: str | Path, chunks: Iterable[bytes], advice: str = "") -> None:
+    """Write the bytes `chunks` yields to path with `atomic_write`: a download, chunk by chunk.
+
+    Only the file system's errors become the one-line file error. An error the iterator raises
+    is the source's (the network failing, or a checksum the iterator checks after its last
+    chunk): it passes through as it was raised, not reworded as a write error. Either way no
+    temporary file is left and the previous file is kept.
+    """
+    def from_source() -> Iterable[bytes]:
+        iterator = iter(chunks)
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:  # an OSError here (URLError, a timeout) is not the file system's
+                raise _SourceError(error) from None
+            yield chunk
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            for chunk in from_source():
+                out.write(chunk)
+
+    try:
+        atomic_write(path, write, advice)
+        return
+    except _SourceError as failed:
+        error = failed.error
+    raise error  # outside the except block, so the source's error keeps its own context
+
+
+class _SourceError(Exception):
+    """Carries an error of `atomic_copy`'s source past `atomic_write`'s OSError handling."""
+
+    def __init__(self, error: Exception):
+        super().__init__(error)
+        self.error = error
 
 
 def _owner_tag() -> str:

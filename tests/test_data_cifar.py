@@ -4,6 +4,7 @@ in tmp_path. The helpers that write CIFAR files are used by tests/test_data_sour
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -150,6 +151,52 @@ def test_offline_download_names_directory_and_url(tmp_path, monkeypatch):
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
     assert "data_batch_1" in msg and "\n" not in msg
     assert not any(tmp_path.iterdir())
+
+
+class FakeResponse:
+    """What urlopen returns: `chunks`, then `error` (a dropped connection) or the end of the file."""
+
+    def __init__(self, chunks: list[bytes], error: Exception | None = None):
+        self.chunks, self.error = list(chunks), error
+
+    def read(self, size: int) -> bytes:
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.error is not None:
+            raise self.error
+        return b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.mark.parametrize("error", [urllib.error.URLError("connection reset"), TimeoutError("read timed out")])
+def test_a_network_error_mid_download_is_a_download_error_and_leaves_nothing(tmp_path, monkeypatch, error):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: FakeResponse([b"\x1f\x8b part"], error))
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError) as info:
+        load_cifar("cifar10", data_dir, train=True)
+    message = str(info.value)
+    assert "download failed" in message and str(error) in message and "\n" not in message
+    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+    assert not data_dir.exists()  # no temporary file, no archive, not the directory it made
+
+
+def test_a_full_disk_during_a_download_is_the_one_line_file_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: FakeResponse([b"all of it"]))
+    monkeypatch.setattr(os, "fsync", disk_full)
+    data_dir = tmp_path / "data"
+    with pytest.raises(UserError) as info:
+        load_cifar("cifar10", data_dir, train=True, md5=hashlib.md5(b"all of it").hexdigest())
+    monkeypatch.undo()
+    assert str(info.value) == f"cannot write {data_dir / 'cifar-10-python.tar.gz'}: the disk is full"
+    assert not data_dir.exists()
 
 
 def test_missing_files_without_download(tmp_path):

@@ -11,9 +11,9 @@ in row-major order. ``load_cifar`` returns images as uint8 (N, 32, 32, 3) HWC an
 as int64 (N,).
 
 When files are missing and download is on, the official tarball is fetched, its md5
-checked, written atomically (temporary file, then rename) and extracted. Every failure a
-user can fix (offline, wrong checksum, corrupt or truncated file, wrong sizes, labels out
-of range) is a ``UserError`` naming the file or directory.
+checked, written atomically (``files.atomic_copy``) and extracted. Every failure a user can
+fix (offline, wrong checksum, corrupt or truncated file, wrong sizes, labels out of range, a
+full disk) is a ``UserError`` naming the file or directory.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ratio_fast.errors import UserError
+from ratio_fast.files import atomic_copy
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +217,8 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
             _download(url, archive, md5)
         except BaseException as e:
             _remove_empty(created)  # a mistyped --data-dir leaves nothing behind
-            if isinstance(e, (OSError, ValueError)) and not isinstance(e, UserError):  # URLError, timeouts, bad URLs
+            # URLError, timeouts, bad URLs; a UserError (wrong md5, a full disk) already says what it is
+            if isinstance(e, (OSError, ValueError)) and not isinstance(e, UserError):
                 raise UserError(_missing_message(spec, folder, missing, url, f"download failed: {e}")) from e
             raise
     _extract(archive, root, spec)
@@ -235,25 +238,24 @@ def _remove_empty(directories: list[Path]) -> None:
 
 
 def _download(url: str, dest: Path, md5: str) -> None:
-    """Stream ``url`` into a temporary file next to ``dest``, check md5, then rename.
+    """Stream ``url`` into ``dest`` with ``files.atomic_copy``: ``dest`` is either absent or
+    complete with the right md5, even when several processes (DDP ranks) download at once or
+    the download is interrupted. Network errors pass through; file-system errors are one line."""
+    atomic_copy(dest, _checked_chunks(url, md5))
 
-    The rename is atomic, so ``dest`` is either absent or complete, even when several
-    processes (DDP ranks) download at once or the download is interrupted.
-    """
+
+def _checked_chunks(url: str, md5: str) -> Iterator[bytes]:
+    """The bytes at ``url`` in chunks; after the last one, a UserError unless their md5 is ``md5``."""
     digest = hashlib.md5(usedforsecurity=False)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != md5:
-            raise UserError(f"{url}: md5 {digest.hexdigest()} does not match the expected {md5}; "
-                            f"the download is damaged or not the official file, try again")
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with urllib.request.urlopen(url, timeout=60) as response:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            yield chunk
+    if digest.hexdigest() != md5:
+        raise UserError(f"{url}: md5 {digest.hexdigest()} does not match the expected {md5}; "
+                        f"the download is damaged or not the official file, try again")
+
+
 
 
 def _md5_of(path: Path) -> str:
