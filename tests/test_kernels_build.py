@@ -1,9 +1,9 @@
 """The CMake build of kernels/ as CI checks it, into a temporary directory.
 
 With -DRATIO_FAST_WERROR=ON every warning is an error, register spills of the CUDA kernels
-included (`-Xptxas=-warn-spills` under `-Werror=all-warnings`); the CUDA part is built for sm_90
-only, to stay fast. CI has nvcc and no GPU: building needs no driver. A configure that finds no
-CUDA compiler says so in one line.
+included (`-Xptxas=-warn-spills` under `-Werror=all-warnings`), the test-only library too; the
+CUDA part is built for sm_90 only, to stay fast. CI has nvcc and no GPU: building needs no
+driver. A configure that finds no CUDA compiler says so in one line.
 """
 import ctypes
 import json
@@ -41,12 +41,12 @@ def test_kernels_build_for_sm90_with_warnings_and_spills_as_errors(tmp_path):
     cmake("-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DRATIO_FAST_WERROR=ON",
           "-DCMAKE_CUDA_ARCHITECTURES=90", f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DRATIO_FAST_LIB_DIR={lib_dir}",
           "-DCMAKE_EXPORT_COMPILE_COMMANDS=ON")
-    cmake("--build", str(build), "--parallel", str(os.cpu_count() or 1))
+    cmake("--build", str(build), "--target", "all", "ratio_fast_cpu_tests", "--parallel", str(os.cpu_count() or 1))
 
     commands = json.loads((build / "compile_commands.json").read_text())
     cuda = [c["command"] for c in commands if c["file"].endswith(".cu")]
     cpp = [c["command"] for c in commands if c["file"].endswith(".cpp")]
-    assert len(cuda) == 3 and len(cpp) == 3
+    assert len(cuda) == 3 and len(cpp) == 4  # the CPU library's 3 and the test-only library's 1
     for command in cuda:  # the switch really reaches nvcc and ptxas
         assert "-Werror=all-warnings" in command and "-Xptxas=-warn-spills" in command
         assert "arch=compute_90,code=" in command and "compute_80" not in command

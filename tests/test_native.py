@@ -2,9 +2,10 @@
 
 tests/test_ops.py runs every op check on backend='native' too (the C++ kernels here). This file
 covers what is native only: the library build and loading, the fp16/bf16 conversions of the C++
-code, x stored in half precision, thread-count independence, and (marked gpu) the CUDA kernels
-against the reference, inside CUDA graphs and on side streams. A missing library fails these
-tests unless RATIO_FAST_NO_NATIVE=1 / RATIO_FAST_NO_CUDA=1 disabled its build.
+code (exported by a test-only library, built here), x stored in half precision, thread-count
+independence, and (marked gpu) the CUDA kernels against the reference, inside CUDA graphs and on
+side streams. A missing library fails these tests unless RATIO_FAST_NO_NATIVE=1 /
+RATIO_FAST_NO_CUDA=1 disabled its build.
 """
 import ctypes
 import shutil
@@ -16,6 +17,7 @@ import torch
 from ratio_fast.errors import UserError
 from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref
 from conftest import no_host_sync
+from test_kernels_build import ROOT, cmake
 from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_backend
 
 
@@ -23,6 +25,21 @@ from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_ba
 def cpu_library():
     require_backend("native", "cpu")
     return native.load_library("cpu")
+
+
+@pytest.fixture(scope="session")
+def conversions_library(tmp_path_factory):
+    """The test-only library ratio_fast_cpu_tests (CMakeLists.txt): the CPU kernels' storage
+    conversions, exported. pip install builds only the shipped libraries, so it is built here."""
+    require_backend("native", "cpu")
+    build = tmp_path_factory.mktemp("cpu_tests")
+    cmake("-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DRATIO_FAST_CUDA=OFF",
+          f"-DRATIO_FAST_LIB_DIR={build / 'lib'}")
+    cmake("--build", str(build), "--target", "ratio_fast_cpu_tests")
+    lib = ctypes.CDLL(str(build / f"libratio_fast_cpu_tests{native.library_path('cpu').suffix}"))
+    p, i = ctypes.c_void_p, ctypes.c_int  # ratio_fast_cpu_convert in kernels/cpu/test_exports.cpp
+    lib.ratio_fast_cpu_convert.argtypes, lib.ratio_fast_cpu_convert.restype = [p, i, p, i, ctypes.c_int64], i
+    return lib
 
 
 @pytest.fixture
@@ -47,13 +64,13 @@ def same_bits_or_both_nan(a, b):
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_half_to_float_is_exact_for_every_bit_pattern(cpu_library, half):
+def test_half_to_float_is_exact_for_every_bit_pattern(conversions_library, half):
     every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(half)
-    assert same_bits_or_both_nan(convert(cpu_library, every, torch.float32), every.float())
+    assert same_bits_or_both_nan(convert(conversions_library, every, torch.float32), every.float())
 
 
 @pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
-def test_float_to_half_rounds_like_torch(cpu_library, half):
+def test_float_to_half_rounds_like_torch(conversions_library, half):
     g = torch.Generator().manual_seed(0)
     # Random bit patterns cover every exponent (subnormals, inf, NaN included); the listed values
     # sit on rounding ties, at the fp16 overflow threshold and around the subnormal boundary.
@@ -62,7 +79,11 @@ def test_float_to_half_rounds_like_torch(cpu_library, half):
                           2**-14 - 2**-25, 2**-24, 2**-25, 2**-25 + 2**-40, 3 * 2**-26, 1e-8, 0.3, 0.7,
                           float("inf"), -float("inf"), float("nan"), 3.4e38])
     values = torch.cat([patterns.view(torch.float32), edges, -edges, torch.rand(10_000, generator=g)])
-    assert same_bits_or_both_nan(convert(cpu_library, values, half), values.to(half))
+    assert same_bits_or_both_nan(convert(conversions_library, values, half), values.to(half))
+
+
+def test_the_shipped_library_leaves_the_test_exports_out(cpu_library):
+    assert not hasattr(cpu_library, "ratio_fast_cpu_convert")
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16])

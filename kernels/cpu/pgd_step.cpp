@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "entry_point.h"
 #include "nan_rule.h"
 #include "parallel.h"
-#include "pgd_step_args.h"
-#include "ratio_fast_kernels.h"
+#include "pgd_step_sample.h"
 #include "reduce.h"
 #include "storage_types.h"
 
@@ -20,14 +20,15 @@ namespace {
 
 template <typename XT, typename GT>
 void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
-  const int64_t d = a.d, base = i * d;
-  const XT* x = static_cast<const XT*>(a.x) + base;
-  const GT* g = static_cast<const GT*>(a.grad) + base;
-  const float* delta = a.delta + base;
-  const float* v_old = a.velocity ? a.velocity + base : nullptr;
-  XT* x_out = static_cast<XT*>(a.x_out) + base;
-  float* delta_out = a.delta_out + base;
-  float* v_out = v_old ? a.velocity_out + base : nullptr;
+  const PgdStepSample<XT, GT> s(a, i);
+  const int64_t d = a.d;
+  const XT* x = s.x();
+  const GT* g = s.grad();
+  const float* delta = s.delta();
+  const float* v_old = s.velocity();
+  XT* x_out = s.x_out();
+  float* delta_out = s.delta_out();
+  float* v_out = s.velocity_out();
 
   const float l1 = lane_sum(d, [&](int64_t j) { return std::fabs(to_float(g[j])); });
   if (!std::isfinite(l1)) {  // inf/NaN gradient (fp16 overflow): keep delta and velocity
@@ -40,8 +41,8 @@ void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
     return;
   }
 
-  const float inv_l1 = l1 > 0 ? 1.0f / l1 : 0.0f;
-  float* v_new = v_out ? v_out : delta_out;
+  const float inv_l1 = inverse_l1(l1);
+  float* v_new = v_out ? v_out : delta_out;  // scratch without a velocity output
   const float vv = v_old ? lane_sum(d, [&](int64_t j) {
     const float v = a.momentum * v_old[j] + to_float(g[j]) * inv_l1;
     v_new[j] = v;
@@ -61,8 +62,7 @@ void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
     return d_new * d_new;
   });
 
-  const float d_norm = std::sqrt(dd), eps = a.eps[i];
-  const float scale = d_norm > eps ? eps / d_norm : 1.0f;  // eps 0: scale 0, no perturbation
+  const float scale = projection_scale(std::sqrt(dd), a.eps[i]);  // eps 0: scale 0, no perturbation
   for (int64_t j = 0; j < d; ++j) {
     const float xj = to_float(x[j]), x_adv = clamp01(xj + delta_out[j] * scale);
     x_out[j] = from_float<XT>(x_adv);
@@ -73,19 +73,13 @@ void pgd_step_sample(const PgdStepArgs& a, int64_t i) {
 }  // namespace
 }  // namespace ratio_fast
 
-extern "C" int ratio_fast_cpu_pgd_step(const void* x, int x_dtype, const float* delta, const void* grad,
-                                       int grad_dtype, const float* velocity, const float* eps, const float* step,
-                                       void* x_out, float* delta_out, float* velocity_out, int64_t n, int64_t d,
-                                       float momentum, int num_threads) {
+extern "C" int ratio_fast_cpu_pgd_step(const PgdStepArgs* args, int num_threads) {
   using namespace ratio_fast;
-  if (n < 0 || d < 0 || (velocity && !velocity_out)) return RF_ERROR_ARGUMENT;
-  const PgdStepArgs args{x, delta, grad, velocity, eps, step, x_out, delta_out, velocity_out, d, momentum};
-  bool known = false;
-  with_storage_type(x_dtype, [&](auto x_type) {
-    known = with_storage_type(grad_dtype, [&](auto grad_type) {
-      for_each_sample(n, d, num_threads, [&](int64_t i) {
-        pgd_step_sample<decltype(x_type), decltype(grad_type)>(args, i);
-      });
+  if (!args || !valid(*args)) return RF_ERROR_ARGUMENT;
+  const PgdStepArgs& a = *args;
+  const bool known = Storage::with_pair(a.x_dtype, a.grad_dtype, [&](auto x_type, auto grad_type) {
+    for_each_sample(a.n, a.d, num_threads, [&](int64_t i) {
+      pgd_step_sample<decltype(x_type), decltype(grad_type)>(a, i);
     });
   });
   return known ? 0 : RF_ERROR_DTYPE;

@@ -1,5 +1,5 @@
 // The storage types of the CPU kernels: fp16 / bf16 <-> fp32 conversions, bit-exact with torch's
-// .to(dtype) (round to nearest even), and the dispatch from an rf_dtype code to a type.
+// .to(dtype) (round to nearest even), and the CPU's StorageTypes (entry_point.h).
 //
 // Plain integer and float arithmetic (no _Float16, no intrinsics), so any C++17 compiler builds
 // it and the conversion loops stay vectorizable. Needs IEEE fp32 without flush-to-zero: do not
@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "ratio_fast_kernels.h"
+#include "entry_point.h"
 
 namespace ratio_fast {
 
@@ -85,15 +85,6 @@ inline Half from_float<Half>(float f) {
   return Half{uint16_t(sign | uint16_t(units))};
 }
 
-// Calls f(T{}) with T the storage type of an rf_dtype code; false for an unknown code.
-template <typename F>
-bool with_storage_type(int dtype, F&& f) {
-  switch (dtype) {
-    case RF_FLOAT32: f(float{}); return true;
-    case RF_FLOAT16: f(Half{}); return true;
-    case RF_BFLOAT16: f(BFloat16{}); return true;
-    default: return false;
-  }
-}
+using Storage = StorageTypes<Half, BFloat16>;  // the rf_dtype codes' types on the CPU
 
 }  // namespace ratio_fast

@@ -1,5 +1,5 @@
-// Shared by the CUDA kernels: storage-type loads and stores, the block reduction, the dtype
-// dispatch and the device guard of the C entry points (clamp01 and norm_or_one: nan_rule.h).
+// Shared by the CUDA kernels: storage-type loads and stores, the block reduction, the storage
+// types and the device guard of the C entry points (clamp01 and norm_or_one: nan_rule.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -8,8 +8,8 @@
 
 #include <cstdint>
 
+#include "entry_point.h"
 #include "nan_rule.h"
-#include "ratio_fast_kernels.h"
 
 namespace ratio_fast {
 
@@ -39,16 +39,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
-// Calls f(T{}) with T the device storage type of an rf_dtype code; false for an unknown code.
-template <typename F>
-bool with_storage_type(int dtype, F&& f) {
-  switch (dtype) {
-    case RF_FLOAT32: f(float{}); return true;
-    case RF_FLOAT16: f(__half{}); return true;
-    case RF_BFLOAT16: f(__nv_bfloat16{}); return true;
-    default: return false;
-  }
-}
+using Storage = StorageTypes<__half, __nv_bfloat16>;  // the rf_dtype codes' types on the device
 
 // Makes `device` current for the launch and restores the caller's device afterwards. This
 // library links its own CUDA runtime, whose current device need not follow torch's.
@@ -68,6 +59,14 @@ class DeviceGuard {
   int previous_ = 0;
 };
 
+constexpr int kMaxThreads = 1024;  // CUDA's limit per block
+
 inline int round_up_to_warp(int64_t threads) { return int((threads + 31) / 32 * 32); }
+
+// What both entry points require of a launch: one block per sample (a grid dimension holds
+// INT32_MAX), and a forced block size that is whole warps within the limit (0: the kernel's own).
+inline bool valid_launch(int64_t n, int block) {
+  return n <= INT32_MAX && block >= 0 && block % 32 == 0 && block <= kMaxThreads;
+}
 
 }  // namespace ratio_fast

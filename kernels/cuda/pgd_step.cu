@@ -7,25 +7,22 @@
 // to the delta output, and every thread re-reads only the elements it wrote itself, so no
 // synchronization is needed between sweeps beyond the reductions.
 #include "common.cuh"
-#include "pgd_step_args.h"
+#include "pgd_step_sample.h"
 
 namespace ratio_fast {
 namespace {
 
 constexpr int kItems = 8;            // elements per thread on the register path
-constexpr int kMaxThreads = 1024;    // CUDA's limit per block
 constexpr int kLoopThreads = 512;    // threads per block on the looping path
 
 // Non-finite gradient (fp16 overflow): the sample keeps its delta and velocity.
-template <typename XT>
-__device__ void keep_sample(const PgdStepArgs& a, int64_t base) {
-  const XT* x = static_cast<const XT*>(a.x) + base;
-  XT* x_out = static_cast<XT*>(a.x_out) + base;
-  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
-    const float xj = load_float(x + j), x_adv = clamp01(xj + a.delta[base + j]);
-    store_float(x_out + j, x_adv);
-    a.delta_out[base + j] = x_adv - xj;
-    if (a.velocity) a.velocity_out[base + j] = a.velocity[base + j];
+template <typename XT, typename GT>
+__device__ void keep_sample(const PgdStepSample<XT, GT>& s, int64_t d) {
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float xj = load_float(s.x() + j), x_adv = clamp01(xj + s.delta()[j]);
+    store_float(s.x_out() + j, x_adv);
+    s.delta_out()[j] = x_adv - xj;
+    if (s.velocity()) s.velocity_out()[j] = s.velocity()[j];
   }
 }
 
@@ -33,27 +30,25 @@ __device__ void keep_sample(const PgdStepArgs& a, int64_t base) {
 template <typename XT, typename GT>
 __global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs a) {
   __shared__ float scratch[32];
-  const int64_t base = int64_t(blockIdx.x) * a.d;
-  const XT* x = static_cast<const XT*>(a.x) + base;
-  const GT* grad = static_cast<const GT*>(a.grad) + base;
+  const PgdStepSample<XT, GT> s(a, blockIdx.x);
   float g[kItems], d[kItems], v_old[kItems], xs[kItems];
   float l1_part = 0.0f;
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {  // every load up front: many requests in flight per thread
     const int64_t j = threadIdx.x + int64_t(k) * blockDim.x;
     const bool in = j < a.d;
-    g[k] = in ? load_float(grad + j) : 0.0f;
-    d[k] = in ? a.delta[base + j] : 0.0f;
-    v_old[k] = in && a.velocity ? a.velocity[base + j] : 0.0f;
-    xs[k] = in ? load_float(x + j) : 0.0f;
+    g[k] = in ? load_float(s.grad() + j) : 0.0f;
+    d[k] = in ? s.delta()[j] : 0.0f;
+    v_old[k] = in && a.velocity ? s.velocity()[j] : 0.0f;
+    xs[k] = in ? load_float(s.x() + j) : 0.0f;
     l1_part += fabsf(g[k]);
   }
   const float l1 = block_sum(l1_part, scratch);
   if (!isfinite(l1)) {  // the same value in every thread: the whole block returns here
-    keep_sample<XT>(a, base);
+    keep_sample(s, a.d);
     return;
   }
-  const float inv_l1 = l1 > 0 ? 1.0f / l1 : 0.0f;
+  const float inv_l1 = inverse_l1(l1);
 
   float v[kItems], vv_part = 0.0f;
 #pragma unroll
@@ -70,18 +65,16 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs
     d[k] += step_dir * v[k];
     dd_part += d[k] * d[k];
   }
-  const float d_norm = sqrtf(block_sum(dd_part, scratch)), eps = a.eps[blockIdx.x];
-  const float scale = d_norm > eps ? eps / d_norm : 1.0f;
+  const float scale = projection_scale(sqrtf(block_sum(dd_part, scratch)), a.eps[blockIdx.x]);
 
-  XT* x_out = static_cast<XT*>(a.x_out) + base;
 #pragma unroll
   for (int k = 0; k < kItems; ++k) {
     const int64_t j = threadIdx.x + int64_t(k) * blockDim.x;
     if (j < a.d) {
       const float x_adv = clamp01(xs[k] + d[k] * scale);
-      store_float(x_out + j, x_adv);
-      a.delta_out[base + j] = x_adv - xs[k];
-      if (a.velocity) a.velocity_out[base + j] = v[k];
+      store_float(s.x_out() + j, x_adv);
+      s.delta_out()[j] = x_adv - xs[k];
+      if (a.velocity) s.velocity_out()[j] = v[k];
     }
   }
 }
@@ -89,23 +82,21 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs
 template <typename XT, typename GT>
 __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
   __shared__ float scratch[32];
-  const int64_t base = int64_t(blockIdx.x) * a.d;
-  const XT* x = static_cast<const XT*>(a.x) + base;
-  const GT* grad = static_cast<const GT*>(a.grad) + base;
-  const float* delta = a.delta + base;
-  float* delta_out = a.delta_out + base;
+  const PgdStepSample<XT, GT> s(a, blockIdx.x);
 
   float l1_part = 0.0f;
-  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) l1_part += fabsf(load_float(grad + j));
+  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) l1_part += fabsf(load_float(s.grad() + j));
   const float l1 = block_sum(l1_part, scratch);
   if (!isfinite(l1)) {
-    keep_sample<XT>(a, base);
+    keep_sample(s, a.d);
     return;
   }
-  const float inv_l1 = l1 > 0 ? 1.0f / l1 : 0.0f;
+  const float inv_l1 = inverse_l1(l1);
 
-  const float* v_old = a.velocity ? a.velocity + base : nullptr;
-  float* v_new = a.velocity ? a.velocity_out + base : delta_out;  // scratch without a velocity output
+  const GT* grad = s.grad();
+  const float* v_old = s.velocity();
+  float* delta_out = s.delta_out();
+  float* v_new = v_old ? s.velocity_out() : delta_out;  // scratch without a velocity output
   float vv_part = 0.0f;
   for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
     const float v = (v_old ? a.momentum * v_old[j] : 0.0f) + load_float(grad + j) * inv_l1;
@@ -115,16 +106,17 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
   const float vv = block_sum(vv_part, scratch);
   const float step_dir = a.step[blockIdx.x] / norm_or_one(sqrtf(vv));
 
+  const float* delta = s.delta();
   float dd_part = 0.0f;
   for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
     const float d_new = delta[j] + step_dir * v_new[j];  // v_new may alias delta_out[j]: read first
     delta_out[j] = d_new;
     dd_part += d_new * d_new;
   }
-  const float d_norm = sqrtf(block_sum(dd_part, scratch)), eps = a.eps[blockIdx.x];
-  const float scale = d_norm > eps ? eps / d_norm : 1.0f;
+  const float scale = projection_scale(sqrtf(block_sum(dd_part, scratch)), a.eps[blockIdx.x]);
 
-  XT* x_out = static_cast<XT*>(a.x_out) + base;
+  const XT* x = s.x();
+  XT* x_out = s.x_out();
   for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
     const float xj = load_float(x + j), x_adv = clamp01(xj + delta_out[j] * scale);
     store_float(x_out + j, x_adv);
@@ -135,30 +127,23 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
 }  // namespace
 }  // namespace ratio_fast
 
-extern "C" int ratio_fast_cuda_pgd_step(const void* x, int x_dtype, const float* delta, const void* grad,
-                                        int grad_dtype, const float* velocity, const float* eps, const float* step,
-                                        void* x_out, float* delta_out, float* velocity_out, int64_t n, int64_t d,
-                                        float momentum, int block, int device, void* stream) {
+extern "C" int ratio_fast_cuda_pgd_step(const PgdStepArgs* args, int block, int device, void* stream) {
   using namespace ratio_fast;
-  if (n < 0 || d < 0 || n > INT32_MAX || (velocity && !velocity_out)) return RF_ERROR_ARGUMENT;
-  if (block < 0 || block % 32 != 0 || block > kMaxThreads) return RF_ERROR_ARGUMENT;
-  if (n == 0 || d == 0) return 0;
-  const PgdStepArgs args{x, delta, grad, velocity, eps, step, x_out, delta_out, velocity_out, d, momentum};
-  const bool in_registers = block == 0 && d <= int64_t(kItems) * kMaxThreads;
-  const int threads = in_registers ? round_up_to_warp((d + kItems - 1) / kItems) : (block ? block : kLoopThreads);
+  if (!args || !valid(*args) || !valid_launch(args->n, block)) return RF_ERROR_ARGUMENT;
+  const PgdStepArgs& a = *args;
+  if (a.n == 0 || a.d == 0) return 0;
+  const bool in_registers = block == 0 && a.d <= int64_t(kItems) * kMaxThreads;
+  const int threads = in_registers ? round_up_to_warp((a.d + kItems - 1) / kItems) : (block ? block : kLoopThreads);
   const DeviceGuard guard(device);
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
-  bool known = false;
-  with_storage_type(x_dtype, [&](auto x_type) {
-    known = with_storage_type(grad_dtype, [&](auto grad_type) {
-      using XT = decltype(x_type);
-      using GT = decltype(grad_type);
-      if (in_registers) {
-        pgd_step_in_registers<XT, GT><<<unsigned(n), threads, 0, cuda_stream>>>(args);
-      } else {
-        pgd_step_looping<XT, GT><<<unsigned(n), threads, 0, cuda_stream>>>(args);
-      }
-    });
+  const bool known = Storage::with_pair(a.x_dtype, a.grad_dtype, [&](auto x_type, auto grad_type) {
+    using XT = decltype(x_type);
+    using GT = decltype(grad_type);
+    if (in_registers) {
+      pgd_step_in_registers<XT, GT><<<unsigned(a.n), threads, 0, cuda_stream>>>(a);
+    } else {
+      pgd_step_looping<XT, GT><<<unsigned(a.n), threads, 0, cuda_stream>>>(a);
+    }
   });
   return known ? int(cudaGetLastError()) : RF_ERROR_DTYPE;
 }

@@ -24,45 +24,61 @@
 extern "C" {
 #endif
 
-// Bumped whenever a signature below changes, so Python can refuse a stale library.
-#define RATIO_FAST_ABI_VERSION 1
+// Bumped whenever a signature or struct below changes, so Python can refuse a stale library.
+#define RATIO_FAST_ABI_VERSION 2
 
 // Storage types of x / x_out and of the gradient (delta, velocity, noise are always fp32).
 enum rf_dtype { RF_FLOAT32 = 0, RF_FLOAT16 = 1, RF_BFLOAT16 = 2 };
 
 enum rf_error { RF_ERROR_DTYPE = -1, RF_ERROR_ARGUMENT = -2 };
 
+// The projected L2 PGD step of a batch (see ratio_fast/ops/pgd_step.py for the math). The
+// entry points take it by pointer; ratio_fast/ops/native.py mirrors it field for field.
+typedef struct PgdStepArgs {
+  const void* x;          // x_dtype
+  const float* delta;
+  const void* grad;       // grad_dtype
+  const float* velocity;  // NULL: no momentum buffer
+  const float* eps;       // n values
+  const float* step;      // n values
+  void* x_out;            // x_dtype
+  float* delta_out;
+  float* velocity_out;    // written when velocity is not NULL
+  int64_t n;
+  int64_t d;
+  float momentum;
+  int x_dtype;  // rf_dtype
+  int grad_dtype;
+} PgdStepArgs;
+
+// The random start of a batch: delta = noise * scale / ||noise||, clipped so that x + delta
+// stays in [0,1]. Mirrored in native.py as PgdStepArgs is.
+typedef struct RandomStartArgs {
+  const void* x;  // x_dtype
+  const float* noise;
+  const float* scale;  // n values
+  void* x_out;         // x_dtype
+  float* delta_out;
+  int64_t n;
+  int64_t d;
+  int x_dtype;
+} RandomStartArgs;
+
 RATIO_FAST_API int ratio_fast_abi_version(void);
 
 // --- CPU backend (OpenMP over samples; num_threads <= 0 uses the OpenMP default) ---
 
-// Projected L2 PGD step. velocity / velocity_out may be NULL (no momentum buffer).
-RATIO_FAST_API int ratio_fast_cpu_pgd_step(const void* x, int x_dtype, const float* delta, const void* grad,
-                                           int grad_dtype, const float* velocity, const float* eps,
-                                           const float* step, void* x_out, float* delta_out, float* velocity_out,
-                                           int64_t n, int64_t d, float momentum, int num_threads);
+RATIO_FAST_API int ratio_fast_cpu_pgd_step(const PgdStepArgs* args, int num_threads);
 
-// Random start: delta = noise * scale / ||noise||, clipped so that x + delta stays in [0,1].
-RATIO_FAST_API int ratio_fast_cpu_random_start(const void* x, int x_dtype, const float* noise, const float* scale,
-                                               void* x_out, float* delta_out, int64_t n, int64_t d,
-                                               int num_threads);
-
-// The storage conversions the CPU kernels use (round to nearest even), exported for tests.
-RATIO_FAST_API int ratio_fast_cpu_convert(const void* src, int src_dtype, void* dst, int dst_dtype, int64_t count);
+RATIO_FAST_API int ratio_fast_cpu_random_start(const RandomStartArgs* args, int num_threads);
 
 // --- CUDA backend: one block per sample, launched on `stream` (a cudaStream_t) of `device` ---
 // Asynchronous and capturable in CUDA graphs. block > 0 forces the looping path with that many
 // threads per block (a multiple of 32, at most 1024; for tests); 0 picks the fastest path.
 
-RATIO_FAST_API int ratio_fast_cuda_pgd_step(const void* x, int x_dtype, const float* delta, const void* grad,
-                                            int grad_dtype, const float* velocity, const float* eps,
-                                            const float* step, void* x_out, float* delta_out, float* velocity_out,
-                                            int64_t n, int64_t d, float momentum, int block, int device,
-                                            void* stream);
+RATIO_FAST_API int ratio_fast_cuda_pgd_step(const PgdStepArgs* args, int block, int device, void* stream);
 
-RATIO_FAST_API int ratio_fast_cuda_random_start(const void* x, int x_dtype, const float* noise, const float* scale,
-                                                void* x_out, float* delta_out, int64_t n, int64_t d, int block,
-                                                int device, void* stream);
+RATIO_FAST_API int ratio_fast_cuda_random_start(const RandomStartArgs* args, int block, int device, void* stream);
 
 // The message of a CUDA error code returned above.
 RATIO_FAST_API const char* ratio_fast_cuda_error_string(int code);

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UserError
 
-ABI_VERSION = 1  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
+ABI_VERSION = 2  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
 LIBRARY_DIR = Path(__file__).resolve().parent
 NO_NATIVE_ENV = "RATIO_FAST_NO_NATIVE"  # set to 1: setup.py builds no native library at all
 NO_CUDA_ENV = "RATIO_FAST_NO_CUDA"  # set to 1: setup.py builds the CPU library only
@@ -28,17 +28,27 @@ DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _ERRORS = {-1: "unsupported dtype", -2: "invalid argument"}  # rf_error codes
 
 _p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-_SIGNATURES = {
-    "cpu": {
-        "ratio_fast_cpu_pgd_step": [_p, _i, _p, _p, _i, _p, _p, _p, _p, _p, _p, _i64, _i64, _f, _i],
-        "ratio_fast_cpu_random_start": [_p, _i, _p, _p, _p, _p, _i64, _i64, _i],
-        "ratio_fast_cpu_convert": [_p, _i, _p, _i, _i64],
-    },
-    "cuda": {
-        "ratio_fast_cuda_pgd_step": [_p, _i, _p, _p, _i, _p, _p, _p, _p, _p, _p, _i64, _i64, _f, _i, _i, _p],
-        "ratio_fast_cuda_random_start": [_p, _i, _p, _p, _p, _p, _i64, _i64, _i, _i, _p],
-    },
-}
+
+
+class PgdStepArgs(ctypes.Structure):
+    """struct PgdStepArgs of kernels/include/ratio_fast_kernels.h, field for field."""
+
+    _fields_ = [("x", _p), ("delta", _p), ("grad", _p), ("velocity", _p), ("eps", _p), ("step", _p),
+                ("x_out", _p), ("delta_out", _p), ("velocity_out", _p),
+                ("n", _i64), ("d", _i64), ("momentum", _f), ("x_dtype", _i), ("grad_dtype", _i)]
+
+
+class RandomStartArgs(ctypes.Structure):
+    """struct RandomStartArgs of kernels/include/ratio_fast_kernels.h, field for field."""
+
+    _fields_ = [("x", _p), ("noise", _p), ("scale", _p), ("x_out", _p), ("delta_out", _p),
+                ("n", _i64), ("d", _i64), ("x_dtype", _i)]
+
+
+# ratio_fast_<kind>_<op>(const <op's struct>*, <launch place>): the CPU takes its thread count,
+# CUDA the block size, the device and the stream.
+_OPS = {"pgd_step": PgdStepArgs, "random_start": RandomStartArgs}
+_LAUNCH_PLACE = {"cpu": [_i], "cuda": [_i, _i, _p]}
 
 
 def library_path(kind: str) -> Path:
@@ -68,9 +78,9 @@ def load_library(kind: str) -> ctypes.CDLL:
     version = lib.ratio_fast_abi_version()
     if version != ABI_VERSION:
         raise UserError(f"{path} is stale (ABI {version}, these sources expect {ABI_VERSION}): rebuild it with `pip install -e .`")
-    for name, argtypes in _SIGNATURES[kind].items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    for op, args_type in _OPS.items():
+        fn = getattr(lib, f"ratio_fast_{kind}_{op}")
+        fn.argtypes, fn.restype = [ctypes.POINTER(args_type), *_LAUNCH_PLACE[kind]], ctypes.c_int
     if kind == "cuda":
         lib.ratio_fast_cuda_error_string.argtypes, lib.ratio_fast_cuda_error_string.restype = [_i], ctypes.c_char_p
     return lib
@@ -84,10 +94,12 @@ def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, block, x_o
     """
     n = x.shape[0]
     delta, velocity = _fp32(delta), _fp32(velocity)
-    args = (
-        _ptr(x), _dtype_code(x, "x"), _ptr(delta), _ptr(grad), _dtype_code(grad, "grad"), _ptr(velocity),
-        _ptr(eps), _ptr(step_size), _ptr(x_out), _ptr(delta_out), _ptr(velocity_out if velocity is not None else None),
-        n, x.numel() // max(n, 1), momentum,
+    args = PgdStepArgs(
+        x=_ptr(x), x_dtype=_dtype_code(x, "x"), delta=_ptr(delta),
+        grad=_ptr(grad), grad_dtype=_dtype_code(grad, "grad"), velocity=_ptr(velocity),
+        eps=_ptr(eps), step=_ptr(step_size),
+        x_out=_ptr(x_out), delta_out=_ptr(delta_out), velocity_out=_ptr(velocity_out if velocity is not None else None),
+        n=n, d=x.numel() // max(n, 1), momentum=momentum,
     )
     _check_devices(x, delta, grad, velocity, eps, step_size)
     _launch("pgd_step", args, x, block)
@@ -97,20 +109,21 @@ def random_start_into(x, noise, scale, block, x_out, delta_out):
     """The native random start of x's device, written into x_out and delta_out (layouts as above)."""
     n = x.shape[0]
     noise = _fp32(noise)
-    args = (_ptr(x), _dtype_code(x, "x"), _ptr(noise), _ptr(scale), _ptr(x_out), _ptr(delta_out), n, x.numel() // max(n, 1))
+    args = RandomStartArgs(x=_ptr(x), x_dtype=_dtype_code(x, "x"), noise=_ptr(noise), scale=_ptr(scale),
+                           x_out=_ptr(x_out), delta_out=_ptr(delta_out), n=n, d=x.numel() // max(n, 1))
     _check_devices(x, noise, scale)
     _launch("random_start", args, x, block)
 
 
-def _launch(op: str, args: tuple, x: torch.Tensor, block: int) -> None:
-    """ratio_fast_{cuda,cpu}_<op>(*args, ...) on x's device: CUDA gets the block size and the
+def _launch(op: str, args: ctypes.Structure, x: torch.Tensor, block: int) -> None:
+    """ratio_fast_{cuda,cpu}_<op>(&args, ...) on x's device: CUDA gets the block size and the
     launch place (device, current stream), the CPU kernel torch's thread count."""
     if x.is_cuda:
         lib = load_library("cuda")
-        status = getattr(lib, f"ratio_fast_cuda_{op}")(*args, block, *_cuda_launch_place(x))
+        status = getattr(lib, f"ratio_fast_cuda_{op}")(ctypes.byref(args), block, *_cuda_launch_place(x))
     else:
         lib = load_library("cpu")
-        status = getattr(lib, f"ratio_fast_cpu_{op}")(*args, torch.get_num_threads())
+        status = getattr(lib, f"ratio_fast_cpu_{op}")(ctypes.byref(args), torch.get_num_threads())
     _check(status, lib, op)
 
 
