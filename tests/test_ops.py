@@ -102,7 +102,7 @@ def test_pgd_step_multi_tile_path_matches_reference(block, momentum):
 
 
 def test_pgd_step_large_images_take_the_multi_tile_path_by_default(fused):
-    from ratio_fast.ops.pgd_step import MAX_SINGLE_TILE
+    from ratio_fast.ops.tiles import MAX_SINGLE_TILE
 
     shape = (2, 3, 64, 64)  # 12288 elements per sample, more than one tile holds
     assert shape[1] * shape[2] * shape[3] > MAX_SINGLE_TILE

@@ -1,5 +1,5 @@
 """Helpers shared by the fused ops: argument normalization, backend choice, and the Triton
-form of the NaN rule (see `pgd_step.pgd_step`)."""
+helpers both kernels use (the NaN rule of `pgd_step.pgd_step`, loads, the box constraint)."""
 from __future__ import annotations
 
 import torch
@@ -66,3 +66,21 @@ if triton is not None:
     def clamp01(v):
         """v clipped to [0, 1], NaN kept as torch.clamp keeps it (tl.minimum/tl.maximum drop NaN)."""
         return tl.where(v < 0.0, 0.0, tl.where(v > 1.0, 1.0, v))
+
+    @triton.jit
+    def norm_or_one(norm):
+        """The divisor of `safe_div`: the norm, or 1 where it is not positive (a NaN norm divides by 1)."""
+        return tl.where(norm > 0, norm, 1.0)
+
+    @triton.jit
+    def load_f32(ptr, idx, mask):
+        """Elements idx of ptr as fp32 (0 where masked off: past the end of the sample)."""
+        return tl.load(ptr + idx, mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def store_in_box(x_out_ptr, delta_out_ptr, idx, mask, x, delta):
+        """The box constraint: x' = clamp(x + delta, 0, 1) stored in x_out's dtype, and the delta
+        that really moves x there, x' - x, in fp32."""
+        x_adv = clamp01(x + delta)
+        tl.store(x_out_ptr + idx, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
+        tl.store(delta_out_ptr + idx, x_adv - x, mask=mask)

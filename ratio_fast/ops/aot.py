@@ -37,8 +37,9 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 from . import native
-from .pgd_step import MAX_SINGLE_TILE, _pgd_step_kernel, pgd_step
+from .pgd_step import _pgd_step_multi_tile_kernel, _pgd_step_single_tile_kernel, pgd_step
 from .random_start import random_start
+from .tiles import MAX_SINGLE_TILE
 
 TABLE_PATH = Path(__file__).resolve().parents[2] / "bench" / "results" / "triton-kernels-sm90-sm80.md"
 
@@ -137,7 +138,7 @@ class _TargetOnlyDriver:
 @contextlib.contextmanager
 def _recording(target: GPUTarget):
     """Launches inside record their compile request for `target` and run nothing."""
-    if not isinstance(_pgd_step_kernel, JITFunction):
+    if not isinstance(_pgd_step_single_tile_kernel, JITFunction):
         raise SystemExit("Triton is interpreting (TRITON_INTERPRET=1): run this with TRITON_INTERPRET=0")
     requests = []
 
@@ -243,8 +244,8 @@ def tuning_rows() -> list[list[str]]:
     rows = []
     for path, candidates in SWEEPS.items():
         single = path == "single-tile"
-        base = [r for r in requests if r.constexprs()["SINGLE_TILE"] == single
-                and (not single or r.constexprs()["BLOCK"] == MAX_SINGLE_TILE)]
+        kernel = _pgd_step_single_tile_kernel if single else _pgd_step_multi_tile_kernel
+        base = [r for r in requests if r.fn is kernel and (not single or r.constexprs()["BLOCK"] == MAX_SINGLE_TILE)]
         assert len(base) == 1, f"expected one {path} request, got {len(base)}"
         now = (base[0].constexprs()["BLOCK"], base[0].options["num_warps"])
         for block, warps in candidates:

@@ -12,9 +12,10 @@ A sample whose gradient is not finite keeps d and v (so fp16 overflow cannot poi
 iterate); zero gradients, zero velocity and eps 0 give zero steps, never NaN. Any other NaN
 propagates the same way on every backend (the rule is in `pgd_step`'s docstring).
 
-Contents: `pgd_step_ref` (plain torch, the test oracle and CPU path), the Triton kernel and its
-launcher, the custom op `ratio_fast::pgd_step` (so torch.compile traces it) that runs the Triton
-kernel or the native one (kernels/, through `native.py`), and `pgd_step`, the dispatch.
+Contents: `pgd_step_ref` (plain torch, the test oracle and CPU path), the Triton kernels (one
+for samples that fit a single tile, one that loops over tiles, sharing their per-element steps)
+and their launcher, the custom op `ratio_fast::pgd_step` (so torch.compile traces it) that runs
+a Triton kernel or the native one (kernels/, through `native.py`), and `pgd_step`, the dispatch.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from . import native
 from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 from .interpreter import require_working_interpreter
+from .tiles import pgd_step_tile
 
 try:
     import triton
@@ -30,17 +32,7 @@ try:
 except ImportError:  # the reference path works without Triton
     triton = None
 else:
-    from ._common import clamp01
-
-# Largest sample (C*H*W) kept in registers in one tile; bigger images loop over tiles.
-MAX_SINGLE_TILE = 8192
-# The tile of the multi-tile path: 8 elements per thread in 16 warps take about 60 registers, so
-# two blocks of 512 threads fit an SM. The single-tile maximum in 8 warps, used before, took up
-# to 219 registers: one block of 256 threads per SM. The sweep is in
-# bench/results/triton-kernels-sm90-sm80.md (`python -m ratio_fast.ops.aot --write`).
-MULTI_TILE_BLOCK, MULTI_TILE_WARPS = 4096, 16
-# At most this many elements per thread in one tile: 32 took up to 220 registers (one block per SM).
-MAX_ELEMENTS_PER_THREAD = 16
+    from ._common import load_f32, norm_or_one, store_in_box
 
 
 def pgd_step_ref(x, delta, grad, eps, step_size, velocity=None, momentum=0.0):
@@ -78,114 +70,127 @@ def pgd_step_ref(x, delta, grad, eps, step_size, velocity=None, momentum=0.0):
 if triton is not None:
 
     @triton.jit
-    def _new_velocity(grad_ptr, vel_ptr, idx, mask, finite, inv_l1, momentum, HAS_VELOCITY: tl.constexpr):
-        """(momentum * v + g / ||g||_1, v) at idx; g counts as 0 in a sample whose gradient is not finite."""
-        g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        v_new = tl.where(finite, g, 0.0) * inv_l1
-        v_old = tl.zeros_like(v_new)
+    def _is_finite(l1):
+        """Whether a sample's gradient is finite, from its L1 norm: where it is not (fp16 overflow),
+        the sample keeps its delta and velocity, the NaN rule's one exception."""
+        return (l1 == l1) & (l1 < float("inf"))
+
+    @triton.jit
+    def _with_momentum(direction, vel_ptr, idx, mask, momentum, HAS_VELOCITY: tl.constexpr):
+        """(v', v): v' = momentum * v + direction, and the old velocity v (zeros without a buffer, v' = direction)."""
+        v_old = tl.zeros_like(direction)
+        v_new = direction
         if HAS_VELOCITY:
-            v_old = tl.load(vel_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            v_new = momentum * v_old + v_new
+            v_old = load_f32(vel_ptr, idx, mask)
+            v_new = momentum * v_old + direction
         return v_new, v_old
 
     @triton.jit
-    def _pgd_step_kernel(
-        x_ptr, delta_ptr, grad_ptr, vel_ptr, eps_ptr, step_ptr,
-        x_out_ptr, delta_out_ptr, vel_out_ptr,
-        D, momentum,
-        HAS_VELOCITY: tl.constexpr, SINGLE_TILE: tl.constexpr, BLOCK: tl.constexpr,
-    ):
+    def _l2_norm(v):
+        """||v||_2 of a whole sample held in one tile."""
+        return tl.sqrt(tl.sum(v * v, axis=0))
+
+    @triton.jit
+    def _projection_scale(d_norm, eps):
+        """The factor that projects d' onto the ball of radius eps: 1 inside it, 0 for eps 0."""
+        return tl.where(d_norm > eps, eps / norm_or_one(d_norm), 1.0)
+
+    @triton.jit
+    def _store_step(x_out_ptr, delta_out_ptr, vel_out_ptr, idx, mask, x, d_new, v_new, v_old, finite,
+                    HAS_VELOCITY: tl.constexpr):
+        """x' and d' through the box constraint, and v' (v kept where the gradient is not finite)."""
+        store_in_box(x_out_ptr, delta_out_ptr, idx, mask, x, d_new)
+        if HAS_VELOCITY:
+            tl.store(vel_out_ptr + idx, tl.where(finite, v_new, v_old), mask=mask)
+
+    @triton.jit
+    def _pgd_step_single_tile_kernel(x_ptr, delta_ptr, grad_ptr, vel_ptr, eps_ptr, step_ptr,
+                                     x_out_ptr, delta_out_ptr, vel_out_ptr,
+                                     D, momentum, HAS_VELOCITY: tl.constexpr, BLOCK: tl.constexpr):
+        """A sample of D <= BLOCK elements, all in registers: one read of each input, one write of each output."""
         pid = tl.program_id(0)
-        base = pid.to(tl.int64) * D
+        base = pid.to(tl.int64) * D  # every array is indexed as (ptr + base) + offs: 32-bit offsets
+        offs = tl.arange(0, BLOCK)
+        mask = offs < D
         eps = tl.load(eps_ptr + pid)
         step = tl.load(step_ptr + pid)
-        if SINGLE_TILE:
-            # The whole sample lives in registers: one read of each input, one write of each output.
-            offs = tl.arange(0, BLOCK)
+        g = load_f32(grad_ptr + base, offs, mask)
+        d = load_f32(delta_ptr + base, offs, mask)
+        x = load_f32(x_ptr + base, offs, mask)
+        l1 = tl.sum(tl.abs(g), axis=0)
+        finite = _is_finite(l1)
+        v, v_old = _with_momentum(tl.where(finite, g, 0.0) / norm_or_one(l1), vel_ptr + base, offs, mask, momentum,
+                                  HAS_VELOCITY)
+        d_new = d + step * (v / norm_or_one(_l2_norm(v)))
+        d_new = tl.where(finite, d_new * _projection_scale(_l2_norm(d_new), eps), d)
+        _store_step(x_out_ptr + base, delta_out_ptr + base, vel_out_ptr + base, offs, mask, x, d_new, v, v_old, finite,
+                    HAS_VELOCITY)
+
+    @triton.jit
+    def _tile_velocity(grad_ptr, vel_ptr, idx, mask, finite, inv_l1, momentum, HAS_VELOCITY: tl.constexpr):
+        """(v', v) of one tile, from the gradient (0 in a sample whose gradient is not finite)."""
+        direction = tl.where(finite, load_f32(grad_ptr, idx, mask), 0.0) * inv_l1
+        return _with_momentum(direction, vel_ptr, idx, mask, momentum, HAS_VELOCITY)
+
+    @triton.jit
+    def _pgd_step_multi_tile_kernel(x_ptr, delta_ptr, grad_ptr, vel_ptr, eps_ptr, step_ptr,
+                                    x_out_ptr, delta_out_ptr, vel_out_ptr,
+                                    D, momentum, HAS_VELOCITY: tl.constexpr, BLOCK: tl.constexpr):
+        """A sample larger than a tile, in three sweeps over its tiles. ||d'||^2 is expanded as
+        ||d||^2 + 2 s <d, v>/||v|| + s^2 (v/||v|| has unit norm, or is 0), so sweep 2 gathers
+        every norm the projection needs and sweep 3 writes the result."""
+        pid = tl.program_id(0)
+        base = pid.to(tl.int64) * D  # every array is indexed as (ptr + base) + offs: 32-bit offsets
+        eps = tl.load(eps_ptr + pid)
+        step = tl.load(step_ptr + pid)
+        l1_acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            l1_acc += tl.abs(load_f32(grad_ptr + base, offs, offs < D))
+        l1 = tl.sum(l1_acc, axis=0)
+        finite = _is_finite(l1)
+        inv_l1 = tl.where(finite & (l1 > 0), 1.0 / norm_or_one(l1), 0.0)
+
+        vv_acc = tl.zeros([BLOCK], dtype=tl.float32)
+        dv_acc = tl.zeros([BLOCK], dtype=tl.float32)
+        dd_acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
             mask = offs < D
-            g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            l1 = tl.sum(tl.abs(g), axis=0)
-            finite = (l1 == l1) & (l1 < float("inf"))
-            g = tl.where(finite, g, 0.0)
-            v = g / tl.where(l1 > 0, l1, 1.0)
-            if HAS_VELOCITY:
-                v_old = tl.load(vel_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                v = momentum * v_old + v
-            v_norm = tl.sqrt(tl.sum(v * v, axis=0))
-            d_new = d + step * (v / tl.where(v_norm > 0, v_norm, 1.0))
-            d_norm = tl.sqrt(tl.sum(d_new * d_new, axis=0))
-            scale = tl.where(d_norm > eps, eps / tl.where(d_norm > 0, d_norm, 1.0), 1.0)
-            d_new = tl.where(finite, d_new * scale, d)
-            x_adv = clamp01(x + d_new)
-            tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
-            tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
-            if HAS_VELOCITY:
-                tl.store(vel_out_ptr + base + offs, tl.where(finite, v, v_old), mask=mask)
-        else:
-            # Large samples: three sweeps. ||d'||^2 is expanded as
-            # ||d||^2 + 2 s <d, v>/||v|| + s^2 (v/||v|| has unit norm, or is 0), so sweep 2 gathers
-            # every norm the projection needs and sweep 3 writes the result.
-            l1_acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, D, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                g = tl.load(grad_ptr + base + offs, mask=offs < D, other=0.0).to(tl.float32)
-                l1_acc += tl.abs(g)
-            l1 = tl.sum(l1_acc, axis=0)
-            finite = (l1 == l1) & (l1 < float("inf"))
-            inv_l1 = tl.where(finite & (l1 > 0), 1.0 / tl.where(l1 > 0, l1, 1.0), 0.0)
+            v, _ = _tile_velocity(grad_ptr + base, vel_ptr + base, offs, mask, finite, inv_l1, momentum, HAS_VELOCITY)
+            d = load_f32(delta_ptr + base, offs, mask)
+            vv_acc += v * v
+            dv_acc += d * v
+            dd_acc += d * d
+        vv = tl.sum(vv_acc, axis=0)
+        step_dir = step / norm_or_one(tl.sqrt(vv))  # zero direction: v = 0, no step
+        d_norm_sq = tl.sum(dd_acc, axis=0) + 2.0 * step_dir * tl.sum(dv_acc, axis=0) + step_dir * step_dir * vv
+        d_norm = tl.sqrt(tl.where(d_norm_sq < 0, 0.0, d_norm_sq))  # rounding below 0; NaN kept
+        scale = _projection_scale(d_norm, eps)
 
-            vv_acc = tl.zeros([BLOCK], dtype=tl.float32)
-            dv_acc = tl.zeros([BLOCK], dtype=tl.float32)
-            dd_acc = tl.zeros([BLOCK], dtype=tl.float32)
-            for start in range(0, D, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                mask = offs < D
-                v, _ = _new_velocity(grad_ptr, vel_ptr, base + offs, mask, finite, inv_l1, momentum, HAS_VELOCITY)
-                d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                vv_acc += v * v
-                dv_acc += d * v
-                dd_acc += d * d
-            vv = tl.sum(vv_acc, axis=0)
-            v_norm = tl.sqrt(vv)
-            step_dir = step / tl.where(v_norm > 0, v_norm, 1.0)  # zero direction: v = 0, no step
-            d_norm_sq = tl.sum(dd_acc, axis=0) + 2.0 * step_dir * tl.sum(dv_acc, axis=0) + step_dir * step_dir * vv
-            d_norm = tl.sqrt(tl.where(d_norm_sq < 0, 0.0, d_norm_sq))  # rounding below 0; NaN kept
-            scale = tl.where(d_norm > eps, eps / tl.where(d_norm > 0, d_norm, 1.0), 1.0)
-
-            for start in range(0, D, BLOCK):
-                offs = start + tl.arange(0, BLOCK)
-                mask = offs < D
-                v, v_old = _new_velocity(grad_ptr, vel_ptr, base + offs, mask, finite, inv_l1, momentum, HAS_VELOCITY)
-                d = tl.load(delta_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-                d_new = tl.where(finite, (d + step_dir * v) * scale, d)
-                x_adv = clamp01(x + d_new)
-                tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
-                tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
-                if HAS_VELOCITY:
-                    tl.store(vel_out_ptr + base + offs, tl.where(finite, v, v_old), mask=mask)
+        for start in range(0, D, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < D
+            v, v_old = _tile_velocity(grad_ptr + base, vel_ptr + base, offs, mask, finite, inv_l1, momentum,
+                                      HAS_VELOCITY)
+            d = load_f32(delta_ptr + base, offs, mask)
+            x = load_f32(x_ptr + base, offs, mask)
+            d_new = tl.where(finite, (d + step_dir * v) * scale, d)
+            _store_step(x_out_ptr + base, delta_out_ptr + base, vel_out_ptr + base, offs, mask, x, d_new, v, v_old,
+                        finite, HAS_VELOCITY)
 
     def _launch_triton(x, delta, grad, velocity, eps, step_size, momentum, block, x_out, delta_out, vel_out):
-        if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
-            require_working_interpreter(_pgd_step_kernel)
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
-        block, num_warps = _tile(d_elems, block)
-        _pgd_step_kernel[(n,)](
+        block, num_warps = pgd_step_tile(d_elems, block)
+        kernel = _pgd_step_single_tile_kernel if block >= d_elems else _pgd_step_multi_tile_kernel
+        if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
+            require_working_interpreter(kernel)
+        kernel[(n,)](
             x, delta, grad, velocity if velocity is not None else delta, eps, step_size,  # no velocity: never read
             x_out, delta_out, vel_out,
             d_elems, momentum,
-            HAS_VELOCITY=velocity is not None, SINGLE_TILE=block >= d_elems, BLOCK=block, num_warps=num_warps,
+            HAS_VELOCITY=velocity is not None, BLOCK=block, num_warps=num_warps,
         )
-
-    def _tile(d_elems, block):
-        """(BLOCK, num_warps): one tile if the sample fits, else the multi-tile path's; block > 0 forces it."""
-        if block <= 0 and d_elems > MAX_SINGLE_TILE:
-            return MULTI_TILE_BLOCK, MULTI_TILE_WARPS
-        if block <= 0:
-            block = triton.next_power_of_2(d_elems)
-        return block, min(max(block // (32 * MAX_ELEMENTS_PER_THREAD), 4), 16)
 
 
 # An opaque custom op (not triton_op): torch.compile treats the launch as one node with the fake

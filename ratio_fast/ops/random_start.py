@@ -16,6 +16,7 @@ import torch
 from . import native
 from ._common import compute_dtype, empty_in_layout, per_sample, resolve_backend, safe_div, sample_layout
 from .interpreter import require_working_interpreter
+from .tiles import random_start_tile
 
 try:
     import triton
@@ -23,7 +24,7 @@ try:
 except ImportError:
     triton = None
 else:
-    from ._common import clamp01
+    from ._common import load_f32, norm_or_one, store_in_box
 
 
 def random_start_ref(x, noise, radius, eps):
@@ -51,26 +52,23 @@ if triton is not None:
         sq_acc = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, D, BLOCK):
             offs = start + tl.arange(0, BLOCK)
-            z = tl.load(noise_ptr + base + offs, mask=offs < D, other=0.0).to(tl.float32)
+            z = load_f32(noise_ptr + base, offs, offs < D)
             sq_acc += z * z
         norm = tl.sqrt(tl.sum(sq_acc, axis=0))
-        factor = tl.load(scale_ptr + pid) / tl.where(norm > 0, norm, 1.0)
+        factor = tl.load(scale_ptr + pid) / norm_or_one(norm)
         for start in range(0, D, BLOCK):
             offs = start + tl.arange(0, BLOCK)
             mask = offs < D
-            z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-            x_adv = clamp01(x + z * factor)
-            tl.store(x_out_ptr + base + offs, x_adv.to(x_out_ptr.dtype.element_ty), mask=mask)
-            tl.store(delta_out_ptr + base + offs, x_adv - x, mask=mask)
+            z = load_f32(noise_ptr + base, offs, mask)
+            x = load_f32(x_ptr + base, offs, mask)
+            store_in_box(x_out_ptr + base, delta_out_ptr + base, offs, mask, x, z * factor)
 
     def _launch_triton(x, noise, scale, block, x_out, delta_out):
         if not x.is_cuda:  # CPU tensors run in Triton's interpreter (or are compiled ahead of time)
             require_working_interpreter(_random_start_kernel)
         n, d_elems = x.shape[0], x.numel() // x.shape[0]
-        if block <= 0:
-            block = min(triton.next_power_of_2(d_elems), 4096)
-        _random_start_kernel[(n,)](x, noise, scale, x_out, delta_out, d_elems, BLOCK=block, num_warps=4)
+        block, num_warps = random_start_tile(d_elems, block)
+        _random_start_kernel[(n,)](x, noise, scale, x_out, delta_out, d_elems, BLOCK=block, num_warps=num_warps)
 
 
 @torch.library.custom_op("ratio_fast::random_start", mutates_args=())  # opaque, as pgd_step
