@@ -19,7 +19,7 @@ import torch
 from ratio_fast.data import BatchSpec, make_loader, make_synthetic
 from ratio_fast.data.augment import AutoAugment, fill_colour
 from ratio_fast.data.plan import plan_epoch
-from ratio_fast.models import CIFAR10_MEAN
+from ratio_fast.datasets import CIFAR10
 
 CPU_IMAGES, GPU_IMAGES = 10240, 50000
 BATCH = 128
@@ -85,7 +85,7 @@ def test_autoaugment_cpu(benchmark):
     x, _ = make_synthetic(BATCH)
     images = torch.from_numpy(x)
     codes = torch.from_numpy(plan_epoch(0, 0, BATCH, shuffle=True, draws=BatchSpec(BATCH).draws).autoaugment)
-    autoaugment = AutoAugment((32, 32), fill_colour(CIFAR10_MEAN), "cpu")
+    autoaugment = AutoAugment((32, 32), fill_colour(CIFAR10.mean), "cpu")
     benchmark.pedantic(autoaugment, args=(images, codes), rounds=10, iterations=3, warmup_rounds=1)
     benchmark.extra_info.update(batch=BATCH, images_per_s=round(BATCH / benchmark.stats.stats.median),
                                 fired=int(np.count_nonzero(codes.numpy())), threads=torch.get_num_threads())

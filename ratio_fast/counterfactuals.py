@@ -17,9 +17,6 @@ from .apgd import apgd_run
 from .models import eval_mode
 
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
-CLASS_NAMES = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
-}
 
 
 def runner_up(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

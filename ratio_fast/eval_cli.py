@@ -13,6 +13,7 @@ from pathlib import Path
 from .checkpoint import BEST, CHECKPOINT
 from .cli_format import HelpFormatter
 from .config import BACKENDS
+from .datasets import get_dataset
 from .errors import UserError
 from .files import atomic_write, atomic_write_text, make_directory
 from .validation import check_number
@@ -165,7 +166,7 @@ def _run_counterfactuals(args) -> int:
     import numpy as np
     import torch
 
-    from .counterfactuals import CLASS_NAMES, counterfactuals, runner_up, save_grid, save_tensors, target_probability
+    from .counterfactuals import counterfactuals, runner_up, save_grid, save_tensors, target_probability
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
@@ -192,7 +193,7 @@ def _run_counterfactuals(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
     make_directory(out)
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
-        tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=CLASS_NAMES.get(config.dataset)))
+        tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=get_dataset(config.dataset).class_names))
     atomic_write(out / "counterfactuals.safetensors", lambda tmp: save_tensors(
         tmp, original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
         radii=torch.tensor(radii), labels=labels, targets=targets, indices=torch.tensor(indices)))

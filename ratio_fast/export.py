@@ -15,14 +15,14 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .datasets import get_dataset
 from .errors import UserError
 from .files import atomic_save, atomic_write, make_directory
-from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
+from .models import create_model
 
 WEIGHTS = ("ema", "model")
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-NUM_CLASSES = {"cifar100": 100}  # every other data set of ratio-fast has 10
 
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -54,8 +54,8 @@ def model_from_checkpoint(path: str | Path, weights: str = "ema") -> tuple[torch
     """The trained model (on the CPU, in eval mode) and the run's config; UserError if they do not fit."""
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if config.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
-    model = create_model(config.arch, num_classes=NUM_CLASSES.get(config.dataset, 10), mean=mean, std=std)
+    data_set = get_dataset(config.dataset)
+    model = create_model(config.arch, num_classes=data_set.num_classes, mean=data_set.mean, std=data_set.std)
     tensors = checkpoint_weights(state, weights, path)
     problem = _mismatch(model.state_dict(), tensors)
     if problem:
@@ -93,6 +93,6 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema
     pt_path, st_path = out_dir / "model.pt", out_dir / "model.safetensors"
     atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
-                "num_classes": str(NUM_CLASSES.get(config.dataset, 10)), "input": "NCHW RGB in [0,1]"}
+                "num_classes": str(get_dataset(config.dataset).num_classes), "input": "NCHW RGB in [0,1]"}
     atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return pt_path, st_path

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset
 from .errors import UserError
 
 BUILT_IN = ("uniform-noise", "smooth-noise", "permuted-pixels")
@@ -30,20 +31,19 @@ BUILT_IN_SIZE = 10_000  # images of a generated set when --ood-samples is 0 (all
 SVHN_FILE = "test_32x32.mat"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/test_32x32.mat"
 SMOOTH_SIGMA = (1.0, 2.5)  # pixels
-_SIZE = 32
 _STREAMS = {name: k for k, name in enumerate(BUILT_IN)}  # one random stream per set
 
 
 def uniform_noise(n: int, seed: int = 0) -> np.ndarray:
     """n images of i.i.d. uniform pixels."""
     rng = np.random.default_rng([_STREAMS["uniform-noise"], seed])
-    return _to_uint8(rng.random((n, _SIZE, _SIZE, 3)))
+    return _to_uint8(rng.random((n, *IMAGE_SHAPE)))
 
 
 def smooth_noise(n: int, seed: int = 0) -> np.ndarray:
     """n images of uniform noise, each blurred with its own Gaussian width and stretched to [0, 1]."""
     rng = np.random.default_rng([_STREAMS["smooth-noise"], seed])
-    noise = rng.random((n, _SIZE, _SIZE, 3))
+    noise = rng.random((n, *IMAGE_SHAPE))
     sigmas = rng.uniform(*SMOOTH_SIGMA, size=n)
     out = np.empty_like(noise)
     for i in range(n):
@@ -75,7 +75,7 @@ def read_svhn_mat(path: str | os.PathLike) -> np.ndarray:
         images = loadmat(str(path), variable_names=["X"]).get("X")
     except Exception as e:  # noqa: BLE001  scipy raises several types for a damaged file
         raise UserError(f"--ood {path}: not a readable .mat file ({e})") from None
-    if images is None or images.ndim != 4 or images.shape[:3] != (_SIZE, _SIZE, 3) or images.dtype != np.uint8:
+    if images is None or images.ndim != 4 or images.shape[:3] != IMAGE_SHAPE or images.dtype != np.uint8:
         shape = None if images is None else (images.shape, images.dtype)
         raise UserError(f"--ood {path}: expected SVHN's X, uint8 (32, 32, 3, N), got {shape}")
     return np.ascontiguousarray(images.transpose(3, 0, 1, 2))
@@ -85,9 +85,7 @@ def training_out_distribution(config) -> str | None:
     """The --out-data the run trained on (its default if none was given), or None if it trained without one."""
     if config.mode != "ratio":
         return None
-    from .run import _default_out_data  # the run's own rule, so the two cannot drift apart
-
-    return config.out_data or _default_out_data(config.dataset)
+    return config.out_data or get_dataset(config.dataset).out_data
 
 
 def is_training_set(spec: str, trained_on: str | None) -> bool:
@@ -103,7 +101,7 @@ def is_training_set(spec: str, trained_on: str | None) -> bool:
 def choose_ood_sets(requested: list[str] | None, dataset: str, trained_on: str | None) -> tuple[list[str], list[str]]:
     """(the --ood sets to evaluate, lines to tell the user). requested None: the defaults for `dataset`."""
     if requested is None:
-        other = {"cifar10": ["cifar100"], "cifar100": ["cifar10"]}.get(dataset, ["synthetic"])
+        other = list(get_dataset(dataset).ood_sets)
         chosen = [spec for spec in other + list(BUILT_IN) if not is_training_set(spec, trained_on)]
         left_out = [spec for spec in other if is_training_set(spec, trained_on)]
         notes = [f"note: OOD sets leave out {spec}, the training out-distribution of this run" for spec in left_out]
@@ -130,7 +128,7 @@ def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, 
         return smooth_noise(n, seed + 1)
     if spec == "permuted-pixels":
         return permuted_pixels(test_images, n, seed + 1)
-    if spec in ("cifar10", "cifar100"):  # the test split: the train split may be the training out-distribution
+    if spec in CIFAR_NAMES:  # the test split: the train split may be the training out-distribution
         if spec == dataset:
             raise UserError(f"--ood: {spec!r} is the in-distribution of this model; pick another set")
         return load_in_distribution(spec, data_dir, train=False).images

@@ -27,12 +27,13 @@ from .attacks import L2PGD
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
+from .datasets import get_dataset
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, shutdown)
 from .errors import TrainingStopped, UserError
 from .files import RunDirectoryLock, atomic_write_text, file_error
 from .evaluate import clean_accuracy, robust_accuracy
-from .models import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, create_model
+from .models import create_model
 from .progress import Progress
 from .stop import StopRequest
 from .train import RatioTrainer, wants_channels_last
@@ -105,10 +106,10 @@ class Run:
         if len(train.labels) < cfg.batch_size:
             raise UserError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(train.labels)} images)")
         channels_last = wants_channels_last(cfg, self.device)
-        mean, std = (CIFAR100_MEAN, CIFAR100_STD) if cfg.dataset == "cifar100" else (CIFAR10_MEAN, CIFAR10_STD)
+        data_set = get_dataset(cfg.dataset)
         # Both batches get the same augmentation, filled with the in-distribution's mean colour (as the authors do).
-        spec = BatchSpec(cfg.batch_size, seed=cfg.seed, augment=cfg.augment, mean=mean, channels_last=channels_last,
-                         rank=ctx.rank, world_size=ctx.world_size)
+        spec = BatchSpec(cfg.batch_size, seed=cfg.seed, augment=cfg.augment, mean=data_set.mean,
+                         channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size)
         self.loader_kinds = [self._loader_kind(train.images, spec)]
         self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
@@ -116,7 +117,7 @@ class Run:
                                        self.device)
         self.out_loader = None
         if cfg.mode == "ratio":
-            out_images = load_out_distribution(cfg.out_data or _default_out_data(cfg.dataset), cfg.data_dir,
+            out_images = load_out_distribution(cfg.out_data or data_set.out_data, cfg.data_dir,
                                                in_name=cfg.dataset, seed=cfg.seed, exclude=cfg.out_exclude)
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
@@ -126,7 +127,7 @@ class Run:
             self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device)
 
         self.steps_per_epoch = len(self.train_loader)
-        model = create_model(cfg.arch, num_classes=train.num_classes, mean=mean, std=std)
+        model = create_model(cfg.arch, num_classes=train.num_classes, mean=data_set.mean, std=data_set.std)
         if cfg.sync_bn and ctx.is_distributed:
             model = convert_sync_batchnorm(model, self.device)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -354,11 +355,6 @@ def _accumulate(sums: dict, metrics: dict) -> None:
     for key, value in metrics.items():
         if key not in ("skipped", "lr"):
             sums[key] = sums.get(key, 0.0) + torch.where(kept > 0, value, torch.zeros_like(value))
-
-
-def _default_out_data(dataset: str) -> str:
-    """Offline-friendly defaults; pass --out-data 300K_random_images.npy for the authors' setting."""
-    return {"synthetic": "synthetic", "cifar10": "cifar100", "cifar100": "cifar10"}.get(dataset, "synthetic")
 
 
 def _first_samples(batches, limit: int):

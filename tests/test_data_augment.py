@@ -26,10 +26,10 @@ from PIL import Image, ImageEnhance, ImageOps
 from ratio_fast.data import BatchSpec, make_loader, make_synthetic
 from ratio_fast.data.augment import MAGNITUDES, AutoAugment, Augmenter, affine_matrix, fill_colour, signed_magnitude
 from ratio_fast.data.plan import NUM_AUTOAUGMENT_CODES, PAD, STAGES, decode_autoaugment
-from ratio_fast.models import CIFAR10_MEAN
+from ratio_fast.datasets import CIFAR10
 from test_data_loaders import STREAMING
 
-FILL = fill_colour(CIFAR10_MEAN)
+FILL = fill_colour(CIFAR10.mean)
 
 
 def reference_operation(image: Image.Image, name: str, m: float) -> Image.Image:
@@ -97,7 +97,7 @@ def test_the_authors_chain_equals_a_pil_reenactment_of_the_plan():
     """Crop from a mean-colour padding, flip, two policy stages, Cutout: whole batches, bit for bit."""
     n = 64
     images = np.random.default_rng(2).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    spec = BatchSpec(32, seed=3, augment="autoaugment_cutout", mean=CIFAR10_MEAN)
+    spec = BatchSpec(32, seed=3, augment="autoaugment_cutout", mean=CIFAR10.mean)
     loader = make_loader("gpu", images, None, spec, "cpu")
     for index in range(2):
         plan = loader.plan(1, index)
@@ -117,7 +117,7 @@ def test_the_authors_chain_equals_a_pil_reenactment_of_the_plan():
             cy, cx = plan.cutout[b]
             mask = torch.ones(32, 32)
             mask[max(cy - 8, 0):cy + 8, max(cx - 8, 0):cx + 8] = 0  # the Cutout transform
-            x = x * mask + (1 - mask) * torch.tensor(CIFAR10_MEAN, dtype=torch.float32)[:, None, None]
+            x = x * mask + (1 - mask) * torch.tensor(CIFAR10.mean, dtype=torch.float32)[:, None, None]
             assert torch.equal(xb[b], x), f"batch {index}, sample {b}"
 
 
@@ -130,7 +130,7 @@ def test_padding_and_cutout_fill_with_the_mean_colour():
     codes = torch.zeros(1, STAGES, dtype=torch.long)
     x = authors.pixels(images, rows, shift, flip, codes)  # shifted by (-4, -4): top and left are padding
     assert x[0, :4, :, :].tolist() == [[list(fill_colour(mean))] * 32] * 4 and (x[0, 4:, 4:] == 255).all()
-    assert fill_colour(CIFAR10_MEAN) == (125, 122, 113)  # int(255 * mean), truncated as the authors write it
+    assert fill_colour(CIFAR10.mean) == (125, 122, 113)  # int(255 * mean), truncated as the authors write it
     model_input = authors.model_input(x, False, torch.tensor([[20, 20]]))
     assert torch.equal(model_input[0, :, 12:28, 12:28], torch.tensor(mean)[:, None, None].expand(3, 16, 16))
     assert (model_input[0, :, 28:, 28:] == 1).all()

@@ -26,8 +26,8 @@ from ratio_fast.data import BatchSpec, choose_loader_kind, loaders, make_loader,
 from ratio_fast.data.dali import DaliLoader
 from ratio_fast.data.loaders import DEVICE_RESIDENT_MAX_BYTES, MEASURED_BATCHES, ResidentLoader, TorchLoader
 from ratio_fast.data.sources import ArraySource, ImageSource
+from ratio_fast.datasets import CIFAR10
 from ratio_fast.errors import UserError
-from ratio_fast.models import CIFAR10_MEAN
 from conftest import no_host_sync
 
 STREAMING = ["torch", "dali"]
@@ -355,7 +355,7 @@ def test_run_logs_the_measured_choice_and_passes_the_augmentation(tmp_path, monk
     try:
         assert run.loader_kinds == ["torch", "torch"]
         assert run.train_loader.spec.augment == run.out_loader.spec.augment == "autoaugment_cutout"
-        assert run.train_loader.spec.mean == run.out_loader.spec.mean == CIFAR10_MEAN
+        assert run.train_loader.spec.mean == run.out_loader.spec.mean == CIFAR10.mean
         assert run.out_loader.spec.seed == run.train_loader.spec.seed + 1
         assert run.test_loader.spec == BatchSpec.in_order(256)
         lines = [line for line in log.getvalue().splitlines() if line.startswith("loader auto:")]

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
+from ratio_fast.datasets import CIFAR10, CIFAR100
 from ratio_fast.errors import UserError
-from ratio_fast.models import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
-                               MODEL_NAMES, create_model)
+from ratio_fast.models import MODEL_NAMES, create_model
 
 # Known parameter counts of the CIFAR variants (10 classes). 46,160,474 is RobustBench's
 # WRN-34-10 (Augustin2020Adversarial_34_10 and friends).
@@ -71,10 +71,10 @@ def test_channels_last_gives_same_logits(name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_num_classes_100(name):
-    model = create_model(name, num_classes=100, mean=CIFAR100_MEAN, std=CIFAR100_STD)
+    model = create_model(name, num_classes=100, mean=CIFAR100.mean, std=CIFAR100.std)
     classifier = model.fc if name.startswith("wrn") else model.linear
     assert classifier.out_features == 100
-    torch.testing.assert_close(model.mu.flatten(), torch.tensor(CIFAR100_MEAN))
+    torch.testing.assert_close(model.mu.flatten(), torch.tensor(CIFAR100.mean))
     if name == "tiny":
         assert model(images(3)).shape == (3, 100)
 
@@ -175,8 +175,8 @@ def test_resnet_state_dict_names():
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_normalization_buffers_in_state_dict(name):
     state = built(name).state_dict()
-    torch.testing.assert_close(state["mu"], torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
-    torch.testing.assert_close(state["sigma"], torch.tensor(CIFAR10_STD).view(1, 3, 1, 1))
+    torch.testing.assert_close(state["mu"], torch.tensor(CIFAR10.mean).view(1, 3, 1, 1))
+    torch.testing.assert_close(state["sigma"], torch.tensor(CIFAR10.std).view(1, 3, 1, 1))
     assert "mu" not in dict(built(name).named_parameters())  # buffers, never trained
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state)
 
@@ -190,8 +190,8 @@ def test_normalization_is_applied_inside_forward():
         # Same weights without normalization, fed pre-normalized input: same logits.
         plain = create_model("tiny", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
         plain.load_state_dict({**model.state_dict(), "mu": plain.mu, "sigma": plain.sigma})
-        mu = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
-        sigma = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+        mu = torch.tensor(CIFAR10.mean).view(1, 3, 1, 1)
+        sigma = torch.tensor(CIFAR10.std).view(1, 3, 1, 1)
         torch.testing.assert_close(plain((x - mu) / sigma), before)
         # And the buffers are live: changing the mean changes the output.
         model.mu.fill_(0.5)
@@ -200,12 +200,12 @@ def test_normalization_is_applied_inside_forward():
 
 def test_state_dict_round_trips_with_weights_only_load(tmp_path):
     torch.manual_seed(0)
-    source = create_model("tiny", mean=CIFAR100_MEAN, std=CIFAR100_STD)
+    source = create_model("tiny", mean=CIFAR100.mean, std=CIFAR100.std)
     path = tmp_path / "tiny.pt"
     torch.save(source.state_dict(), path)
     target = create_model("tiny")
     target.load_state_dict(torch.load(path, weights_only=True))
-    torch.testing.assert_close(target.mu.flatten(), torch.tensor(CIFAR100_MEAN))
+    torch.testing.assert_close(target.mu.flatten(), torch.tensor(CIFAR100.mean))
     x = images(2)
     torch.testing.assert_close(target.eval()(x), source.eval()(x))
 

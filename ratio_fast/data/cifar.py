@@ -10,10 +10,11 @@ laid out as the 1024 red values, then the 1024 green, then the 1024 blue, each p
 in row-major order. ``load_cifar`` returns images as uint8 (N, 32, 32, 3) HWC and labels
 as int64 (N,).
 
-When files are missing and download is on, the official tarball is fetched, its md5
-checked, written atomically (``files.atomic_copy``) and extracted. Every failure a user can
-fix (offline, wrong checksum, corrupt or truncated file, wrong sizes, labels out of range, a
-full disk) is a ``UserError`` naming the file or directory.
+Where the files live (folders, tarball, URL, md5, label key) is the data set's row in
+``ratio_fast.datasets``. When files are missing and download is on, the official tarball is
+fetched, its md5 checked, written atomically (``files.atomic_copy``) and extracted. Every
+failure a user can fix (offline, wrong checksum, corrupt or truncated file, wrong sizes,
+labels out of range, a full disk) is a ``UserError`` naming the file or directory.
 """
 
 from __future__ import annotations
@@ -27,64 +28,15 @@ import tarfile
 import tempfile
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, DataSet
 from ratio_fast.errors import UserError
 from ratio_fast.files import atomic_copy
 
 log = logging.getLogger(__name__)
-
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
-CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
-
-IMAGE_SHAPE = (32, 32, 3)
-_ROW_SIZE = 32 * 32 * 3
-
-
-@dataclass(frozen=True)
-class CifarSpec:
-    """Where one CIFAR variant lives on disk and on the web."""
-
-    title: str  # for messages: "CIFAR-10"
-    folder: str  # directory inside the data dir that the tarball unpacks to
-    archive: str  # tarball file name
-    url: str
-    md5: str
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: bytes
-    num_classes: int
-
-
-CIFAR_SPECS: dict[str, CifarSpec] = {
-    "cifar10": CifarSpec(
-        title="CIFAR-10",
-        folder="cifar-10-batches-py",
-        archive="cifar-10-python.tar.gz",
-        url=CIFAR10_URL,
-        md5=CIFAR10_MD5,
-        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
-        test_files=("test_batch",),
-        label_key=b"labels",
-        num_classes=10,
-    ),
-    "cifar100": CifarSpec(
-        title="CIFAR-100",
-        folder="cifar-100-python",
-        archive="cifar-100-python.tar.gz",
-        url=CIFAR100_URL,
-        md5=CIFAR100_MD5,
-        train_files=("train",),
-        test_files=("test",),
-        label_key=b"fine_labels",
-        num_classes=100,
-    ),
-}
 
 
 def load_cifar(
@@ -101,22 +53,22 @@ def load_cifar(
     ``name`` is ``"cifar10"`` or ``"cifar100"``. ``url`` and ``md5`` override the official
     tarball address and checksum (tests serve a tarball from a ``file://`` URL).
     """
-    if name not in CIFAR_SPECS:
-        raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {sorted(CIFAR_SPECS)}")
-    spec = CIFAR_SPECS[name]
-    url = spec.url if url is None else url
-    md5 = spec.md5 if md5 is None else md5
+    if name not in CIFAR_NAMES:
+        raise ValueError(f"unknown CIFAR variant {name!r}; expected one of {sorted(CIFAR_NAMES)}")
+    data_set = DATASETS[name]
+    url = data_set.files.url if url is None else url
+    md5 = data_set.files.md5 if md5 is None else md5
     root = Path(data_dir).expanduser()
-    folder = root / spec.folder
-    files = spec.train_files if train else spec.test_files
+    folder = root / data_set.files.folder
+    files = data_set.files.train_files if train else data_set.files.test_files
 
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         if not download:
-            raise UserError(_missing_message(spec, folder, missing, url, "download is off"))
-        _download_and_extract(spec, root, url, md5, missing)
+            raise UserError(_missing_message(data_set, folder, missing, url, "download is off"))
+        _download_and_extract(data_set, root, url, md5, missing)
 
-    parts = [_read_batch(folder / f, spec) for f in files]
+    parts = [_read_batch(folder / f, data_set) for f in files]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -149,25 +101,26 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(canonical, name)
 
 
-def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
+def _read_batch(path: Path, data_set: DataSet) -> tuple[np.ndarray, np.ndarray]:
     """Read one pickled batch file and check it; returns HWC uint8 images and int64 labels."""
     try:
         with open(path, "rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as e:  # any decoding failure means the file is damaged or not CIFAR
-        raise UserError(f"{path}: not a readable {spec.title} pickle ({type(e).__name__}: {e}); "
+        raise UserError(f"{path}: not a readable {data_set.title} pickle ({type(e).__name__}: {e}); "
                         f"delete it to download it again") from e
     if not isinstance(batch, dict):
         raise UserError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
 
+    label_key = data_set.files.label_key
     data = _get(batch, b"data")
-    labels = _get(batch, spec.label_key)
+    labels = _get(batch, label_key)
     if data is None or labels is None:
-        raise UserError(f"{path}: missing key b'data' or {spec.label_key!r} "
-                        f"(is this a {spec.title} file?)")
+        raise UserError(f"{path}: missing key b'data' or {label_key!r} "
+                        f"(is this a {data_set.title} file?)")
     data = np.asarray(data)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW_SIZE or len(data) == 0:
-        raise UserError(f"{path}: b'data' must be uint8 (N, {_ROW_SIZE}) with N > 0, "
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES or len(data) == 0:
+        raise UserError(f"{path}: b'data' must be uint8 (N, {IMAGE_BYTES}) with N > 0, "
                         f"got {data.dtype} {data.shape}")
     try:
         labels = np.asarray(labels, dtype=np.int64)
@@ -176,12 +129,12 @@ def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     if labels.shape != (len(data),):
         raise UserError(f"{path}: expected {len(data)} labels (one per image), "
                         f"got shape {labels.shape}")
-    if labels.min() < 0 or labels.max() >= spec.num_classes:
-        raise UserError(f"{path}: labels must lie in [0, {spec.num_classes - 1}], "
+    if labels.min() < 0 or labels.max() >= data_set.num_classes:
+        raise UserError(f"{path}: labels must lie in [0, {data_set.num_classes - 1}], "
                         f"got [{labels.min()}, {labels.max()}]")
 
     # Row = R plane, G plane, B plane: (N, C, H, W) -> (N, H, W, C).
-    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    images = np.ascontiguousarray(data.reshape(-1, 3, *IMAGE_HW).transpose(0, 2, 3, 1))
     return images, labels
 
 
@@ -195,22 +148,22 @@ def _get(d: dict, key: bytes):
 # --- downloading ---------------------------------------------------------------------------
 
 
-def _missing_message(spec: CifarSpec, folder: Path, missing: list[str], url: str, why: str) -> str:
-    return (f"{spec.title} files missing in {folder} ({', '.join(missing)}; {why}): "
+def _missing_message(data_set: DataSet, folder: Path, missing: list[str], url: str, why: str) -> str:
+    return (f"{data_set.title} files missing in {folder} ({', '.join(missing)}; {why}): "
             f"download {url} and extract it in {folder.parent} so that {folder} holds them")
 
 
-def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
+def _download_and_extract(data_set: DataSet, root: Path, url: str, md5: str,
                           missing: list[str]) -> None:
     """Fetch the tarball (unless a good copy is already there) and unpack the missing files."""
-    folder = root / spec.folder
+    folder = root / data_set.files.folder
     created = [d for d in (root, *root.parents) if not d.exists()]  # deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(_missing_message(spec, folder, missing, url,
+        raise UserError(_missing_message(data_set, folder, missing, url,
                                          f"cannot create the data directory: {e}")) from e
-    archive = root / spec.archive
+    archive = root / data_set.files.archive
     if not (archive.is_file() and _md5_of(archive) == md5):
         log.info("downloading %s to %s", url, archive)
         try:
@@ -219,12 +172,12 @@ def _download_and_extract(spec: CifarSpec, root: Path, url: str, md5: str,
             _remove_empty(created)  # a mistyped --data-dir leaves nothing behind
             # URLError, timeouts, bad URLs; a UserError (wrong md5, a full disk) already says what it is
             if isinstance(e, (OSError, ValueError)) and not isinstance(e, UserError):
-                raise UserError(_missing_message(spec, folder, missing, url, f"download failed: {e}")) from e
+                raise UserError(_missing_message(data_set, folder, missing, url, f"download failed: {e}")) from e
             raise
-    _extract(archive, root, spec)
+    _extract(archive, root, data_set)
     still_missing = [f for f in missing if not (folder / f).is_file()]
     if still_missing:
-        raise UserError(f"{archive}: does not contain {spec.folder}/{', '.join(still_missing)}; "
+        raise UserError(f"{archive}: does not contain {data_set.files.folder}/{', '.join(still_missing)}; "
                         f"delete it and download {url} again")
 
 
@@ -256,8 +209,6 @@ def _checked_chunks(url: str, md5: str) -> Iterator[bytes]:
                         f"the download is damaged or not the official file, try again")
 
 
-
-
 def _md5_of(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -266,7 +217,7 @@ def _md5_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(archive: Path, root: Path, spec: CifarSpec) -> None:
+def _extract(archive: Path, root: Path, data_set: DataSet) -> None:
     """Unpack into a temporary directory, then move each file into place with a rename.
 
     Readers never see a half-written batch file, and files already present are kept.
@@ -278,11 +229,11 @@ def _extract(archive: Path, root: Path, spec: CifarSpec) -> None:
                 _safe_extractall(tar, tmp)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{archive}: cannot extract ({e}); delete it to download it again") from e
-        src = tmp / spec.folder
+        src = tmp / data_set.files.folder
         if not src.is_dir():
-            raise UserError(f"{archive}: has no {spec.folder}/ folder; is it the {spec.title} "
+            raise UserError(f"{archive}: has no {data_set.files.folder}/ folder; is it the {data_set.title} "
                             f"python tarball?")
-        dest = root / spec.folder
+        dest = root / data_set.files.folder
         dest.mkdir(exist_ok=True)
         for item in src.iterdir():
             if item.is_file() and not (dest / item.name).exists():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ratio_fast.datasets import IMAGE_HW
 from ratio_fast.errors import UserError
 
 PAD = 4  # random-crop padding in pixels, as in the RATIO and standard CIFAR recipes
@@ -206,7 +207,7 @@ class EpochKeys:
 
 
 def plan_batch(seed: int, epoch: int, index: int, *, batch_size: int, num_samples: int, shuffle: bool,
-               draws: Draws = Draws(), image_hw: tuple[int, int] = (32, 32), rank: int = 0,
+               draws: Draws = Draws(), image_hw: tuple[int, int] = IMAGE_HW, rank: int = 0,
                world_size: int = 1) -> BatchPlan:
     """The rows and draws that ``rank`` loads for global batch ``index`` of ``epoch``;
     ``image_hw`` (height, width) bounds the Cutout centres."""
@@ -215,7 +216,7 @@ def plan_batch(seed: int, epoch: int, index: int, *, batch_size: int, num_sample
 
 
 def plan_epoch(seed: int, epoch: int, num_samples: int, shuffle: bool, draws: Draws = Draws(),
-               image_hw: tuple[int, int] = (32, 32)) -> BatchPlan:
+               image_hw: tuple[int, int] = IMAGE_HW) -> BatchPlan:
     """The plan of every position of an epoch at once (the gpu loader keeps it on the device)."""
     positions = np.arange(num_samples, dtype=np.int64)
     return plan_positions(EpochKeys(seed, epoch), positions, num_samples, shuffle, draws, image_hw)

@@ -27,17 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ratio_fast.data.cifar import CIFAR_SPECS, IMAGE_SHAPE, load_cifar
+from ratio_fast.data.cifar import load_cifar
 from ratio_fast.data.synthetic import make_synthetic, make_synthetic_out
+from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, IMAGE_SHAPE, get_dataset
 from ratio_fast.errors import UserError
-
-IMAGE_BYTES = 32 * 32 * 3
-IN_DISTRIBUTIONS = ("cifar10", "cifar100", "synthetic")
-OUT_DISTRIBUTIONS = ("synthetic", "cifar10", "cifar100")  # or a .npy, .bin or image directory path
 
 SYNTHETIC_TRAIN_SIZE = 10240
 SYNTHETIC_TEST_SIZE = 1024
-SYNTHETIC_NUM_CLASSES = 10
 
 TINY_IMAGES_NAME = "tiny_images.bin"
 TINY_IMAGES_ROWS = 79_302_017
@@ -126,7 +122,8 @@ class TinyImages(ImageSource):
     def read(self, rows: np.ndarray) -> np.ndarray:
         flat = np.asarray(self._map[np.asarray(rows, dtype=np.int64)])  # (k, 3072), only these rows
         # Fortran order: element (i, j, c) at i + 32*j + 1024*c, i.e. C-order (c, j, i).
-        return np.ascontiguousarray(flat.reshape(-1, 3, 32, 32).transpose(0, 3, 2, 1))
+        height, width = IMAGE_HW
+        return np.ascontiguousarray(flat.reshape(-1, 3, width, height).transpose(0, 3, 2, 1))
 
     def __getstate__(self) -> dict:
         return {"path": self.path}
@@ -218,15 +215,13 @@ def load_in_distribution(name: str, data_dir: str | os.PathLike, train: bool, sy
     ``synthetic_size`` sets the number of synthetic images (default 10240 train, 1024 test);
     ``seed`` picks the synthetic images (its class templates are fixed), CIFAR ignores it.
     """
-    if name in CIFAR_SPECS:
+    data_set = get_dataset(name)
+    if name in CIFAR_NAMES:
         images, labels = load_cifar(name, data_dir, train, download=download)
-        return InDistribution(images, labels, CIFAR_SPECS[name].num_classes, name)
-    if name == "synthetic":
-        default = SYNTHETIC_TRAIN_SIZE if train else SYNTHETIC_TEST_SIZE
-        n = _synthetic_size(synthetic_size, default)
-        images, labels = make_synthetic(n, SYNTHETIC_NUM_CLASSES, seed, split="train" if train else "test")
-        return InDistribution(images, labels, SYNTHETIC_NUM_CLASSES, name)
-    raise UserError(f"--dataset: unknown data set {name!r}; choose one of {', '.join(IN_DISTRIBUTIONS)}")
+    else:  # the built-in synthetic set
+        n = _synthetic_size(synthetic_size, SYNTHETIC_TRAIN_SIZE if train else SYNTHETIC_TEST_SIZE)
+        images, labels = make_synthetic(n, data_set.num_classes, seed, split="train" if train else "test")
+    return InDistribution(images, labels, data_set.num_classes, name)
 
 
 def load_out_distribution(spec: str, data_dir: str | os.PathLike, in_name: str, seed: int = 0,
@@ -297,7 +292,7 @@ def _exclusion_spec(spec: str) -> tuple[Path, int]:
 
 def _open_out_distribution(spec: str, data_dir, in_name: str, seed: int, synthetic_size: int | None,
                            download: bool, flag: str) -> ImageSource:
-    if spec in CIFAR_SPECS:
+    if spec in CIFAR_NAMES:
         if spec == in_name:
             raise UserError(f"{flag}: {spec!r} is also the in-distribution (--dataset); "
                             f"training low confidence on it contradicts classifying it, "
@@ -324,7 +319,7 @@ def _open_out_distribution(spec: str, data_dir, in_name: str, seed: int, synthet
 
 
 def _out_choices() -> str:
-    return (", ".join(OUT_DISTRIBUTIONS) + ", a .npy file (N,32,32,3) uint8, a Tiny Images .bin file, "
+    return (", ".join(DATASETS) + ", a .npy file (N,32,32,3) uint8, a Tiny Images .bin file, "
             "or a directory of PNG/JPEG images")
 
 
@@ -343,7 +338,7 @@ def load_npy_images(path: str | os.PathLike) -> np.ndarray:
     """Open ``path`` as a read-only memmap of uint8 images (N, 32, 32, 3), checked first, so a
     wrong file gives a one-line ``UserError`` naming it instead of a numpy traceback."""
     path = Path(path).expanduser()
-    expected = "(N, 32, 32, 3)"
+    expected = f"(N, {', '.join(map(str, IMAGE_SHAPE))})"
     if not path.is_file():
         raise UserError(f"{path}: no such file (expected a .npy array {expected} uint8)")
     shape, dtype, data_offset = _npy_header(path)

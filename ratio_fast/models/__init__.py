@@ -7,18 +7,18 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from ..datasets import CIFAR10
 from ..errors import UserError
 from .modes import eval_mode
-from .normalization import (CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD,
-                            NormalizedModel)
+from .normalization import NormalizedModel
 from .precision import Fp32Conv2d, keep_first_conv_fp32
 from .resnet import ResNet, resnet18, resnet50
 from .tiny import TinyNet
 from .wide_resnet import WideResNet
 
 __all__ = [
-    "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "MODEL_NAMES",
-    "Fp32Conv2d", "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name", "create_model",
+    "MODEL_NAMES", "Fp32Conv2d", "NormalizedModel", "ResNet", "TinyNet", "WideResNet", "check_model_name",
+    "create_model",
     "eval_mode", "keep_first_conv_fp32",
 ]
 
@@ -39,8 +39,8 @@ def check_model_name(name: str) -> None:
         raise UserError(f"--arch: unknown architecture {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
-def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, mean: Sequence[float] = CIFAR10.mean,
+                 std: Sequence[float] = CIFAR10.std) -> nn.Module:
     """Build architecture `name` (one of MODEL_NAMES) on the CPU, freshly initialized."""
     check_model_name(name)
     builder = _BUILDERS[name]

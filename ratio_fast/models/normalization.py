@@ -1,19 +1,15 @@
 """Input normalization that lives inside the model.
 
 Models take images in [0, 1] and standardize them in `forward`, which is what RobustBench and
-AutoAttack expect: an attack's eps-ball and the [0, 1] box are then in pixel space.
+AutoAttack expect: an attack's eps-ball and the [0, 1] box are then in pixel space. The
+statistics come from the data set's row in `ratio_fast.datasets` (CIFAR-10's by default).
 """
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-# Per-channel statistics of the training sets. The CIFAR-10 values are the ones RobustBench
-# stores for Augustin2020Adversarial(_34_10), i.e. the values the RATIO models were trained with.
-CIFAR10_MEAN = (0.4913997551666284, 0.48215855929893703, 0.4465309133731618)
-CIFAR10_STD = (0.24703225141799082, 0.24348516474564, 0.26158783926049628)
-CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
-CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
+from ..datasets import CIFAR10
 
 
 def _channel_stats(values: Sequence[float], what: str) -> torch.Tensor:
@@ -35,7 +31,7 @@ class NormalizedModel(nn.Module):
     Buffers (not constants) also follow `.to(device)` and end up in checkpoints.
     """
 
-    def __init__(self, mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+    def __init__(self, mean: Sequence[float] = CIFAR10.mean, std: Sequence[float] = CIFAR10.std):
         super().__init__()
         sigma = _channel_stats(std, "std")
         if not bool((sigma > 0).all()):

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalization import CIFAR10_MEAN, CIFAR10_STD, NormalizedModel
+from ..datasets import CIFAR10
+from .normalization import NormalizedModel
 
 
 def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -65,8 +66,8 @@ class ResNet(NormalizedModel):
     """Four stages of 64/128/256/512 planes (times the block's expansion); returns logits."""
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: Sequence[int],
-                 num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD):
+                 num_classes: int = 10, mean: Sequence[float] = CIFAR10.mean,
+                 std: Sequence[float] = CIFAR10.std):
         super().__init__(mean, std)
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -90,11 +91,11 @@ class ResNet(NormalizedModel):
         return self.linear(out)
 
 
-def resnet18(num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
-             std: Sequence[float] = CIFAR10_STD) -> ResNet:
+def resnet18(num_classes: int = 10, mean: Sequence[float] = CIFAR10.mean,
+             std: Sequence[float] = CIFAR10.std) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, mean, std)
 
 
-def resnet50(num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
-             std: Sequence[float] = CIFAR10_STD) -> ResNet:
+def resnet50(num_classes: int = 10, mean: Sequence[float] = CIFAR10.mean,
+             std: Sequence[float] = CIFAR10.std) -> ResNet:
     return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, mean, std)

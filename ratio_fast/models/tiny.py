@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalization import CIFAR10_MEAN, CIFAR10_STD, NormalizedModel
+from ..datasets import CIFAR10
+from .normalization import NormalizedModel
 
 
 class TinyNet(NormalizedModel):
     """conv3x3/2-BN-ReLU stages, global average pool, linear; returns logits."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64),
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD):
+                 mean: Sequence[float] = CIFAR10.mean, std: Sequence[float] = CIFAR10.std):
         super().__init__(mean, std)
         layers: list[nn.Module] = []
         in_ch = 3

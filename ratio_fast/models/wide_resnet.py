@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .normalization import CIFAR10_MEAN, CIFAR10_STD, NormalizedModel
+from ..datasets import CIFAR10
+from .normalization import NormalizedModel
 
 
 class BasicBlock(nn.Module):
@@ -68,8 +69,8 @@ class WideResNet(NormalizedModel):
     """WRN-depth-widen_factor for 32x32 inputs in [0, 1]; returns logits."""
 
     def __init__(self, depth: int = 34, widen_factor: int = 10, num_classes: int = 10,
-                 drop_rate: float = 0.0, mean: Sequence[float] = CIFAR10_MEAN,
-                 std: Sequence[float] = CIFAR10_STD):
+                 drop_rate: float = 0.0, mean: Sequence[float] = CIFAR10.mean,
+                 std: Sequence[float] = CIFAR10.std):
         super().__init__(mean, std)
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WideResNet depth must be 6n+4 with n >= 1, got {depth}")
