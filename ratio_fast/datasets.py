@@ -19,17 +19,23 @@ IMAGE_HW = IMAGE_SHAPE[:2]
 IMAGE_BYTES = IMAGE_SHAPE[0] * IMAGE_SHAPE[1] * IMAGE_SHAPE[2]
 
 
+CIFAR_SITE = "https://www.cs.toronto.edu/~kriz/"  # where both official CIFAR tarballs are
+
+
 @dataclass(frozen=True)
 class CifarFiles:
     """Where a CIFAR variant lives: the official python-pickle tarball and what it unpacks to."""
 
-    folder: str  # directory inside the data dir that the tarball unpacks to
-    archive: str  # tarball file name
-    url: str
+    archive: str  # tarball file name, at CIFAR_SITE
     md5: str
+    folder: str  # directory inside the data dir that the tarball unpacks to
     train_files: tuple[str, ...]
     test_files: tuple[str, ...]
     label_key: bytes  # the pickled dict's key of the labels
+
+    @property
+    def url(self) -> str:
+        return CIFAR_SITE + self.archive
 
 
 @dataclass(frozen=True)
@@ -57,10 +63,9 @@ CIFAR10 = DataSet(
     out_data="cifar100",
     ood_sets=("cifar100",),
     files=CifarFiles(
-        folder="cifar-10-batches-py",
         archive="cifar-10-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         md5="c58f30108f718f92721af3b95e74349a",
+        folder="cifar-10-batches-py",
         train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
         test_files=("test_batch",),
         label_key=b"labels",
@@ -76,10 +81,9 @@ CIFAR100 = DataSet(
     out_data="cifar10",
     ood_sets=("cifar10",),
     files=CifarFiles(
-        folder="cifar-100-python",
         archive="cifar-100-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
         train_files=("train",),
         test_files=("test",),
         label_key=b"fine_labels",
