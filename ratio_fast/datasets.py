@@ -10,7 +10,9 @@ Plain Python with no torch or numpy: the CLI, the models and the data package al
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .errors import UserError
 
@@ -110,3 +112,9 @@ def get_dataset(name: str) -> DataSet:
     if name not in DATASETS:
         raise UserError(f"--dataset: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def names_a_path(spec: str) -> bool:
+    """Whether an --out-data / --ood value is meant as a file or folder (it holds a path separator,
+    or something of that name is there) rather than the name of a set."""
+    return os.sep in spec or bool(os.altsep and os.altsep in spec) or Path(spec).expanduser().exists()

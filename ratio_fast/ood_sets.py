@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset
+from .datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset, names_a_path
 from .errors import UserError
 
 BUILT_IN = ("uniform-noise", "smooth-noise", "permuted-pixels")
@@ -94,7 +94,7 @@ def is_training_set(spec: str, trained_on: str | None) -> bool:
         return False
     if spec == trained_on:
         return True
-    return _is_path(spec) and _is_path(trained_on) and Path(spec).expanduser().resolve() == \
+    return names_a_path(spec) and names_a_path(trained_on) and Path(spec).expanduser().resolve() == \
         Path(trained_on).expanduser().resolve()
 
 
@@ -157,7 +157,3 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * 255), 0, 255).astype(np.uint8)
-
-
-def _is_path(spec: str) -> bool:
-    return os.sep in spec or bool(os.altsep and os.altsep in spec) or Path(spec).expanduser().exists()

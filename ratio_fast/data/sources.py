@@ -29,7 +29,7 @@ import numpy as np
 
 from ratio_fast.data.cifar import load_cifar
 from ratio_fast.data.synthetic import make_synthetic, make_synthetic_out
-from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, IMAGE_SHAPE, get_dataset
+from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, IMAGE_SHAPE, get_dataset, names_a_path
 from ratio_fast.errors import UserError
 
 SYNTHETIC_TRAIN_SIZE = 10240
@@ -302,12 +302,11 @@ def _open_out_distribution(spec: str, data_dir, in_name: str, seed: int, synthet
     if spec == "synthetic":
         return ArraySource(make_synthetic_out(_synthetic_size(synthetic_size, SYNTHETIC_TRAIN_SIZE), seed))
     path = Path(spec).expanduser()
-    looks_like_path = os.sep in spec or bool(os.altsep and os.altsep in spec) or path.exists()
     opener = {".npy": NpyImages, ".bin": TinyImages}.get(path.suffix.lower())
     if opener is None and path.is_dir():
         opener = ImageFolder
     if opener is None:
-        if not looks_like_path:
+        if not names_a_path(spec):
             what = "neither a path nor a known set"
         else:
             what = "a file of unknown type" if path.exists() else "not an existing file or directory"
