@@ -1,4 +1,4 @@
-"""torch.distributed under torchrun: who this process is, its process group, and SyncBatchNorm.
+"""torch.distributed under torchrun: who this process is, its device, its process group, and SyncBatchNorm.
 
     torchrun --nproc_per_node=8 -m ratio_fast.cli train ...
 
@@ -50,6 +50,24 @@ def context_from_env(env=os.environ) -> DistContext:
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"environment: RANK={rank} does not fit WORLD_SIZE={world_size}")
     return DistContext(rank=rank, world_size=world_size, local_rank=values.get("LOCAL_RANK", 0))
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    """The --device value as a torch.device; under torchrun, CUDA means this rank's local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: '{name}' is not a device (try cpu, cuda or cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
+    if device.type == "cuda" and ctx is not None and ctx.is_distributed:
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise UserError(f"LOCAL_RANK {ctx.local_rank}: this node has only {torch.cuda.device_count()} GPUs "
+                            "(lower --nproc_per_node)")
+        device = torch.device("cuda", ctx.local_rank)
+    return device
 
 
 def init_process_group(ctx: DistContext, device: torch.device) -> None:
@@ -125,4 +143,4 @@ def all_reduce_mean(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[s
 
 
 __all__ = ["AllReduceBatchNorm2d", "DistContext", "all_reduce_mean", "context_from_env",
-           "convert_sync_batchnorm", "init_process_group", "shutdown"]
+           "convert_sync_batchnorm", "init_process_group", "resolve_device", "shutdown"]

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from .checkpoint import BEST, CHECKPOINT
 from .cli_format import HelpFormatter
-from .config import BACKENDS
 from .datasets import get_dataset
 from .errors import UserError
 from .files import atomic_write, atomic_write_text, make_directory
+from .ops._common import BACKENDS
 from .validation import check_number
 
 FORMATTER = HelpFormatter
@@ -217,7 +217,7 @@ def _load(args):
     import torch
 
     from .export import model_from_checkpoint
-    from .run import resolve_device
+    from .distributed import resolve_device
     from .train import wants_channels_last
 
     device = resolve_device(args.device)

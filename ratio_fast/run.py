@@ -29,7 +29,7 @@ from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .datasets import get_dataset
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
-                          init_process_group, shutdown)
+                          init_process_group, resolve_device, shutdown)
 from .errors import TrainingStopped, UserError
 from .files import RunDirectoryLock, atomic_write_text, file_error
 from .evaluate import clean_accuracy, robust_accuracy
@@ -40,24 +40,6 @@ from .train import RatioTrainer, wants_channels_last
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
-
-
-def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
-    """The --device value as a torch.device; under torchrun, CUDA means this rank's local GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: '{name}' is not a device (try cpu, cuda or cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA device (use --device cpu)")
-    if device.type == "cuda" and ctx is not None and ctx.is_distributed:
-        if ctx.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {ctx.local_rank}: this node has only {torch.cuda.device_count()} GPUs "
-                            "(lower --nproc_per_node)")
-        device = torch.device("cuda", ctx.local_rank)
-    return device
 
 
 class Run:
