@@ -6,8 +6,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import (AMP_DTYPES, ATTACK_SCHEDULES, ATTACKS, AUGMENTATIONS, BACKENDS, LOADERS, MODES, PER_INVOCATION,
-                     TrainConfig)
+from .config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
+                     value_type)
 from .cli_format import HelpFormatter
 from .errors import TrainingStopped, UserError
 from .eval_cli import add_counterfactuals, add_eval, add_export
@@ -48,108 +48,50 @@ class _Replaced(argparse.Action):
 
 
 def _train_parser(sub, d: TrainConfig) -> None:
+    """The train flags: each TrainConfig setting's (see `_add_settings`), with the flags that are not
+    settings placed among them: --out, --resume and --config, and the replaced --no-augment/--cutout."""
     p = sub.add_parser("train", help="RATIO training (or plain adversarial / clean training with --mode)",
                        formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP)
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset,
-                   help="in-distribution: cifar10, cifar100 or synthetic (built in, offline)")
-    g.add_argument("--data-dir", default=d.data_dir, help="where the CIFAR python-pickle folders are (or get downloaded)")
-    g.add_argument("--out-data", default=d.out_data,
-                   help="out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), the 80M "
-                        "Tiny Images tiny_images.bin, a folder of PNG/JPEG images, or cifar10 / cifar100 / "
-                        "synthetic; default: cifar100 for cifar10, cifar10 for cifar100, synthetic for synthetic")
-    g.add_argument("--out-exclude", action=_Lists, default=d.out_exclude, metavar="FILE[:0|:1]",
-                   help="a list of out-distribution rows to leave out, one number per line, 1-based (FILE or "
-                        "FILE:1, e.g. the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' "
-                        "80mn_cifar10_test_idxs.txt); repeat for several lists (configs/ratio-cifar10-wrn34.json)")
-    g.add_argument("--loader", default=d.loader, choices=LOADERS,
-                   help="gpu: whole data set on the device; dali: NVIDIA DALI pipeline; torch: DataLoader "
-                        "workers; auto: the fastest that fits, as measured")
-    g.add_argument("--synthetic-size", type=int, default=d.synthetic_size,
-                   help="training images of the synthetic set (default: 10240)")
-    g.add_argument("--augment", default=d.augment, choices=AUGMENTATIONS,
-                   help="of both batches. autoaugment_cutout: the authors' (crop from a 4-pixel padding of the "
-                        "mean colour, flip, AutoAugment's CIFAR-10 policy, a 16x16 Cutout of the mean colour); "
-                        "crop_flip: crop from a zero padding and flip; none")
+    g = _add_settings(p, DATA, d)
     g.add_argument("--no-augment", "--cutout", dest="replaced_flag", nargs=0, action=_Replaced, help=argparse.SUPPRESS)
+    _add_settings(p, MODEL, d)
+    _add_settings(p, ATTACKS, d)
+    _add_settings(p, SPEED, d)
 
-    g = p.add_argument_group("model and optimization")
-    g.add_argument("--arch", default=d.arch, help="wrn34, wrn28, resnet18, resnet50 or tiny")
-    g.add_argument("--mode", default=d.mode, choices=MODES,
-                   help="ratio: in- and out-distribution attacks; at: in-distribution only; plain: no attacks")
-    g.add_argument("--epochs", type=int, default=d.epochs,
-                   help="passes over the training set (the cosine schedule's length)")
-    g.add_argument("--max-steps", type=int, default=d.max_steps,
-                   help="stop after this many optimizer steps in total (a limit of this invocation: --resume "
-                        "does not inherit it)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="in-distribution batch (out-distribution: the same)")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of SGD (Nesterov), cosine to 0 per step")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="SGD weight decay")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay,
-                   help="decay of the weight average used for evaluation (warm-up (1+n)/(10+n))")
-    g.add_argument("--seed", type=int, default=d.seed, help="data order, augmentation, initialization and attack starts")
-
-    g = p.add_argument_group("attacks (L2, ArgminPGD: momentum on the L1-normalized gradient, best iterate)")
-    g.add_argument("--attack", default=d.attack, choices=ATTACKS,
-                   help="pgd: the authors' ArgminPGD; apgd: APGD (step-size schedule, stronger, same cost)")
-    g.add_argument("--eps-in", type=float, default=d.eps_in, help="L2 radius of the in-distribution attack")
-    g.add_argument("--eps-out", type=float, default=d.eps_out, help="L2 radius of the out-distribution attack")
-    g.add_argument("--steps-in", type=int, default=d.steps_in, help="in-distribution attack steps")
-    g.add_argument("--steps-out", type=int, default=d.steps_out, help="out-distribution attack steps")
-    g.add_argument("--step-size-in", type=float, default=d.step_size_in,
-                   help="L2 length of each in-distribution attack step")
-    g.add_argument("--step-size-out", type=float, default=d.step_size_out,
-                   help="L2 length of each out-distribution attack step")
-    g.add_argument("--attack-momentum", type=float, default=d.attack_momentum,
-                   help="ArgminPGD's momentum on the L1-normalized gradient (0: plain PGD)")
-    g.add_argument("--lam", type=float, default=d.lam, help="weight of the out-distribution loss")
-
-    g = p.add_argument_group("speed and hardware")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    # None: the fast choice for the device, decided when the run knows its device.
-    on_off = argparse.BooleanOptionalAction
-    g.add_argument("--amp", action=on_off, default=d.amp,
-                   help="mixed precision, perturbations stay fp32 (default: on for CUDA, off for CPU)")
-    g.add_argument("--amp-dtype", default=d.amp_dtype, choices=AMP_DTYPES,
-                   help="autocast type under --amp (fp16 adds a gradient scaler)")
-    g.add_argument("--channels-last", action=on_off, default=d.channels_last,
-                   help="channels_last memory format (default: on for CUDA, off for CPU)")
-    g.add_argument("--attack-schedule", default=d.attack_schedule, choices=ATTACK_SCHEDULES,
-                   help="in- and out-distribution attacks one after the other, on two CUDA streams, or as "
-                        "one concatenated batch; auto: measured once per GPU and setting, then cached")
-    g.add_argument("--cuda-graphs", action=on_off, default=d.cuda_graphs,
-                   help="replay the attacks from a CUDA graph (default: on for CUDA, off for CPU)")
-    g.add_argument("--compile", action=on_off, default=d.compile,
-                   help="torch.compile the model (default: on for CUDA, off for CPU)")
-    g.add_argument("--fp32-first-conv", action=on_off, default=d.fp32_first_conv,
-                   help="under --amp, keep the first convolution in fp32 (small perturbations survive)")
-    g.add_argument("--input-grad-only", action=on_off, default=d.input_grad_only,
-                   help="attacks freeze the weights, so a compiled backward computes no weight gradients "
-                        "(eager autograd.grad(loss, x) skips them anyway)")
-    g.add_argument("--fused-optimizer", action=on_off, default=d.fused_optimizer,
-                   help="SGD's fused single-kernel update")
-    g.add_argument("--backend", default=d.backend, choices=BACKENDS,
-                   help="fused PGD step: auto (Triton on CUDA, torch on CPU), triton, native (kernels/, C++/OpenMP "
-                        "or CUDA, built by pip install), or the plain-torch reference")
-
-    g = p.add_argument_group("run")
+    g = p.add_argument_group(RUN)
     g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<arch>-<mode>)")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the run in --out, or the one of CHECKPOINT (a file or its run directory), "
                         "with the checkpoint's settings; flags that would change the computation are refused")
-    g.add_argument("--eval-samples", type=int, default=d.eval_samples,
-                   help="test images for the per-epoch robust accuracy (0 to skip)")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="STEPS",
-                   help="also checkpoint every STEPS optimizer steps (default: at the end of each epoch)")
-    g.add_argument("--max-skipped-steps", type=int, default=d.max_skipped_steps,
-                   help="stop when this many steps in a row had a non-finite loss or gradient (they are skipped)")
+    _add_settings(p, RUN, d, g)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of settings (e.g. a run's config.json); flags given here override it")
 
-    g = p.add_argument_group("multi-GPU (launch with torchrun --nproc_per_node=N -m ratio_fast.cli train ...)")
-    g.add_argument("--sync-bn", action="store_true", default=d.sync_bn,
-                   help="BatchNorm statistics over all ranks' batches")
+    _add_settings(p, MULTI_GPU, d)
+
+
+def _add_settings(p, group: str, d: TrainConfig, g=None):
+    """Add the flags of the settings in `group` (to `g`, or a new argument group), in TrainConfig's
+    order, with the defaults `d`; returns the argument group."""
+    g = g or p.add_argument_group(group)
+    for field in dataclasses.fields(TrainConfig):
+        info = about(field)
+        if info.group != group or not info.has_flag:
+            continue
+        kind, may_be_unset = value_type(field)
+        options = dict(default=getattr(d, field.name), help=info.help, metavar=info.metavar, choices=info.choices)
+        if kind == "bool" and not info.negatable:
+            options.update(action="store_true")
+        elif kind == "bool":
+            options.update(action=argparse.BooleanOptionalAction)
+            if may_be_unset:  # None: the fast choice for the device, decided when the run knows its device
+                options.update(help=info.help + " (default: on for CUDA, off for CPU)")
+        elif kind == "list[str]":
+            options.update(action=_Lists)
+        else:
+            options.update(type={"int": int, "float": float, "str": None}[kind])
+        g.add_argument(flag_name(field.name), **{key: value for key, value in options.items() if value is not None})
+    return g
 
 
 def _run_train(args) -> int:

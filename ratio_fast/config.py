@@ -1,5 +1,8 @@
 """Training configuration: one flat dataclass, saved as JSON in the run directory and the checkpoint.
 
+Each setting is declared once, by `setting(...)`: its default, the help and --help group of its
+`train` flag (cli.py generates the flags from them), and the values it may take (`validate`).
+
 Defaults are the authors' CIFAR-10 RATIO settings (WRN-34-10, eps 0.5 in / 1.0 out, ArgminPGD
 with 10 / 20 steps of 0.1, lambda 1, SGD-Nesterov 0.1 with cosine decay, EMA 0.999).
 """
@@ -9,34 +12,19 @@ import dataclasses
 from dataclasses import dataclass
 
 from .data.augment import AUGMENTATIONS
+from .data.loaders import LOADER_CHOICES
 from .errors import UserError
 from .models import check_model_name
+from .ops._common import BACKENDS
 from .validation import check_number
 
-MODES = ("ratio", "at", "plain")  # RATIO; plain L2 adversarial training; plain (clean) training
-LOADERS = ("auto", "dali", "gpu", "torch")
-ATTACKS = ("pgd", "apgd")
-BACKENDS = ("auto", "triton", "native", "torch")  # fused ops: Triton, kernels/ (C++/CUDA), plain torch
-AMP_DTYPES = ("bf16", "fp16")
-# How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
-# two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
-ATTACK_SCHEDULES = ("auto", "sequential", "streams", "concat")
-
-
-# The numeric settings and their ranges. Each must also be finite: a NaN radius passes every
-# "< 0" test and then never projects; an infinite weight makes every step non-finite.
-_FLOAT_RANGES = {
-    "lr": dict(above=0), "momentum": dict(at_least=0), "weight_decay": dict(at_least=0),
-    "eps_in": dict(at_least=0), "eps_out": dict(at_least=0), "step_size_in": dict(above=0),
-    "step_size_out": dict(above=0), "attack_momentum": dict(at_least=0), "lam": dict(at_least=0),
-    "ema_decay": dict(at_least=0, below=1),
-}
-_INTEGER_RANGES = {
-    "epochs": dict(at_least=1), "batch_size": dict(at_least=1), "steps_in": dict(at_least=0),
-    "steps_out": dict(at_least=0), "eval_samples": dict(at_least=0), "max_skipped_steps": dict(at_least=1),
-    "seed": {}, "max_steps": dict(at_least=1), "checkpoint_every": dict(at_least=1), "synthetic_size": dict(at_least=1),
-}
-_UNSET_ALLOWED = {"max_steps", "checkpoint_every", "synthetic_size"}  # None: not set
+# The groups of `ratio-fast train --help`, in their order there.
+DATA = "data"
+MODEL = "model and optimization"
+ATTACKS = "attacks (L2, ArgminPGD: momentum on the L1-normalized gradient, best iterate)"
+SPEED = "speed and hardware"
+RUN = "run"
+MULTI_GPU = "multi-GPU (launch with torchrun --nproc_per_node=N -m ratio_fast.cli train ...)"
 
 # What a resumed run may change: how long it runs, how often it saves and evaluates, where its
 # data lies, and the speed switches that keep the math. Anything else would silently train
@@ -55,51 +43,117 @@ def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+@dataclass(frozen=True)
+class SettingInfo:
+    """What a TrainConfig field is besides its type and default: its flag's help and --help group,
+    the values it may take (`choices`, or `bounds` for check_number: at_least, above, below)."""
+
+    help: str
+    group: str
+    choices: tuple[str, ...] | None = None
+    bounds: dict = dataclasses.field(default_factory=dict)
+    metavar: str | None = None
+    has_flag: bool = True  # False: set only by --config FILE or the API
+    negatable: bool = True  # a bool's flag comes with --no-<flag>; False: a plain on switch
+
+
+def setting(default, group: str, help: str, *, choices=None, metavar=None, has_flag=True, negatable=True,
+            **bounds) -> dataclasses.Field:
+    """A TrainConfig field declared once: its default and its SettingInfo (read back by `about`)."""
+    info = SettingInfo(help, group, choices, bounds, metavar, has_flag, negatable)
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=default.copy, metadata={"info": info})
+    return dataclasses.field(default=default, metadata={"info": info})
+
+
+def about(field: dataclasses.Field) -> SettingInfo:
+    """The SettingInfo `setting` declared for a TrainConfig field."""
+    return field.metadata["info"]
+
+
+def value_type(field: dataclasses.Field) -> tuple[str, bool]:
+    """(the field's type as written, e.g. 'int', and whether None (not set) is allowed)."""
+    written = str(field.type)
+    return written.removesuffix(" | None"), written.endswith(" | None")
+
+
 @dataclass
 class TrainConfig:
-    arch: str = "wrn34"
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    out_data: str | None = None  # .npy path or a dataset name; None: the default for `dataset`
-    # Out-distribution rows to leave out: exclusion lists FILE[:0|:1] (0- or 1-based; default 1).
-    out_exclude: list[str] = dataclasses.field(default_factory=list)
-    loader: str = "auto"  # auto | dali | gpu | torch
-    mode: str = "ratio"
-    epochs: int = 300
-    max_steps: int | None = None  # stop after this many optimizer steps in total (this invocation only)
-    batch_size: int = 128  # in-distribution batch; the out-distribution batch has the same size
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    eps_in: float = 0.5
-    eps_out: float = 1.0
-    steps_in: int = 10
-    steps_out: int = 20
-    step_size_in: float = 0.1
-    step_size_out: float = 0.1
-    attack_momentum: float = 0.9
-    attack: str = "pgd"  # pgd: the authors' ArgminPGD; apgd: APGD (Croce & Hein 2020), the stronger option
-    lam: float = 1.0
-    ema_decay: float = 0.999
+    dataset: str = setting("cifar10", DATA, "in-distribution: cifar10, cifar100 or synthetic (built in, offline)")
+    data_dir: str = setting("data", DATA, "where the CIFAR python-pickle folders are (or get downloaded)")
+    out_data: str | None = setting(  # None: the default for `dataset`
+        None, DATA, "out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), the 80M Tiny "
+        "Images tiny_images.bin, a folder of PNG/JPEG images, or cifar10 / cifar100 / synthetic; default: cifar100 "
+        "for cifar10, cifar10 for cifar100, synthetic for synthetic")
+    out_exclude: list[str] = setting(
+        [], DATA, "a list of out-distribution rows to leave out, one number per line, 1-based (FILE or FILE:1, e.g. "
+        "the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' 80mn_cifar10_test_idxs.txt); "
+        "repeat for several lists (configs/ratio-cifar10-wrn34.json)", metavar="FILE[:0|:1]")
+    loader: str = setting("auto", DATA, "gpu: whole data set on the device; dali: NVIDIA DALI pipeline; torch: "
+                          "DataLoader workers; auto: the fastest that fits, as measured", choices=LOADER_CHOICES)
+    synthetic_size: int | None = setting(None, DATA, "training images of the synthetic set (default: 10240)",
+                                         at_least=1)
+    augment: str = setting(
+        "autoaugment_cutout", DATA, "of both batches. autoaugment_cutout: the authors' (crop from a 4-pixel "
+        "padding of the mean colour, flip, AutoAugment's CIFAR-10 policy, a 16x16 Cutout of the mean colour); "
+        "crop_flip: crop from a zero padding and flip; none", choices=AUGMENTATIONS)
+
+    arch: str = setting("wrn34", MODEL, "wrn34, wrn28, resnet18, resnet50 or tiny")  # checked by check_model_name
+    mode: str = setting("ratio", MODEL, "ratio: in- and out-distribution attacks; at: in-distribution only; plain: "
+                        "no attacks", choices=("ratio", "at", "plain"))
+    epochs: int = setting(300, MODEL, "passes over the training set (the cosine schedule's length)", at_least=1)
+    max_steps: int | None = setting(None, MODEL, "stop after this many optimizer steps in total (a limit of this "
+                                    "invocation: --resume does not inherit it)", at_least=1)
+    batch_size: int = setting(128, MODEL, "in-distribution batch (out-distribution: the same)", at_least=1)
+    lr: float = setting(0.1, MODEL, "peak learning rate of SGD (Nesterov), cosine to 0 per step", above=0)
+    momentum: float = setting(0.9, MODEL, "SGD momentum", has_flag=False, at_least=0)
+    weight_decay: float = setting(5e-4, MODEL, "SGD weight decay", at_least=0)
+    ema_decay: float = setting(0.999, MODEL, "decay of the weight average used for evaluation (warm-up "
+                               "(1+n)/(10+n))", at_least=0, below=1)
+    seed: int = setting(0, MODEL, "data order, augmentation, initialization and attack starts")
+
+    attack: str = setting("pgd", ATTACKS, "pgd: the authors' ArgminPGD; apgd: APGD (step-size schedule, stronger, "
+                          "same cost)", choices=("pgd", "apgd"))
+    eps_in: float = setting(0.5, ATTACKS, "L2 radius of the in-distribution attack", at_least=0)
+    eps_out: float = setting(1.0, ATTACKS, "L2 radius of the out-distribution attack", at_least=0)
+    steps_in: int = setting(10, ATTACKS, "in-distribution attack steps", at_least=0)
+    steps_out: int = setting(20, ATTACKS, "out-distribution attack steps", at_least=0)
+    step_size_in: float = setting(0.1, ATTACKS, "L2 length of each in-distribution attack step", above=0)
+    step_size_out: float = setting(0.1, ATTACKS, "L2 length of each out-distribution attack step", above=0)
+    attack_momentum: float = setting(0.9, ATTACKS, "ArgminPGD's momentum on the L1-normalized gradient (0: plain "
+                                     "PGD)", at_least=0)
+    lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
+
     # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.
-    amp: bool | None = None  # autocast to amp_dtype; perturbations stay fp32
-    amp_dtype: str = "bf16"
-    channels_last: bool | None = None
-    attack_schedule: str = "auto"
-    cuda_graphs: bool | None = None  # the attacks replayed from a CUDA graph (CUDA only)
-    compile: bool | None = None  # torch.compile the model
-    fp32_first_conv: bool = True  # under AMP, the first convolution stays fp32 (attack strength)
-    input_grad_only: bool = True  # attacks freeze the weights: no weight gradients in a compiled backward
-    fused_optimizer: bool = True  # SGD's fused kernel (one launch for the whole update)
-    augment: str = "autoaugment_cutout"  # the authors' --augm; or crop_flip, none (data/augment.py)
-    backend: str = "auto"  # fused-op backend: auto | triton | torch
-    device: str = "auto"
-    seed: int = 0
-    synthetic_size: int | None = None  # training-set size of the built-in synthetic data
-    eval_samples: int = 1000  # test images for the per-epoch robust accuracy (0: skip)
-    checkpoint_every: int | None = None  # optimizer steps between checkpoints (None: every epoch)
-    sync_bn: bool = False  # SyncBatchNorm across ranks under torchrun
-    max_skipped_steps: int = 20  # stop when this many steps in a row had a non-finite loss or gradient
+    device: str = setting("auto", SPEED, "auto, cpu, cuda or cuda:N")
+    amp: bool | None = setting(None, SPEED, "mixed precision, perturbations stay fp32")
+    amp_dtype: str = setting("bf16", SPEED, "autocast type under --amp (fp16 adds a gradient scaler)",
+                             choices=("bf16", "fp16"))
+    channels_last: bool | None = setting(None, SPEED, "channels_last memory format")
+    # How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
+    # two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
+    attack_schedule: str = setting(
+        "auto", SPEED, "in- and out-distribution attacks one after the other, on two CUDA streams, or as one "
+        "concatenated batch; auto: measured once per GPU and setting, then cached",
+        choices=("auto", "sequential", "streams", "concat"))
+    cuda_graphs: bool | None = setting(None, SPEED, "replay the attacks from a CUDA graph")
+    compile: bool | None = setting(None, SPEED, "torch.compile the model")
+    fp32_first_conv: bool = setting(True, SPEED, "under --amp, keep the first convolution in fp32 (small "
+                                    "perturbations survive)")
+    input_grad_only: bool = setting(True, SPEED, "attacks freeze the weights, so a compiled backward computes no "
+                                    "weight gradients (eager autograd.grad(loss, x) skips them anyway)")
+    fused_optimizer: bool = setting(True, SPEED, "SGD's fused single-kernel update")
+    backend: str = setting("auto", SPEED, "fused PGD step: auto (Triton on CUDA, torch on CPU), triton, native "
+                           "(kernels/, C++/OpenMP or CUDA, built by pip install), or the plain-torch reference",
+                           choices=BACKENDS)
+
+    eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
+    checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
+                                           "the end of each epoch)", metavar="STEPS", at_least=1)
+    max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "
+                                     "gradient (they are skipped)", at_least=1)
+
+    sync_bn: bool = setting(False, MULTI_GPU, "BatchNorm statistics over all ranks' batches", negatable=False)
 
     def __post_init__(self):
         self.validate()
@@ -107,29 +161,17 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
         check_model_name(self.arch)
-        for name, bounds in _FLOAT_RANGES.items():
-            check_number(flag_name(name), getattr(self, name), **bounds)
-        for name, bounds in _INTEGER_RANGES.items():
-            value = getattr(self, name)
-            if value is not None or name not in _UNSET_ALLOWED:
-                check_number(flag_name(name), value, integer=True, **bounds)
+        # Each number must also be finite (check_number): a NaN radius passes every "< 0" test and
+        # then never projects; an infinite weight makes every step non-finite.
+        for field in dataclasses.fields(self):
+            info, value, flag = about(field), getattr(self, field.name), flag_name(field.name)
+            kind, may_be_unset = value_type(field)
+            if kind in ("int", "float") and not (value is None and may_be_unset):
+                check_number(flag, value, integer=kind == "int", **info.bounds)
+            if info.choices is not None and value not in info.choices:
+                raise UserError(f"{flag} must be one of {', '.join(info.choices)}, got {value!r}")
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
-        if self.mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise UserError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.loader not in LOADERS:
-            raise UserError(f"--loader must be one of {', '.join(LOADERS)}, got {self.loader!r}")
-        if self.attack not in ATTACKS:
-            raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, got {self.attack!r}")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise UserError(f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}, got {self.amp_dtype!r}")
-        if self.attack_schedule not in ATTACK_SCHEDULES:
-            raise UserError(f"--attack-schedule must be one of {', '.join(ATTACK_SCHEDULES)}, "
-                            f"got {self.attack_schedule!r}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         return self
 
     def to_dict(self) -> dict:

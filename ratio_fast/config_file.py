@@ -9,15 +9,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import TrainConfig, upgrade_legacy_settings
+from .config import TrainConfig, upgrade_legacy_settings, value_type
 from .errors import UserError
 
-# Field annotation (as written in config.py) -> JSON types accepted for it.
-_ACCEPTED = {
-    "int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
-    "int | None": (int, type(None)), "float | None": (int, float, type(None)),
-    "bool | None": (bool, type(None)), "str | None": (str, type(None)), "list[str]": (list,),
-}
+# Field type (as written in config.py, without "| None") -> JSON types accepted for it; null
+# is accepted too where the field may be None.
+_ACCEPTED = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list[str]": (list,)}
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -41,7 +38,8 @@ def read_config_file(path: str | Path) -> dict:
     if unknown:
         raise UserError(f"--config {path}: unknown setting(s) {', '.join(unknown)}")
     for name, value in values.items():
-        accepted = _ACCEPTED[str(fields[name].type)]
+        kind, may_be_unset = value_type(fields[name])
+        accepted = _ACCEPTED[kind] + ((type(None),) if may_be_unset else ())
         is_bool_as_number = isinstance(value, bool) and bool not in accepted
         not_strings = isinstance(value, list) and not all(isinstance(item, str) for item in value)
         if not isinstance(value, accepted) or is_bool_as_number or not_strings:

@@ -1,4 +1,6 @@
 """`ratio-fast train` end to end: the CPU demo, exact resume, and one-line errors for bad input."""
+import argparse
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_fast.cli import main
+from ratio_fast.cli import build_parser, main
+from ratio_fast.config import TrainConfig, flag_name
+from ratio_fast.errors import UserError
 
 # A few seconds per run: 8 steps per epoch of a tiny model with short attacks.
 FAST = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
@@ -110,6 +114,23 @@ def error_of(args, capsys):
 ])
 def test_bad_flags_give_one_line_errors(tmp_path, capsys, flags, expected):
     assert expected in error_of(FAST + ["--out", str(tmp_path / "run")] + flags, capsys)
+
+
+def test_train_flags_and_checks_come_from_the_settings():
+    """Every TrainConfig setting but momentum (set by --config) has its flag, with the field's
+    default; a value outside a setting's choices is refused by the flag and by TrainConfig alike."""
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {action.dest: action for action in subcommands.choices["train"]._actions}
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "momentum":
+            assert field.name not in actions
+            continue
+        action = actions[field.name]
+        assert action.option_strings[0] == flag_name(field.name) and action.default == getattr(defaults, field.name)
+        if action.choices is not None:
+            with pytest.raises(UserError, match=f"^{flag_name(field.name)} must be one of .*, got 'nope'$"):
+                TrainConfig(**{field.name: "nope"})
 
 
 def test_triton_backend_on_cpu_without_the_interpreter(tmp_path, capsys, monkeypatch):
