@@ -29,7 +29,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location="cpu
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory; pass the checkpoint file in it "
-                        f"(e.g. {path / 'checkpoint.pt'})")
+                        f"(e.g. {path / CHECKPOINT})")
     if not path.is_file():
         raise UserError(f"checkpoint {path}: no such file")
     try:
