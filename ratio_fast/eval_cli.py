@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import BEST, CHECKPOINT
+from .checkpoint import BEST, CHECKPOINT, WEIGHTS
 from .cli_format import HelpFormatter
 from .datasets import get_dataset
 from .errors import UserError
@@ -26,7 +26,7 @@ EVAL_RESULTS = "eval.json"
 def _common(p) -> None:
     p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
                                       f"(the authors' choice of weights), else its {CHECKPOINT}")
-    p.add_argument("--weights", default="ema", choices=("ema", "model"), help="the EMA weights or the raw model's")
+    p.add_argument("--weights", default="ema", choices=WEIGHTS, help="the EMA weights or the raw model's")
 
 
 def _device_flags(p) -> None:

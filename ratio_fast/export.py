@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import WEIGHTS, load_checkpoint
 from .config import TrainConfig
 from .datasets import get_dataset
 from .errors import UserError
 from .files import atomic_save, atomic_write, make_directory
 from .models import create_model
 
-WEIGHTS = ("ema", "model")
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
