@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ratio_fast.datasets import IMAGE_HW
+
 # Fixed forever: changing it changes every class template and so every synthetic result.
 _TEMPLATE_SEED = 0x5A7105
 # Separate random streams so the same user seed gives unrelated in- and out-distribution images.
 _STREAM_IN, _STREAM_OUT = 1, 2
 _SPLITS = {"train": 0, "test": 1}
 
-_SIZE = 32
+_SIZE = IMAGE_HW[0]  # the side of the square images
 _MAX_SHIFT = 2  # pixels, each way
 _GRID = 4  # resolution of the template grid: low-frequency patterns
 _TEMPLATE_AMPLITUDE = 0.2
