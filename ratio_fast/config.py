@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .attack_schedule import SCHEDULES
 from .data.augment import AUGMENTATIONS
 from .data.loaders import LOADER_CHOICES
 from .errors import UserError
 from .models import check_model_name
 from .ops._common import BACKENDS
+from .speed import AMP_DTYPES
 from .validation import check_number
 
 # The groups of `ratio-fast train --help`, in their order there.
@@ -128,14 +130,14 @@ class TrainConfig:
     device: str = setting("auto", SPEED, "auto, cpu, cuda or cuda:N")
     amp: bool | None = setting(None, SPEED, "mixed precision, perturbations stay fp32")
     amp_dtype: str = setting("bf16", SPEED, "autocast type under --amp (fp16 adds a gradient scaler)",
-                             choices=("bf16", "fp16"))
+                             choices=tuple(AMP_DTYPES))
     channels_last: bool | None = setting(None, SPEED, "channels_last memory format")
     # How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
     # two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
     attack_schedule: str = setting(
         "auto", SPEED, "in- and out-distribution attacks one after the other, on two CUDA streams, or as one "
         "concatenated batch; auto: measured once per GPU and setting, then cached",
-        choices=("auto", "sequential", "streams", "concat"))
+        choices=("auto", *SCHEDULES))
     cuda_graphs: bool | None = setting(None, SPEED, "replay the attacks from a CUDA graph")
     compile: bool | None = setting(None, SPEED, "torch.compile the model")
     fp32_first_conv: bool = setting(True, SPEED, "under --amp, keep the first convolution in fp32 (small "

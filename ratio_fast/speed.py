@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import TrainConfig
 from .errors import UserError
+
+if TYPE_CHECKING:  # config.py takes its choices from here (AMP_DTYPES)
+    from .config import TrainConfig
+
+# --amp-dtype: the autocast type of each name.
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,8 @@ class SpeedSettings:
     @property
     def precision(self) -> str:
         """fp32, bf16 or fp16: what the forward and backward passes compute in."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        names = {dtype: name for name, dtype in AMP_DTYPES.items()}
+        return names.get(self.amp_dtype, "fp32")
 
     def autocast(self, device: torch.device, cache_enabled: bool = True):
         """Autocast to the AMP dtype, or nothing in fp32. The attacks keep their perturbation in fp32."""
@@ -66,7 +73,7 @@ def resolve_speed(config: TrainConfig, device: torch.device | str) -> SpeedSetti
     if not cuda and schedule == "streams":
         schedule = "sequential"  # a CPU has one stream; this computes the same thing
     return SpeedSettings(
-        amp_dtype=({"bf16": torch.bfloat16, "fp16": torch.float16}[config.amp_dtype] if amp else None),
+        amp_dtype=AMP_DTYPES[config.amp_dtype] if amp else None,
         channels_last=wants_channels_last(config, device),
         attack_schedule=schedule,
         cuda_graphs=on_for_cuda(config.cuda_graphs),
