@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .attack_schedule import SCHEDULES
 from .data.augment import AUGMENTATIONS
 from .data.loaders import LOADER_CHOICES
+from .datasets import DATASETS
 from .errors import UserError
 from .models import check_model_name
 from .ops._common import BACKENDS
@@ -38,6 +39,12 @@ RESUME_MAY_CHANGE = frozenset({
 })
 # Limits of one invocation, not settings of the run: a resume does not inherit them.
 PER_INVOCATION = frozenset({"max_steps"})
+
+
+# The help of --dataset and --out-data, from the table of data sets (datasets.py).
+_DATASET_NAMES = [f"{name}{'' if data.files else ' (built in, offline)'}" for name, data in DATASETS.items()]
+_DATASET_NAMES = ", ".join(_DATASET_NAMES[:-1]) + " or " + _DATASET_NAMES[-1]  # "a, b or c"
+_DEFAULT_OUT_DATA = ", ".join(f"{data.out_data} for {name}" for name, data in DATASETS.items())
 
 
 def flag_name(field: str) -> str:
@@ -81,12 +88,11 @@ def value_type(field: dataclasses.Field) -> tuple[str, bool]:
 
 @dataclass
 class TrainConfig:
-    dataset: str = setting("cifar10", DATA, "in-distribution: cifar10, cifar100 or synthetic (built in, offline)")
+    dataset: str = setting("cifar10", DATA, "in-distribution: " + _DATASET_NAMES)
     data_dir: str = setting("data", DATA, "where the CIFAR python-pickle folders are (or get downloaded)")
     out_data: str | None = setting(  # None: the default for `dataset`
         None, DATA, "out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), the 80M Tiny "
-        "Images tiny_images.bin, a folder of PNG/JPEG images, or cifar10 / cifar100 / synthetic; default: cifar100 "
-        "for cifar10, cifar10 for cifar100, synthetic for synthetic")
+        f"Images tiny_images.bin, a folder of PNG/JPEG images, or {' / '.join(DATASETS)}; default: {_DEFAULT_OUT_DATA}")
     out_exclude: list[str] = setting(
         [], DATA, "a list of out-distribution rows to leave out, one number per line, 1-based (FILE or FILE:1, e.g. "
         "the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' 80mn_cifar10_test_idxs.txt); "
