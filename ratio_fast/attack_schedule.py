@@ -142,8 +142,11 @@ class AttackPhase:
             self.schedule = "sequential"
             return self.schedule
         timer = self._timer or device_timer(self.device)
-        self.choice = choose_schedule(self._cache_key(x, z), lambda name: timer(name, lambda: self._call(name)(x, y, z)),
-                                      cache_path=self._cache_path)
+
+        def seconds(name: str) -> float:  # one attack phase of this batch under schedule `name`
+            return timer(name, lambda: self._call(name)(x, y, z))
+
+        self.choice = choose_schedule(self._cache_key(x, z), seconds, cache_path=self._cache_path)
         self.schedule = self.choice.schedule
         # Only the chosen schedule runs from now on: the other's CUDA graph would only hold memory.
         self._calls = {name: call for name, call in self._calls.items() if name == self.schedule}

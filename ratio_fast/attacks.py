@@ -125,7 +125,9 @@ def l2_pgd(
     generator: torch.Generator | None = None,
     input_grad_only: bool = True,
 ) -> torch.Tensor:
-    """Projected L2 PGD maximizing `objective` (a name in losses.OBJECTIVES or a callable) within ||delta||_2 <= eps, x + delta in [0,1].
+    """Projected L2 PGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
+
+    objective: a name in losses.OBJECTIVES or a callable (logits, labels) -> per-sample loss.
 
     eps and step_size are floats or per-sample (N,) tensors. momentum > 0 accumulates the
     L1-normalized gradient (the authors' ArgminPGD); keep_best returns, per sample, the iterate
