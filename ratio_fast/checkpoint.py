@@ -25,8 +25,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
                 advice="the previous checkpoint is kept; fix that, then continue with --resume")
 
 
-def load_checkpoint(path: str | Path, arch: str | None = None, map_location="cpu") -> dict:
-    """Load a ratio-fast checkpoint; UserError for a missing or corrupt file or another architecture."""
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load a ratio-fast checkpoint; UserError for a missing, corrupt or incomplete file. (Whether
+    it fits the run's settings, the architecture included, is `config.resume_differences`' job.)"""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a directory; pass the checkpoint file in it "
@@ -44,7 +45,4 @@ def load_checkpoint(path: str | Path, arch: str | None = None, map_location="cpu
     config, trainer = state.get("config"), state.get("trainer")
     if not isinstance(config, dict) or not isinstance(config.get("arch"), str) or not isinstance(trainer, dict):
         raise UserError(f"checkpoint {path}: incomplete ratio-fast checkpoint (no config or trainer state)")
-    saved_arch = config["arch"]
-    if arch is not None and saved_arch != arch:
-        raise UserError(f"checkpoint {path} holds a '{saved_arch}' model, not --arch {arch}")
     return state
