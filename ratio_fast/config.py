@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .attack_schedule import SCHEDULES
 from .data.augment import AUGMENTATIONS
 from .data.loaders import LOADER_CHOICES
-from .datasets import DATASETS
+from .datasets import DATASETS, get_dataset
 from .errors import UserError
 from .models import check_model_name
 from .ops._common import BACKENDS
@@ -181,6 +181,11 @@ class TrainConfig:
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
         return self
+
+    @property
+    def out_distribution(self) -> str:
+        """What a ratio run trains against: --out-data, or the data set's default (datasets.py)."""
+        return self.out_data or get_dataset(self.dataset).out_data
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

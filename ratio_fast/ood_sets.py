@@ -85,7 +85,7 @@ def training_out_distribution(config) -> str | None:
     """The --out-data the run trained on (its default if none was given), or None if it trained without one."""
     if config.mode != "ratio":
         return None
-    return config.out_data or get_dataset(config.dataset).out_data
+    return config.out_distribution
 
 
 def is_training_set(spec: str, trained_on: str | None) -> bool:

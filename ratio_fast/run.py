@@ -99,7 +99,7 @@ class Run:
                                        self.device)
         self.out_loader = None
         if cfg.mode == "ratio":
-            out_images = load_out_distribution(cfg.out_data or data_set.out_data, cfg.data_dir,
+            out_images = load_out_distribution(cfg.out_distribution, cfg.data_dir,
                                                in_name=cfg.dataset, seed=cfg.seed, exclude=cfg.out_exclude)
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")

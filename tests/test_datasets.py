@@ -4,7 +4,6 @@ refused in one line, and the run, eval and export read their per-data-set facts 
 from __future__ import annotations
 
 import math
-import types
 
 import pytest
 import torch
@@ -49,7 +48,7 @@ def test_an_unknown_data_set_is_refused_in_one_line_naming_the_choices(tmp_path)
 @pytest.mark.parametrize("name", DATASETS)
 def test_the_default_out_distribution_and_ood_sets_come_from_the_row(name):
     row = DATASETS[name]
-    run = types.SimpleNamespace(mode="ratio", dataset=name, out_data=None)
+    run = TrainConfig(mode="ratio", dataset=name)
     assert training_out_distribution(run) == row.out_data
     sets, _notes = choose_ood_sets(None, name, None)
     assert sets == [*row.ood_sets, *BUILT_IN]

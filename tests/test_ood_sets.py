@@ -1,11 +1,11 @@
 """The out-distribution test sets of `ratio-fast eval`: built-in sets, SVHN's .mat, the choice of defaults."""
-import types
 
 import numpy as np
 import pytest
 import scipy.io
 import scipy.ndimage
 
+from ratio_fast.config import TrainConfig
 from ratio_fast.errors import UserError
 from ratio_fast.ood_sets import (BUILT_IN, _gaussian_blur, choose_ood_sets, is_training_set, load_ood_set,
                                  permuted_pixels, read_svhn_mat, smooth_noise, training_out_distribution,
@@ -75,7 +75,7 @@ def test_npy_and_folder_sets_come_from_the_data_package(tmp_path):
 
 
 def config(mode="ratio", dataset="cifar10", out_data=None):
-    return types.SimpleNamespace(mode=mode, dataset=dataset, out_data=out_data)
+    return TrainConfig(mode=mode, dataset=dataset, out_data=out_data)
 
 
 def test_defaults_leave_out_the_training_out_distribution():
