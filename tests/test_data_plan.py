@@ -121,7 +121,6 @@ def test_cutout_centres_cover_the_image():
 
 
 def test_global_batch_must_split_evenly():
-    x = id_images(64)
     with pytest.raises(UserError, match="--batch-size 30.*divisible.*4"):
         BatchSpec(30, rank=0, world_size=4)
     with pytest.raises(ValueError):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ratio_fast import APGD, L2PGD, APGDTargeted, TrainConfig
-from ratio_fast.checkpoint import load_checkpoint, save_checkpoint
+from ratio_fast.checkpoint import load_checkpoint
 from ratio_fast.cli import build_parser, main
 from ratio_fast.errors import UserError
 from ratio_fast.files import RunDirectoryLock, atomic_save

@@ -2,8 +2,6 @@
 
 What needs CUDA (graphs, streams that really overlap, compile on the GPU) is in test_gpu.py.
 """
-import json
-
 import pytest
 import torch
 
