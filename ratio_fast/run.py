@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import L2PGD
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
+from .choices import LOADERS
 from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .datasets import get_dataset
@@ -48,7 +49,7 @@ class Run:
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str | Path = False, log=None,
                  dist_context: DistContext | None = None):
         """resume: False (a new run), True (the checkpoint in run_dir) or a checkpoint's path. A
-        resumed run must have the checkpoint's settings, except those in RESUME_MAY_CHANGE."""
+        resumed run must have the checkpoint's settings, except those config.resume_differences allows."""
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
@@ -130,9 +131,10 @@ class Run:
                                  keep_best=True, backend=cfg.backend)
 
     def _loader_kind(self, images, spec: BatchSpec) -> str:
-        """--loader for these images; a measured 'auto' choice is logged with its rates."""
+        """--loader for these images; auto's choice is logged with its rates and what it left out,
+        as is a kind asked for by name whose batches are not the reference's."""
         choice = choose_loader_kind(self.config.loader, images, self.device, spec)
-        if choice.measured:
+        if choice.describe():
             self._print(choice.describe())
         return choice.kind
 
@@ -320,10 +322,9 @@ class Run:
 
 
 def _loader_names(kinds: list[str]) -> str:
-    names = {"gpu": "device-resident", "dali": "DALI", "torch": "DataLoader"}
     if len(set(kinds)) == 1:
-        return f"{names[kinds[0]]} loader"
-    return f"{names[kinds[0]]} loader (in), {names[kinds[1]]} loader (out)"
+        return f"{LOADERS[kinds[0]].title} loader"
+    return f"{LOADERS[kinds[0]].title} loader (in), {LOADERS[kinds[1]].title} loader (out)"
 
 
 def _accumulate(sums: dict, metrics: dict) -> None:
