@@ -9,7 +9,7 @@ decodes the same codes into DALI's operators (``dali.py``).
 
 ``AutoAugment`` repeats Pillow's arithmetic (``ImageOps``, ``ImageEnhance`` and the affine
 ``transform``) in its order, so the result equals PIL's, which tests/test_data_autoaugment.py
-checks for every operation and magnitude. Each stage is
+checks for every operation and magnitude, and exhaustively for every lookup table. Each stage is
 three batched passes, each an identity for the samples that draw another kind of operation:
 one resampling for the geometric operations (shear: PIL's bicubic along the sheared axis, in
 float64; translate and rotate: PIL's nearest neighbour; fills as in the reference; where each
@@ -290,12 +290,17 @@ def point_table_of(name: str, m: float) -> np.ndarray:
 
 def autocontrast_tables(histogram: torch.Tensor) -> torch.Tensor:
     """ImageOps.autocontrast (no cutoff): per channel, int(i * scale + offset) clipped, with
-    scale = 255 / (hi - lo), offset = -lo * scale in float64; identity when hi <= lo."""
+    scale = 255 / (hi - lo), offset = -lo * scale in float64; identity when hi <= lo.
+
+    The division is tensor by tensor: torch evaluates ``255.0 / tensor`` as a reciprocal times
+    255, one rounding more than PIL's, which moves 3,511 of the 32,640 (lo, hi) tables a level up.
+    """
     present = histogram > 0
     lo = present.long().argmax(-1, keepdim=True)  # first set bin
     hi = 255 - present.flip(-1).long().argmax(-1, keepdim=True)  # last set bin
     spread = hi > lo
-    scale = 255.0 / torch.where(spread, hi - lo, 1).double()
+    width = torch.where(spread, hi - lo, 1).double()
+    scale = torch.full_like(width, 255.0) / width
     offset = -lo.double() * scale
     i = torch.arange(256, device=histogram.device)
     table = torch.trunc(i.double() * scale + offset).clamp_(0, 255).long()
