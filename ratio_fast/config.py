@@ -39,8 +39,8 @@ RESUME_MAY_CHANGE = frozenset({
 # What a resumed run may change where the change keeps the math: setting -> (saved, given config)
 # -> why the change is refused, or None when it is not.
 RESUME_MAY_CHANGE_IF = {
-    "loader": lambda saved, given: None if same_batches(saved.loader, given.loader, saved.augment) else
-    f"not the same batches with --augment {saved.augment}",
+    "loader": lambda saved, given: (None if same_batches(saved.loader, given.loader, saved.augment)
+                                    else f"not the same batches with --augment {saved.augment}"),
 }
 # Limits of one invocation, not settings of the run: a resume does not inherit them.
 PER_INVOCATION = frozenset({"max_steps"})
