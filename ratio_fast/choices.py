@@ -65,7 +65,7 @@ AUGMENTATIONS: dict[str, Augmentation] = table(
 
 
 @dataclass(frozen=True)
-class Loader:
+class LoaderOption:
     """A --loader value: a loader kind, or `auto`, which picks one. No kind needs CUDA: each also
     runs on a CPU (the gpu kind then holds the set in host memory)."""
 
@@ -84,13 +84,14 @@ class Loader:
         return self.exact_autoaugment or not augmentation.autoaugment
 
 
-LOADERS: dict[str, Loader] = table(
-    Loader("auto", "the fastest loader that can hold the set and gives the reference batches for --augment, "
-           "measured on CUDA and cached", "auto", picks=True),
-    Loader("gpu", "the whole uint8 set on the device, augmented there", "device-resident"),
-    Loader("dali", "an NVIDIA DALI pipeline fed by worker processes (its AutoAugment is close to PIL's, not equal)",
-           "DALI", streams=True, exact_autoaugment=False, package="nvidia.dali", install="nvidia-dali-cuda130"),
-    Loader("torch", "DataLoader worker processes augment on the CPU", "DataLoader", streams=True),
+LOADERS: dict[str, LoaderOption] = table(
+    LoaderOption("auto", "the fastest loader that can hold the set and gives the reference batches for --augment, "
+                 "measured on CUDA and cached", "auto", picks=True),
+    LoaderOption("gpu", "the whole uint8 set on the device, augmented there", "device-resident"),
+    LoaderOption("dali", "an NVIDIA DALI pipeline fed by worker processes (its AutoAugment is close to PIL's, "
+                 "not equal)", "DALI", streams=True, exact_autoaugment=False, package="nvidia.dali",
+                 install="nvidia-dali-cuda130"),
+    LoaderOption("torch", "DataLoader worker processes augment on the CPU", "DataLoader", streams=True),
 )
 LOADER_KINDS = tuple(name for name, row in LOADERS.items() if not row.picks)
 

@@ -127,7 +127,7 @@ def labels_array(labels: np.ndarray | torch.Tensor | None) -> np.ndarray | None:
     return np.asarray(labels, dtype=np.int64)
 
 
-def installed(kind: choices.Loader) -> bool:
+def installed(kind: choices.LoaderOption) -> bool:
     """Whether the package a loader kind needs (its ``package``, e.g. nvidia.dali) is installed;
     imports nothing of it."""
     if kind.package is None:
