@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from ratio_fast.data import BatchSpec, make_loader, make_synthetic
-from ratio_fast.data.augment import AutoAugment, fill_colour
+from ratio_fast.data.augment import fill_colour
+from ratio_fast.data.autoaugment import AutoAugment
 from ratio_fast.data.plan import plan_epoch
 from ratio_fast.datasets import CIFAR10
 

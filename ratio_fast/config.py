@@ -12,8 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .attack_schedule import SCHEDULES
-from .data.augment import AUGMENTATIONS
-from .data.loaders import LOADER_CHOICES
+from .choices import AUGMENTATIONS, LOADERS, choices_help, same_batches
 from .datasets import DATASETS, get_dataset
 from .errors import UserError
 from .models import check_model_name
@@ -34,9 +33,15 @@ MULTI_GPU = "multi-GPU (launch with torchrun --nproc_per_node=N -m ratio_fast.cl
 # another run than the checkpoint's, so `--resume` refuses it.
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "max_steps", "checkpoint_every", "max_skipped_steps", "eval_samples", "data_dir", "device",
-    "loader", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
+    "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
     "fused_optimizer",
 })
+# What a resumed run may change where the change keeps the math: setting -> (saved, given config)
+# -> why the change is refused, or None when it is not.
+RESUME_MAY_CHANGE_IF = {
+    "loader": lambda saved, given: (None if same_batches(saved.loader, given.loader, saved.augment)
+                                    else f"not the same batches with --augment {saved.augment}"),
+}
 # Limits of one invocation, not settings of the run: a resume does not inherit them.
 PER_INVOCATION = frozenset({"max_steps"})
 
@@ -97,14 +102,11 @@ class TrainConfig:
         [], DATA, "a list of out-distribution rows to leave out, one number per line, 1-based (FILE or FILE:1, e.g. "
         "the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' 80mn_cifar10_test_idxs.txt); "
         "repeat for several lists (configs/ratio-cifar10-wrn34.json)", metavar="FILE[:0|:1]")
-    loader: str = setting("auto", DATA, "gpu: whole data set on the device; dali: NVIDIA DALI pipeline; torch: "
-                          "DataLoader workers; auto: the fastest that fits, as measured", choices=LOADER_CHOICES)
+    loader: str = setting("auto", DATA, choices_help(LOADERS), choices=tuple(LOADERS))
     synthetic_size: int | None = setting(None, DATA, "training images of the synthetic set (default: 10240)",
                                          at_least=1)
-    augment: str = setting(
-        "autoaugment_cutout", DATA, "of both batches. autoaugment_cutout: the authors' (crop from a 4-pixel "
-        "padding of the mean colour, flip, AutoAugment's CIFAR-10 policy, a 16x16 Cutout of the mean colour); "
-        "crop_flip: crop from a zero padding and flip; none", choices=AUGMENTATIONS)
+    augment: str = setting("autoaugment_cutout", DATA, "of both batches. " + choices_help(AUGMENTATIONS),
+                           choices=tuple(AUGMENTATIONS))
 
     arch: str = setting("wrn34", MODEL, "wrn34, wrn28, resnet18, resnet50 or tiny")  # checked by check_model_name
     mode: str = setting("ratio", MODEL, "ratio: in- and out-distribution attacks; at: in-distribution only; plain: "
@@ -214,14 +216,25 @@ def upgrade_legacy_settings(values: dict, where: str) -> dict:
 
 def resume_differences(saved: TrainConfig, given: TrainConfig) -> tuple[list[str], list[str]]:
     """(allowed, refused): the settings `given` changes from the checkpoint's `saved` ones, each as
-    '--flag: checkpoint A, given B'; refused are those outside RESUME_MAY_CHANGE."""
+    '--flag: checkpoint A, given B', a refused one with the reason RESUME_MAY_CHANGE_IF gives."""
     allowed, refused = [], []
     for field in dataclasses.fields(TrainConfig):
         before, after = getattr(saved, field.name), getattr(given, field.name)
         if before != after:
             line = f"{flag_name(field.name)}: checkpoint {_shown(before)}, given {_shown(after)}"
-            (allowed if field.name in RESUME_MAY_CHANGE else refused).append(line)
+            why = _refusal(field.name, saved, given)
+            if why is None:
+                allowed.append(line)
+            else:
+                refused.append(f"{line} ({why})" if why else line)
     return allowed, refused
+
+
+def _refusal(name: str, saved: TrainConfig, given: TrainConfig) -> str | None:
+    """None when a resumed run may change setting `name` from `saved` to `given`; else why not ("": not at all)."""
+    if name in RESUME_MAY_CHANGE_IF:
+        return RESUME_MAY_CHANGE_IF[name](saved, given)
+    return None if name in RESUME_MAY_CHANGE else ""
 
 
 def _shown(value) -> str:

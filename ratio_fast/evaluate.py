@@ -32,7 +32,8 @@ import torch
 from .apgd import APGDTargeted, apgd_run, random_start_point
 from .attacks import L2PGD
 from .cuda_graph import GraphedCall
-from .data.loaders import BatchSpec, Loader, ResidentLoader
+from .data.batches import BatchSpec, Loader
+from .data.resident import ResidentLoader
 from .errors import UserError
 from .files import atomic_save
 from .models import eval_mode

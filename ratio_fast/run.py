@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import L2PGD
 from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
+from .choices import LOADERS
 from .config import TrainConfig, resume_differences
 from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from .datasets import get_dataset
@@ -48,7 +49,7 @@ class Run:
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str | Path = False, log=None,
                  dist_context: DistContext | None = None):
         """resume: False (a new run), True (the checkpoint in run_dir) or a checkpoint's path. A
-        resumed run must have the checkpoint's settings, except those in RESUME_MAY_CHANGE."""
+        resumed run must have the checkpoint's settings, except those config.resume_differences allows."""
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
@@ -92,7 +93,8 @@ class Run:
         # Both batches get the same augmentation, filled with the in-distribution's mean colour (as the authors do).
         spec = BatchSpec(cfg.batch_size, seed=cfg.seed, augment=cfg.augment, mean=data_set.mean,
                          channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size)
-        self.loader_kinds = [self._loader_kind(train.images, spec)]
+        said: set[str] = set()  # the loader lines logged so far
+        self.loader_kinds = [self._loader_kind(train.images, spec, said)]
         self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
         self.test_loader = make_loader("gpu", test.images, test.labels, BatchSpec.in_order(256, channels_last),
@@ -105,7 +107,7 @@ class Run:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
             out_spec = dataclasses.replace(spec, seed=cfg.seed + 1)
-            self.loader_kinds.append(self._loader_kind(out_images, out_spec))
+            self.loader_kinds.append(self._loader_kind(out_images, out_spec, said))
             self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device)
 
         self.steps_per_epoch = len(self.train_loader)
@@ -129,11 +131,15 @@ class Run:
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
                                  keep_best=True, backend=cfg.backend)
 
-    def _loader_kind(self, images, spec: BatchSpec) -> str:
-        """--loader for these images; a measured 'auto' choice is logged with its rates."""
+    def _loader_kind(self, images, spec: BatchSpec, said: set[str]) -> str:
+        """--loader for these images. Logged: auto's choice with its rates and what it left out (a
+        measurement each time, a choice by rule once: the out-distribution's usually repeats the
+        in-distribution's), and a kind asked for by name whose batches are not the reference's."""
         choice = choose_loader_kind(self.config.loader, images, self.device, spec)
-        if choice.measured:
-            self._print(choice.describe())
+        line = choice.describe()
+        if line and (choice.measured or line not in said):
+            self._print(line)
+            said.add(line)
         return choice.kind
 
     def _checkpoint_to_resume(self, resume: bool | str | Path) -> dict | None:
@@ -320,10 +326,9 @@ class Run:
 
 
 def _loader_names(kinds: list[str]) -> str:
-    names = {"gpu": "device-resident", "dali": "DALI", "torch": "DataLoader"}
     if len(set(kinds)) == 1:
-        return f"{names[kinds[0]]} loader"
-    return f"{names[kinds[0]]} loader (in), {names[kinds[1]]} loader (out)"
+        return f"{LOADERS[kinds[0]].title} loader"
+    return f"{LOADERS[kinds[0]].title} loader (in), {LOADERS[kinds[1]].title} loader (out)"
 
 
 def _accumulate(sums: dict, metrics: dict) -> None:

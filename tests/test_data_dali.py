@@ -1,7 +1,7 @@
 """Tests of ratio_fast.data.dali, the DALI loader: real worker processes (CPU pipelines,
 device_id=None), and its AutoAugment.
 
-tests/test_data_loaders.py checks its crop_flip and none batches against the gpu loader bit for
+tests/test_data_streaming.py checks its crop_flip and none batches against the gpu loader bit for
 bit. With the authors' augmentation DALI applies the same plan (sub-policy, firing, sign per
 sample and stage) with its own kernels, so each sample is compared by the operations it drew:
 - invert, solarize, posterize, translate, rotate and no operation: identical;
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ratio_fast.data import BatchSpec, load_out_distribution, make_loader, make_synthetic
-from ratio_fast.data.plan import decode_autoaugment
+from ratio_fast.data.autoaugment import decode_autoaugment
 from ratio_fast.errors import UserError
 
 EXACT = {"invert", "solarize", "posterize", "translateX", "translateY", "rotate", None}
@@ -54,7 +54,7 @@ def test_autoaugment_follows_the_plan_within_the_stated_tolerance():
         (xa, ya), (xb, yb) = ref.batch(epoch, index), dali.batch(epoch, index)
         assert torch.equal(ya, yb)
         levels = ((xa - xb).abs() * 255).round()
-        for b, codes in enumerate(ref.plan(epoch, index).autoaugment):
+        for b, codes in enumerate(ref.spec.plan(epoch, index, ref.num_samples, ref.image_hw).autoaugment):
             fired = [decode_autoaugment(int(code))[0] for code in codes if code]
             if len(fired) <= 1:  # one operation (or none): its own tolerance (two would compound)
                 differences[fired[0] if fired else None].append(levels[b])

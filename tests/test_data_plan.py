@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from ratio_fast.data import BatchSpec, make_loader
-from ratio_fast.data.plan import (CIFAR10_POLICY, NUM_AUTOAUGMENT_CODES, NUM_SHIFTS, STAGES, Draws, EpochKeys,
-                                  autoaugment_code, decode_autoaugment, plan_batch, plan_epoch)
+from ratio_fast.data.autoaugment import (CIFAR10_POLICY, NUM_AUTOAUGMENT_CODES, STAGES, autoaugment_code,
+                                         decode_autoaugment)
+from ratio_fast.data.plan import NUM_SHIFTS, Draws, EpochKeys, plan_batch, plan_epoch
 from ratio_fast.errors import UserError
 
 # The streaming kinds read in the calling process here (workers=0): the plan, not the

@@ -97,3 +97,23 @@ def test_config_files_of_earlier_versions_load(tmp_path):
         read_config_file(path)
     with pytest.raises(UserError, match="--augment must be one of autoaugment_cutout, crop_flip, none"):
         TrainConfig(augment="autoaugment").validate()
+
+
+@pytest.mark.parametrize("augment, before, after, refused", [
+    ("autoaugment_cutout", "auto", "torch", False),  # both give the reference batches
+    ("autoaugment_cutout", "gpu", "auto", False),
+    ("autoaugment_cutout", "auto", "dali", True),  # DALI's AutoAugment is not PIL's
+    ("autoaugment_cutout", "dali", "torch", True),
+    ("crop_flip", "gpu", "dali", False),  # without AutoAugment DALI's batches are the reference's
+    ("none", "dali", "auto", False),
+])
+def test_resume_refuses_a_loader_change_that_changes_the_batches(augment, before, after, refused):
+    from ratio_fast.config import resume_differences
+
+    saved = TrainConfig(arch="tiny", dataset="synthetic", augment=augment, loader=before)
+    allowed, refusals = resume_differences(saved, TrainConfig(**{**saved.to_dict(), "loader": after}))
+    line = f"--loader: checkpoint {before}, given {after}"
+    if refused:
+        assert (allowed, refusals) == ([], [f"{line} (not the same batches with --augment {augment})"])
+    else:
+        assert (allowed, refusals) == ([line], [])

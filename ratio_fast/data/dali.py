@@ -1,20 +1,22 @@
 """The "dali" loader: NVIDIA DALI augments, parallel workers read the planned rows.
 
 The pipeline's input is an external source running in DALI's Python worker processes: for each
-global step it reads the planned rows (``loaders.PlannedReader``; memmap slices, or pillow
+global step it reads the planned rows (``streaming.PlannedReader``; memmap slices, or pillow
 decoding for image folders) and passes them with their plan. DALI then augments on the GPU (or
 on the CPU with ``device_id=None`` on a machine without one):
 
-- crop and flip: ``fn.slice`` at the planned anchor, padding with the fill colour (or zeros),
-  and ``fn.flip``: bit-identical to ``augment.crop_flip``;
+- crop and flip: ``fn.slice`` at the planned anchor, padding with the row's fill colour
+  (``augment.padding_colour``), and ``fn.flip``: bit-identical to ``augment.crop_flip``;
 - AutoAugment: DALI's automatic-augmentation support (``nvidia.dali.auto_aug``: ``@augmentation``,
   ``signed_bin``, ``select``, conditional execution) applies, per sample and stage, the
-  operation, magnitude bin and sign the plan drew (``plan.CIFAR10_POLICY`` decoded, magnitudes
-  from ``augment.MAGNITUDES``, affine matrices from ``augment.affine_matrix``): the same plan,
+  operation, magnitude bin and sign the plan drew (codes decoded by
+  ``autoaugment.decode_autoaugment``, magnitudes from ``autoaugment.MAGNITUDES``, affine matrices
+  from ``autoaugment_geometry.affine_matrix``): the same plan,
   but DALI's kernels, so not the same bits. DALI has no bicubic warp (shear runs bilinear), it
   rounds where PIL truncates, and its equalize, autocontrast, contrast and sharpness follow
   OpenCV-style formulas; invert, solarize, posterize, translate and rotate are exact up to
-  float32 coordinates. tests/test_data_dali.py bounds the difference to the torch loaders.
+  float32 coordinates. tests/test_data_dali.py bounds the difference to the torch loaders, and
+  ``choices.LOADERS`` says so (``exact_autoaugment``): ``--loader auto`` never picks DALI then.
 - Cutout and the model-input format: ``augment.Augmenter.model_input``, the other loaders' own
   last step, on the planned centres passed through the pipeline untouched.
 
@@ -29,27 +31,31 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ratio_fast.data.augment import (GEOMETRIC, MAGNITUDES, ROTATE_FILL, SIGNED, affine_matrix, fill_colour,
-                                     policy_operations)
-from ratio_fast.data.loaders import BatchSpec, PlannedReader, StreamingLoader, dali_available, raise_user_error_behind
-from ratio_fast.data.plan import NUM_AUTOAUGMENT_CODES, PAD, STAGES, decode_autoaugment
+from ratio_fast.choices import LOADERS
+from ratio_fast.data.augment import fill_colour, padding_colour
+from ratio_fast.data.autoaugment import (GEOMETRIC, MAGNITUDES, NUM_AUTOAUGMENT_CODES, OPERATIONS, ROTATE_GREY, SIGNED,
+                                         STAGES, decode_autoaugment)
+from ratio_fast.data.autoaugment_geometry import affine_matrix
+from ratio_fast.data.batches import BatchSpec, installed
+from ratio_fast.data.plan import PAD
+from ratio_fast.data.streaming import PlannedReader, StreamingLoader, raise_user_error_behind
 from ratio_fast.errors import UserError
 
 PREFETCH_DEPTH = 2  # batches DALI and its workers run ahead of the trainer
 # The operations DALI selects from, per sample and stage: index 0 does nothing.
-OPERATIONS = ("identity", *policy_operations())
+SELECTED = ("identity", *OPERATIONS)
 
 
 class DaliLoader(StreamingLoader):
     """Batches from a DALI pipeline on ``device`` (CUDA: DALI on that GPU; CPU: CPU operators).
 
-    Arguments and output: see ``loaders.Loader``. ``workers``: DALI Python worker processes for
+    Arguments and output: see ``batches.Loader``. ``workers``: DALI Python worker processes for
     the external source (0: read in the calling thread, no processes; handy for tests).
     """
 
     def __init__(self, *args, **kwargs) -> None:
-        if not dali_available():
-            raise UserError("--loader dali: NVIDIA DALI is not installed (pip install nvidia-dali-cuda130); "
+        if not installed(LOADERS["dali"]):
+            raise UserError(f"--loader dali: NVIDIA DALI is not installed (pip install {LOADERS['dali'].install}); "
                             "or choose --loader gpu or torch")
         super().__init__(*args, **kwargs)
         if self.device.type not in ("cuda", "cpu"):
@@ -89,7 +95,7 @@ def _batches(pipeline, feed: "_DaliFeed", device: torch.device, augmenter):
 class _DaliFeed:
     """The external source callback: batch ``info.iteration`` of the stream is global step
     ``start + info.iteration``. Returns the images, then (with crops) the crop anchors and flips,
-    then (with AutoAugment) per stage the operation (index into ``OPERATIONS``), magnitude bin and
+    then (with AutoAugment) per stage the operation (index into ``SELECTED``), magnitude bin and
     negative-sign flag, then what ``passed_through`` names."""
 
     def __init__(self, reader: PlannedReader, start: int) -> None:
@@ -99,7 +105,7 @@ class _DaliFeed:
         self.crops, self.autoaugment = draws.crop_flip, draws.autoaugment
         self.passed_through = ("labels",) * (reader.labels is not None) + ("cutout",) * draws.cutout
         # Per plan code: (operation index, magnitude bin, negative), one row each (code 0: identity).
-        rows = [(0, 0, 0)] + [(OPERATIONS.index(name), magnitude_bin, int(sign < 0))
+        rows = [(0, 0, 0)] + [(SELECTED.index(name), magnitude_bin, int(sign < 0))
                               for name, magnitude_bin, sign in map(decode_autoaugment, range(1, NUM_AUTOAUGMENT_CODES))]
         self.code_table = np.array(rows, dtype=np.int32)
 
@@ -127,7 +133,7 @@ def _build_pipeline(feed: _DaliFeed, spec: BatchSpec, image_hw: tuple[int, int],
 
     device_id = (device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else None
-    colour = fill_colour(spec.mean)
+    colour, pad = fill_colour(spec.mean), padding_colour(spec.augmentation, spec.mean)
     operations = _operations(image_hw) if feed.autoaugment else None
     # Forked workers start in milliseconds, spawned ones re-import torch (seconds); but children
     # forked from a process that uses CUDA inherit a CUDA context they must not use.
@@ -144,12 +150,11 @@ def _build_pipeline(feed: _DaliFeed, spec: BatchSpec, image_hw: tuple[int, int],
         if feed.crops:
             anchor, flip = outputs.pop(0), outputs.pop(0)
             crop = types.Constant(np.array(image_hw, dtype=np.int32))
-            pad = colour if feed.autoaugment else (0, 0, 0)
             images = fn.slice(images, anchor, crop, axes=[0, 1], out_of_bounds_policy="pad", fill_values=list(pad))
             images = fn.flip(images, horizontal=flip)
         if feed.autoaugment:
             fills = dict(fill=types.Constant(np.array(colour, np.uint8)),
-                         rotate_fill=types.Constant(np.full(3, ROTATE_FILL, np.uint8)))
+                         rotate_fill=types.Constant(np.full(3, ROTATE_GREY, np.uint8)))
             for _stage in range(STAGES):
                 operation, magnitude_bin, negative = outputs.pop(0), outputs.pop(0), outputs.pop(0)
                 images = select(operations, operation, images, magnitude_bin=signed_bin(magnitude_bin, negative),
@@ -164,7 +169,7 @@ def _build_pipeline(feed: _DaliFeed, spec: BatchSpec, image_hw: tuple[int, int],
 
 
 def _operations(image_hw: tuple[int, int]) -> list:
-    """DALI augmentations for ``OPERATIONS``, each over the magnitude grid of ``augment.MAGNITUDES``."""
+    """DALI augmentations for ``SELECTED``, each over the magnitude grid of ``autoaugment.MAGNITUDES``."""
     from nvidia.dali.auto_aug import augmentations as stock
     from nvidia.dali.auto_aug.core import augmentation
 
@@ -195,7 +200,7 @@ def _operations(image_hw: tuple[int, int]) -> list:
             return np.array(affine_matrix(name, m, height, width), dtype=np.float32).reshape(2, 3)
 
         built[name] = augmentation(_WARPS[name], **grid(name), mag_to_param=matrix, name=name)
-    return [built[name] for name in OPERATIONS]
+    return [built[name] for name in SELECTED]
 
 
 def _equalize(data, _):

@@ -17,9 +17,8 @@ mid-epoch and a worker process all agree without sharing state.
   r-th of W equal slices. An N-rank run therefore sees exactly the batches of a 1-rank run with
   the same global batch, with the same draws.
 
-The AutoAugment policy (``CIFAR10_POLICY``) is the one table all three loaders read: the torch
-operations in ``augment.py`` and the DALI pipeline in ``dali.py`` both decode the drawn
-``BatchPlan.autoaugment`` codes through it.
+The AutoAugment draws follow the policy's table (``autoaugment.CIFAR10_POLICY``); each drawn
+operation is one code (``autoaugment.autoaugment_code``), which every loader decodes the same way.
 """
 
 from __future__ import annotations
@@ -28,65 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ratio_fast.choices import Augmentation
+from ratio_fast.data.autoaugment import CIFAR10_POLICY, STAGES, autoaugment_code
 from ratio_fast.datasets import IMAGE_HW
 from ratio_fast.errors import UserError
 
 PAD = 4  # random-crop padding in pixels, as in the RATIO and standard CIFAR recipes
 NUM_SHIFTS = 2 * PAD + 1  # integer crop offsets per axis: 0..2*PAD, i.e. a shift of -PAD..PAD
-
-# AutoAugment's CIFAR-10 policy (Cubuk et al., CVPR 2019, appendix), in the form of the PIL-based
-# implementation the authors train with: 25 sub-policies, each two stages of
-# (operation, probability, magnitude bin 0..9). ``augment.MAGNITUDES`` maps bins to values.
-CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
-    (("invert", 0.1, 7), ("contrast", 0.2, 6)),
-    (("rotate", 0.7, 2), ("translateX", 0.3, 9)),
-    (("sharpness", 0.8, 1), ("sharpness", 0.9, 3)),
-    (("shearY", 0.5, 8), ("translateY", 0.7, 9)),
-    (("autocontrast", 0.5, 8), ("equalize", 0.9, 2)),
-    (("shearY", 0.2, 7), ("posterize", 0.3, 7)),
-    (("color", 0.4, 3), ("brightness", 0.6, 7)),
-    (("sharpness", 0.3, 9), ("brightness", 0.7, 9)),
-    (("equalize", 0.6, 5), ("equalize", 0.5, 1)),
-    (("contrast", 0.6, 7), ("sharpness", 0.6, 5)),
-    (("color", 0.7, 7), ("translateX", 0.5, 8)),
-    (("equalize", 0.3, 7), ("autocontrast", 0.4, 8)),
-    (("translateY", 0.4, 3), ("sharpness", 0.2, 6)),
-    (("brightness", 0.9, 6), ("color", 0.2, 8)),
-    (("solarize", 0.5, 2), ("invert", 0.0, 3)),
-    (("equalize", 0.2, 0), ("autocontrast", 0.6, 0)),
-    (("equalize", 0.2, 8), ("equalize", 0.6, 4)),
-    (("color", 0.9, 9), ("equalize", 0.6, 6)),
-    (("autocontrast", 0.8, 4), ("solarize", 0.2, 8)),
-    (("brightness", 0.1, 3), ("color", 0.7, 0)),
-    (("solarize", 0.4, 5), ("autocontrast", 0.9, 3)),
-    (("translateY", 0.9, 9), ("translateY", 0.7, 9)),
-    (("autocontrast", 0.9, 2), ("solarize", 0.8, 3)),
-    (("equalize", 0.8, 8), ("invert", 0.1, 3)),
-    (("translateY", 0.7, 9), ("autocontrast", 0.9, 1)),
-)
-STAGES = 2
-
-
-def autoaugment_code(sub_policy: np.ndarray, stage: int, negative: np.ndarray) -> np.ndarray:
-    """The code of a fired operation: 1 + (sub_policy * STAGES + stage) * 2 + negative; 0: nothing.
-
-    One integer per (sample, stage) names the operation, its magnitude bin and its sign, so a
-    plan column is all a loader needs; ``decode_autoaugment`` inverts it.
-    """
-    return 1 + (np.asarray(sub_policy) * STAGES + stage) * 2 + np.asarray(negative)
-
-
-def decode_autoaugment(code: int) -> tuple[str, int, int] | None:
-    """(operation, magnitude bin, sign +1/-1) of a code, or None for 0 (no operation)."""
-    if code == 0:
-        return None
-    sub_policy, rest = divmod(code - 1, 2 * STAGES)
-    stage, negative = divmod(rest, 2)
-    name, _probability, magnitude_bin = CIFAR10_POLICY[sub_policy][stage]
-    return name, magnitude_bin, -1 if negative else 1
-
-
-NUM_AUTOAUGMENT_CODES = 1 + len(CIFAR10_POLICY) * STAGES * 2
 
 _FEISTEL_ROUNDS = 4
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 increment: spreads consecutive inputs
@@ -103,6 +50,12 @@ class Draws:
     crop_flip: bool = True
     autoaugment: bool = False
     cutout: bool = False
+
+    @classmethod
+    def of(cls, augmentation: Augmentation) -> "Draws":
+        """The draws an --augment row needs."""
+        return cls(crop_flip=augmentation.crop_fill is not None, autoaugment=augmentation.autoaugment,
+                   cutout=augmentation.cutout_size > 0)
 
 
 @dataclass(frozen=True)

@@ -91,21 +91,25 @@ class ArraySource(ImageSource):
         return np.asarray(self.array[np.asarray(rows, dtype=np.int64)])
 
 
-class NpyImages(ArraySource):
+class PicklesAsPath:
+    """A source whose pixels live in the file ``self.path``: it pickles as that path and opens the
+    file again when unpickled, so a worker process receives it cheaply."""
+
+    path: Path
+
+    def __reduce__(self):
+        return type(self), (self.path,)
+
+
+class NpyImages(PicklesAsPath, ArraySource):
     """A checked ``.npy`` file of uint8 (N, 32, 32, 3) images, memory-mapped; pickles as its path."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path).expanduser()
         super().__init__(load_npy_images(self.path))
 
-    def __getstate__(self) -> dict:
-        return {"path": self.path}
 
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"])
-
-
-class TinyImages(ImageSource):
+class TinyImages(PicklesAsPath, ImageSource):
     """Rows of a Tiny-Images-layout ``.bin`` file as HWC uint8 images; pickles as its path."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -124,12 +128,6 @@ class TinyImages(ImageSource):
         # Fortran order: element (i, j, c) at i + 32*j + 1024*c, i.e. C-order (c, j, i).
         height, width = IMAGE_HW
         return np.ascontiguousarray(flat.reshape(-1, 3, width, height).transpose(0, 3, 2, 1))
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"])
 
 
 class ImageFolder(ImageSource):
