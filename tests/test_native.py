@@ -20,7 +20,13 @@ from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_
 from ratio_fast.ops._common import NORMS
 from conftest import no_host_sync
 from test_kernels_build import ROOT, cmake
-from test_ops import assert_close_to_oracle, make_inputs, norm, pgd_oracle, require_backend  # noqa: F401 (fixture)
+from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_backend
+
+
+@pytest.fixture(params=NORMS)
+def norm(request):
+    """Each threat model in turn."""
+    return request.param
 
 
 @pytest.fixture
