@@ -350,12 +350,12 @@ def pgd_step(x, delta, grad, eps, step_size, velocity=None, momentum=0.0, backen
     tl.minimum/tl.maximum would turn a NaN pixel into a black one), and a NaN norm fails every
     `> 0` and `> eps` test, so its sample is divided by 1 and not projected. In L-infinity the
     sign keeps NaN (torch.sign gives 0, which would freeze a NaN pixel silently), a NaN eps fails
-    both tests of the clip and leaves the sample unprojected, as in L2, and a NaN step size
-    poisons its whole sample (NaN * 0 is NaN), as in L2. Why not clean NaN
-    up: it comes from a bug upstream (a corrupt image, a diverged iterate), and kept visible it
-    makes the loss non-finite, which the trainer detects and skips, where a black pixel would be
-    trained on silently. The gradient is the one exception because fp16 overflow is expected.
-    random_start follows the same rule.
+    both tests of the clip and leaves the sample unprojected, and a NaN step size poisons its
+    whole sample (NaN * 0 is NaN), as in L2. Why not clean NaN up: it comes from a bug upstream
+    (a corrupt image, a diverged iterate), and kept visible it makes the loss non-finite, which
+    the trainer detects and skips, where a black pixel would be trained on silently. The
+    gradient is the one exception because fp16 overflow is expected. random_start follows the
+    same rule.
     """
     check_norm(norm)
     n = x.shape[0]
