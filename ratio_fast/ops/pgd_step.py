@@ -86,13 +86,16 @@ def pgd_step_ref(x, delta, grad, eps, step_size, velocity=None, momentum=0.0, no
 
 
 def _sign_keeping_nan_ref(v):
-    """+1 or -1 by v's sign, v itself at +-0 and NaN (torch.sign gives 0 for NaN: the NaN rule keeps it)."""
-    return torch.where(v > 0, 1.0, torch.where(v < 0, -1.0, v))
+    """torch.sign, with NaN kept where torch.sign gives 0 (the NaN rule). The kernels return v itself
+    at -0 where this gives +0: a step of -0 or +0 leaves every output the same."""
+    return torch.where(v.isnan(), v, v.sign())
 
 
 def _clip_to_box_ref(d, eps):
-    """d clipped to [-eps, eps] by comparisons, as the kernels clip: a NaN eps leaves d unprojected."""
-    return torch.where(d > eps, eps, torch.where(d < -eps, -eps, d))
+    """d clamped to [-eps, eps], NaN in d kept; a NaN eps leaves d unprojected, as the kernels'
+    comparisons do (torch.clamp with a NaN bound would make the whole sample NaN)."""
+    e = torch.where(eps.isnan(), float("inf"), eps)
+    return d.clamp(-e, e)
 
 
 if triton is not None:
