@@ -5,9 +5,11 @@ Both norms run the authors' ArgminPGD step (momentum 0.9, so with a velocity buf
 samples. Bytes moved per step, either norm: read x, delta, grad, velocity and write x_adv, delta,
 velocity, all fp32 -> 7 * 4 bytes per element (the L2 step reads them once too: its extra
 reductions stay in registers). extra_info records `gb_per_s` (that traffic over the median time of
-one step) and, on GPU, `floor_fraction` (against a large device-to-device copy measured on the
-same GPU: the bandwidth a memory-bound kernel can reach) and `hbm_fraction` (against the HBM
-peak of this GPU in gpu_peaks.py; absent for a GPU not listed there), with the device name.
+one step), `copy_gb_per_s` and `floor_fraction` (gb_per_s over copy_gb_per_s: the bandwidth of a
+plain copy, the floor of a memory-bound step) and, on GPU, `hbm_fraction` (against the HBM peak
+of this GPU in gpu_peaks.py; absent for a GPU not listed there), with the device name. The copy:
+on GPU a 1 GiB device-to-device copy; on CPU a copy of as many bytes as one step moves, since a
+CPU step's 3 to 11 MB stay in caches that a large copy would not (same process, same threads).
 
 CPU: the native C++/OpenMP kernel, the eager torch reference and torch.compile of the reference.
 GPU: Triton, native CUDA, eager torch and torch.compile at batch 128/512/2048. Every case runs in
@@ -17,6 +19,7 @@ it runs the L-infinity cases too). GPU rounds launch
 attack loop.
 """
 import functools
+import time
 
 import pytest
 import torch
@@ -74,12 +77,28 @@ def run_case(benchmark, sync, batch, device, backend, norm, steps_per_round=1):
     return gb_per_s
 
 
+@functools.cache
+def cpu_copy_gb_per_s(batch: int) -> float:
+    """Copy bandwidth (read + write) on the CPU for the bytes one step of `batch` moves, median of 50
+    copies (after 2 that fault the pages in)."""
+    src = torch.ones(batch * 3 * 32 * 32 * BYTES_PER_ELEMENT // 8)  # fp32: half the bytes each way
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(52):
+        began = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - began)
+    seconds = sorted(times[2:])[len(times[2:]) // 2]
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("backend", ["native", "torch", "compiled"])
 @pytest.mark.parametrize("batch", CPU_BATCHES)
 def test_pgd_step_cpu(benchmark, sync, batch, backend, norm):
-    run_case(benchmark, sync, batch, "cpu", backend, norm)
-    benchmark.extra_info.update(threads=torch.get_num_threads())
+    gb_per_s = run_case(benchmark, sync, batch, "cpu", backend, norm)
+    copy = cpu_copy_gb_per_s(batch)
+    benchmark.extra_info.update(threads=torch.get_num_threads(), copy_gb_per_s=copy, floor_fraction=gb_per_s / copy)
 
 
 @pytest.fixture(scope="session")
