@@ -8,8 +8,8 @@ independent radius r with P(r <= t) = t^D, i.e. r = U^(1/D), U ~ U(0,1) (D = ele
 sample). So Gaussian noise with radius U^(1/D) is uniform in the L2 ball, and noise uniform in
 [-1,1]^D with radius U^(1/D) is uniform in the L-infinity box (each element uniform in
 [-eps, eps], as Madry et al.'s start draws it); with radius 1 it is AutoAttack's L-infinity
-start, u / ||u||_inf. The caller draws noise and radius with torch's generator so every backend
-sees the same random numbers.
+start, eps * u / ||u||_inf (AutoAttack adds 1e-12 to the divisor). The caller draws noise and
+radius with torch's generator so every backend sees the same random numbers.
 
 Contents: `random_start_ref`, the Triton kernel, the custom op `ratio_fast::random_start` that
 runs it or the native kernel (kernels/, through `native.py`), the dispatch `random_start`, and
