@@ -30,15 +30,16 @@ def test_every_variant_compiles_for_sm90_and_sm80_without_spills_as_the_table_sa
     assert f"{len(VARIANTS)} variants, no spills" in done.stdout
 
 
-def test_table_covers_every_gradient_dtype_velocity_and_path():
+def test_table_covers_every_norm_gradient_dtype_velocity_and_path():
     triton_names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     grads = {"all fp32" if triton_names[t] == "fp32" else f"grad {triton_names[t]}" for t in native.DTYPE_CODES}
-    expected = {(kernel, grad, f"HAS_VELOCITY={v}") for kernel in ("pgd_step_single_tile", "pgd_step_multi_tile")
-                for grad in grads for v in (0, 1)}
+    kernels = [f"pgd_step{norm}_{path}_tile" for norm in ("", "_linf") for path in ("single", "multi")]
+    expected = {(kernel, grad, f"HAS_VELOCITY={v}") for kernel in kernels for grad in grads for v in (0, 1)}
     steps = {(row["kernel"], row["pointer dtypes"], row["constexprs"].split(" BLOCK")[0]) for row in VARIANTS
              if row["kernel"].startswith("pgd_step")}
     assert steps == expected
-    assert any(row["kernel"] == "random_start" for row in VARIANTS)
+    starts = {row["constexprs"].split(" BLOCK")[0] for row in VARIANTS if row["kernel"] == "random_start"}
+    assert starts == {"LINF=0", "LINF=1"}
 
 
 def test_no_variant_starves_an_sm90():

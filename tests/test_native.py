@@ -3,9 +3,10 @@
 tests/test_ops.py runs every op check on backend='native' too (the C++ kernels here). This file
 covers what is native only: the library build and loading, the fp16/bf16 conversions of the C++
 code (exported by a test-only library, built here), x stored in half precision, thread-count
-independence, and (marked gpu) the CUDA kernels against the reference, inside CUDA graphs and on
-side streams. A missing library fails these tests unless RATIO_FAST_NO_NATIVE=1 /
-RATIO_FAST_NO_CUDA=1 disabled its build.
+independence, the norm codes of the C ABI, and (marked gpu) the CUDA kernels against the
+reference, inside CUDA graphs and on side streams; in both norms where the op has them. A
+missing library fails these tests unless RATIO_FAST_NO_NATIVE=1 / RATIO_FAST_NO_CUDA=1
+disabled its build.
 """
 import ctypes
 import shutil
@@ -16,9 +17,16 @@ import torch
 
 from ratio_fast.errors import UserError
 from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref
+from ratio_fast.ops._common import NORMS
 from conftest import no_host_sync
 from test_kernels_build import ROOT, cmake
 from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_backend
+
+
+@pytest.fixture(params=NORMS)
+def norm(request):
+    """Each threat model in turn."""
+    return request.param
 
 
 @pytest.fixture
@@ -87,33 +95,52 @@ def test_the_shipped_library_leaves_the_test_exports_out(cpu_library):
 
 
 @pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16])
-def test_native_pgd_step_with_half_precision_inputs(cpu_library, x_dtype):
-    x, delta, grad, velocity, eps, step = make_inputs((6, 3, 9, 7), torch.bfloat16, "channels_last", seed=11)
+def test_native_pgd_step_with_half_precision_inputs(cpu_library, norm, x_dtype):
+    x, delta, grad, velocity, eps, step = make_inputs((6, 3, 9, 7), torch.bfloat16, "channels_last", seed=11, norm=norm)
     x = x.to(x_dtype)
-    out = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native")
-    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
+    out = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", norm=norm)
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9, norm)
     assert out[0].dtype == x_dtype
-    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9))
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9, norm))
     noise, radius = torch.randn(x.shape), torch.rand(6)
-    out = random_start(x, noise, radius, eps, backend="native")
-    same = random_start_ref(x, noise, radius, eps)
-    assert_close_to_oracle(out, same, random_start_ref(x.double(), noise.double(), radius, eps))
+    out = random_start(x, noise, radius, eps, backend="native", norm=norm)
+    same = random_start_ref(x, noise, radius, eps, norm)
+    assert_close_to_oracle(out, same, random_start_ref(x.double(), noise.double(), radius, eps, norm))
 
 
-def test_native_results_do_not_depend_on_the_thread_count(cpu_library):
+def test_native_results_do_not_depend_on_the_thread_count(cpu_library, norm):
     # Large enough that the kernel splits the batch (it stays on one thread for small batches).
-    x, delta, grad, velocity, eps, step = make_inputs((48, 3, 32, 32), torch.float16, "contiguous", seed=12)
+    x, delta, grad, velocity, eps, step = make_inputs((48, 3, 32, 32), torch.float16, "contiguous", seed=12, norm=norm)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native")
+        one = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", norm=norm)
         torch.set_num_threads(2)
-        two = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native")
+        two = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", norm=norm)
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
-    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9)
-    assert_close_to_oracle(two, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9))
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, 0.9, norm)
+    assert_close_to_oracle(two, same, pgd_oracle(x, delta, grad, velocity, eps, step, 0.9, norm))
+
+
+def test_norm_codes_cover_every_norm_and_the_library_refuses_others(cpu_library):
+    assert tuple(native.NORM_CODES) == NORMS
+    x, delta, grad, velocity, eps, step = make_inputs((2, 3, 4, 4), torch.float32, "contiguous")
+    outputs = [torch.empty_like(x) for _ in range(3)]
+    step_args = native.PgdStepArgs(
+        x=x.data_ptr(), delta=delta.data_ptr(), grad=grad.data_ptr(), velocity=velocity.data_ptr(),
+        eps=eps.data_ptr(), step=step.data_ptr(), x_out=outputs[0].data_ptr(), delta_out=outputs[1].data_ptr(),
+        velocity_out=outputs[2].data_ptr(), n=2, d=48, momentum=0.9, x_dtype=0, grad_dtype=0, norm=2)
+    start_args = native.RandomStartArgs(x=x.data_ptr(), noise=delta.data_ptr(), scale=eps.data_ptr(),
+                                        x_out=outputs[0].data_ptr(), delta_out=outputs[1].data_ptr(), n=2, d=48,
+                                        x_dtype=0, norm=2)
+    invalid_argument = -2  # RF_ERROR_ARGUMENT
+    assert cpu_library.ratio_fast_cpu_pgd_step(ctypes.byref(step_args), 1) == invalid_argument
+    assert cpu_library.ratio_fast_cpu_random_start(ctypes.byref(start_args), 1) == invalid_argument
+    step_args.norm = start_args.norm = native.NORM_CODES["linf"]
+    assert cpu_library.ratio_fast_cpu_pgd_step(ctypes.byref(step_args), 1) == 0
+    assert cpu_library.ratio_fast_cpu_random_start(ctypes.byref(start_args), 1) == 0
 
 
 def test_native_rejects_unsupported_dtypes(cpu_library):
@@ -167,12 +194,13 @@ def on_cuda(*tensors):
 @pytest.mark.parametrize("grad_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_cuda_pgd_step_matches_reference(cuda_native, shape, grad_dtype, layout, momentum):
+def test_cuda_pgd_step_matches_reference(cuda_native, norm, shape, grad_dtype, layout, momentum):
     # 3x32x32 stays in registers, 3x64x64 and 3x96x96 take the looping path.
-    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs(shape, grad_dtype, layout, momentum=momentum > 0))
-    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="native")
-    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
-    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum))
+    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs(shape, grad_dtype, layout, momentum=momentum > 0,
+                                                               norm=norm))
+    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="native", norm=norm)
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum, norm)
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum, norm))
     memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     assert out[0].is_contiguous(memory_format=memory_format)
 
@@ -180,24 +208,24 @@ def test_cuda_pgd_step_matches_reference(cuda_native, shape, grad_dtype, layout,
 @pytest.mark.gpu
 @pytest.mark.parametrize("block", [32, 128, 1024])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_cuda_looping_path_matches_reference(cuda_native, block, momentum):
+def test_cuda_looping_path_matches_reference(cuda_native, norm, block, momentum):
     x, delta, grad, velocity, eps, step = on_cuda(*make_inputs((7, 3, 32, 32), torch.float16, "contiguous",
-                                                               seed=1, momentum=momentum > 0))
-    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="native", block=block)
-    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum)
-    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum))
+                                                               seed=1, momentum=momentum > 0, norm=norm))
+    out = pgd_step(x, delta, grad, eps, step, velocity, momentum, backend="native", block=block, norm=norm)
+    same = pgd_step_ref(x, delta, grad, eps, step, velocity, momentum, norm)
+    assert_close_to_oracle(out, same, pgd_oracle(x, delta, grad, velocity, eps, step, momentum, norm))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("block", [0, 64])
-def test_cuda_degenerate_inputs_never_nan(cuda_native, block):
-    x, delta, grad, velocity, eps, step = make_inputs((5, 3, 8, 8), torch.float16, "contiguous", seed=4)
+def test_cuda_degenerate_inputs_never_nan(cuda_native, norm, block):
+    x, delta, grad, velocity, eps, step = make_inputs((5, 3, 8, 8), torch.float16, "contiguous", seed=4, norm=norm)
     grad[1] = 0
     grad[2, 0, 0, 0] = float("inf")
     grad[3, 1, 2, 3] = float("nan")
     velocity[1] = 0
     x, delta, grad, velocity, eps, step = on_cuda(x, delta, grad, velocity, eps, step)
-    x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", block=block)
+    x_adv, d, v = pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", block=block, norm=norm)
     assert all(torch.isfinite(t).all() for t in (x_adv, d, v))
     assert d[0].abs().max() == 0 and torch.equal(x_adv[0], x[0])  # eps 0
     assert v[1].abs().max() == 0  # no direction at all
@@ -209,25 +237,26 @@ def test_cuda_degenerate_inputs_never_nan(cuda_native, block):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", [(65, 3, 32, 32), (2, 3, 96, 96)])
 @pytest.mark.parametrize("block", [0, 64])
-def test_cuda_random_start_matches_reference(cuda_native, shape, block):
+def test_cuda_random_start_matches_reference(cuda_native, norm, shape, block):
     g = torch.Generator().manual_seed(9)
     x, noise = torch.rand(shape, generator=g), torch.randn(shape, generator=g)
     noise[1] = 0  # zero noise: no perturbation, not NaN
     radius, eps = torch.rand(shape[0], generator=g), torch.rand(shape[0], generator=g) * 2
     x, noise, radius, eps = on_cuda(x, noise, radius, eps)
-    out = random_start(x, noise, radius, eps, backend="native", block=block)
-    same = random_start_ref(x, noise, radius, eps)
-    assert_close_to_oracle(out, same, random_start_ref(x.double(), noise.double(), radius, eps))
+    out = random_start(x, noise, radius, eps, backend="native", block=block, norm=norm)
+    same = random_start_ref(x, noise, radius, eps, norm)
+    assert_close_to_oracle(out, same, random_start_ref(x.double(), noise.double(), radius, eps, norm))
     assert out[1][1].abs().max() == 0
 
 
 @pytest.mark.gpu
-def test_cuda_step_is_captured_by_cuda_graphs_without_host_syncs(cuda_native):
-    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs((64, 3, 32, 32), torch.bfloat16, "channels_last"))
+def test_cuda_step_is_captured_by_cuda_graphs_without_host_syncs(cuda_native, norm):
+    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs((64, 3, 32, 32), torch.bfloat16, "channels_last",
+                                                               norm=norm))
     static = [t.clone() for t in (x, delta, grad, velocity)]
 
     def attack_step():
-        return pgd_step(*static[:3], eps, step, static[3], 0.9, backend="native")
+        return pgd_step(*static[:3], eps, step, static[3], 0.9, backend="native", norm=norm)
 
     side = torch.cuda.Stream()  # warm-up on a side stream, as capture requires
     side.wait_stream(torch.cuda.current_stream())
@@ -242,7 +271,7 @@ def test_cuda_step_is_captured_by_cuda_graphs_without_host_syncs(cuda_native):
     for s, t in zip(static, (x2, delta2, grad2, velocity2)):
         s.copy_(t)
     graph.replay()
-    expected = pgd_step(x2, delta2, grad2, eps, step, velocity2, 0.9, backend="native")
+    expected = pgd_step(x2, delta2, grad2, eps, step, velocity2, 0.9, backend="native", norm=norm)
     assert all(torch.equal(c, e) for c, e in zip(captured, expected))
 
 
@@ -263,11 +292,12 @@ def test_cuda_step_runs_on_the_callers_stream(cuda_native):
 
 
 @pytest.mark.gpu
-def test_cuda_step_traced_by_torch_compile(cuda_native):
-    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs((8, 3, 32, 32), torch.float16, "channels_last"))
+def test_cuda_step_traced_by_torch_compile(cuda_native, norm):
+    x, delta, grad, velocity, eps, step = on_cuda(*make_inputs((8, 3, 32, 32), torch.float16, "channels_last",
+                                                               norm=norm))
 
     def attack_step(x, delta, grad, velocity):
-        return pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native")
+        return pgd_step(x, delta, grad, eps, step, velocity, 0.9, backend="native", norm=norm)
 
     compiled = torch.compile(attack_step, fullgraph=True)
     for c, e in zip(compiled(x, delta, grad, velocity), attack_step(x, delta, grad, velocity)):

@@ -1,5 +1,6 @@
-// The random start on the CPU: per sample, scale the noise to length scale_i, add it to x and
-// clip to [0,1] (see ratio_fast/ops/random_start.py). OpenMP over samples.
+// The random start on the CPU: per sample, scale the noise to length scale_i in the L2 or the
+// L-infinity norm, add it to x and clip to [0,1] (see ratio_fast/ops/random_start.py). OpenMP over
+// samples.
 #include <cmath>
 
 #include "entry_point.h"
@@ -18,8 +19,8 @@ void random_start_sample(const RandomStartArgs& a, int64_t i) {
   const float* noise = a.noise + i * d;
   XT* x_out = static_cast<XT*>(a.x_out) + i * d;
   float* delta_out = a.delta_out + i * d;
-  const float sq = lane_sum(d, [&](int64_t j) { return noise[j] * noise[j]; });
-  const float norm = std::sqrt(sq);
+  const float norm = a.norm == RF_NORM_LINF ? lane_max(d, [&](int64_t j) { return std::fabs(noise[j]); })
+                                            : std::sqrt(lane_sum(d, [&](int64_t j) { return noise[j] * noise[j]; }));
   const float factor = a.scale[i] / norm_or_one(norm);  // zero noise: no perturbation, not NaN
   for (int64_t j = 0; j < d; ++j) {
     const float xj = to_float(x[j]);

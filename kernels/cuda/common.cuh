@@ -1,5 +1,5 @@
-// Shared by the CUDA kernels: storage-type loads and stores, the block reduction, the storage
-// types and the device guard of the C entry points (clamp01 and norm_or_one: nan_rule.h).
+// Shared by the CUDA kernels: storage-type loads and stores, the block reductions, the storage
+// types and the device guard of the C entry points (clamp01, norm_or_one and the others: nan_rule.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -21,23 +21,35 @@ __device__ __forceinline__ void store_float(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store_float(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store_float(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+struct Plus {
+  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
+
+struct MaxKeepingNan {  // of values >= 0 (magnitudes), whose identity is 0 as the sum's is
+  __device__ __forceinline__ float operator()(float a, float b) const { return max_keeping_nan(a, b); }
+};
+
+template <typename Op>
+__device__ __forceinline__ float warp_reduce(float v, Op op) {
+  for (int offset = 16; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
-// The sum of v over the block, returned to every thread (blockDim.x a multiple of 32). Every warp
-// adds the per-warp partials in the same order, so all threads get the same bits and branch alike.
-// scratch: 32 floats of shared memory, free again when this returns.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// op (Plus or MaxKeepingNan) of v over the block, returned to every thread (blockDim.x a multiple
+// of 32). Every warp combines the per-warp partials in the same order, so all threads get the same
+// bits and branch alike. scratch: 32 floats of shared memory, free again when this returns.
+template <typename Op>
+__device__ __forceinline__ float block_reduce(float v, float* scratch, Op op) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  const float total = warp_sum(lane < warps ? scratch[lane] : 0.0f);
+  const float total = warp_reduce(lane < warps ? scratch[lane] : 0.0f, op);
   __syncthreads();
   return total;
 }
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce(v, scratch, Plus{}); }
 
 using Storage = StorageTypes<__half, __nv_bfloat16>;  // the rf_dtype codes' types on the device
 

@@ -1,11 +1,13 @@
-// The projected L2 PGD step in CUDA: one block per sample, block reductions for the norms.
+// The projected PGD step in CUDA, in L2 or L-infinity: one block per sample, block reductions for
+// the norms.
 //
 // Same math and sweeps as kernels/cpu/pgd_step.cpp. Samples of up to kItems * 1024 elements
 // (CIFAR's 3072 included) stay in registers, kItems per thread: each input is read once and each
 // output written once. Larger samples take the looping path, which keeps the same sweeps in
-// global memory: v' goes to the velocity output (or the delta output as scratch), d + step * v'
-// to the delta output, and every thread re-reads only the elements it wrote itself, so no
-// synchronization is needed between sweeps beyond the reductions.
+// global memory: for L2, v' goes to the velocity output (or the delta output as scratch),
+// d + step * v' to the delta output, and every thread re-reads only the elements it wrote itself,
+// so no synchronization is needed between sweeps beyond the reductions; for L-infinity, ||g||_1
+// is the only reduction and a second sweep writes every output.
 #include "common.cuh"
 #include "pgd_step_sample.h"
 
@@ -26,15 +28,16 @@ __device__ void keep_sample(const PgdStepSample<XT, GT>& s, int64_t d) {
   }
 }
 
-// Launch bounds: the register budget must allow the largest block (1024 threads) to launch.
+// The register path's loads: this thread's kItems elements of every input (0 past the end of the
+// sample, and for v without a velocity buffer), all up front so that many requests are in
+// flight per thread. Returns this thread's part of ||g||_1.
 template <typename XT, typename GT>
-__global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs a) {
-  __shared__ float scratch[32];
-  const PgdStepSample<XT, GT> s(a, blockIdx.x);
-  float g[kItems], d[kItems], v_old[kItems], xs[kItems];
+__device__ __forceinline__ float load_in_registers(const PgdStepArgs& a, const PgdStepSample<XT, GT>& s,
+                                                   float (&g)[kItems], float (&d)[kItems], float (&v_old)[kItems],
+                                                   float (&xs)[kItems]) {
   float l1_part = 0.0f;
 #pragma unroll
-  for (int k = 0; k < kItems; ++k) {  // every load up front: many requests in flight per thread
+  for (int k = 0; k < kItems; ++k) {
     const int64_t j = threadIdx.x + int64_t(k) * blockDim.x;
     const bool in = j < a.d;
     g[k] = in ? load_float(s.grad() + j) : 0.0f;
@@ -43,7 +46,26 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs
     xs[k] = in ? load_float(s.x() + j) : 0.0f;
     l1_part += fabsf(g[k]);
   }
-  const float l1 = block_sum(l1_part, scratch);
+  return l1_part;
+}
+
+// ||g||_1 of a sample on the looping path, in every thread of the block.
+template <typename XT, typename GT>
+__device__ __forceinline__ float gradient_l1(const PgdStepArgs& a, const PgdStepSample<XT, GT>& s, float* scratch) {
+  float l1_part = 0.0f;
+  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) l1_part += fabsf(load_float(s.grad() + j));
+  return block_sum(l1_part, scratch);
+}
+
+// --- L2 ---
+
+// Launch bounds: the register budget must allow the largest block (1024 threads) to launch.
+template <typename XT, typename GT>
+__global__ void __launch_bounds__(kMaxThreads) pgd_step_in_registers(PgdStepArgs a) {
+  __shared__ float scratch[32];
+  const PgdStepSample<XT, GT> s(a, blockIdx.x);
+  float g[kItems], d[kItems], v_old[kItems], xs[kItems];
+  const float l1 = block_sum(load_in_registers(a, s, g, d, v_old, xs), scratch);
   if (!isfinite(l1)) {  // the same value in every thread: the whole block returns here
     keep_sample(s, a.d);
     return;
@@ -84,9 +106,7 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
   __shared__ float scratch[32];
   const PgdStepSample<XT, GT> s(a, blockIdx.x);
 
-  float l1_part = 0.0f;
-  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) l1_part += fabsf(load_float(s.grad() + j));
-  const float l1 = block_sum(l1_part, scratch);
+  const float l1 = gradient_l1(a, s, scratch);
   if (!isfinite(l1)) {
     keep_sample(s, a.d);
     return;
@@ -124,6 +144,67 @@ __global__ void __launch_bounds__(kMaxThreads) pgd_step_looping(PgdStepArgs a) {
   }
 }
 
+// --- L-infinity ---
+
+template <typename XT, typename GT>
+__global__ void __launch_bounds__(kMaxThreads) pgd_step_linf_in_registers(PgdStepArgs a) {
+  __shared__ float scratch[32];
+  const PgdStepSample<XT, GT> s(a, blockIdx.x);
+  float g[kItems], d[kItems], v[kItems], xs[kItems];  // v and d are updated in place
+  const float l1 = block_sum(load_in_registers(a, s, g, d, v, xs), scratch);
+  if (!isfinite(l1)) {  // the same value in every thread: the whole block returns here
+    keep_sample(s, a.d);
+    return;
+  }
+  const float inv_l1 = inverse_l1(l1), eps = a.eps[blockIdx.x], step = a.step[blockIdx.x];
+  const bool has_velocity = a.velocity != nullptr;
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {  // the sign of v' with a velocity buffer, of g itself without one
+    v[k] = a.momentum * v[k] + g[k] * inv_l1;
+    d[k] = linf_step(d[k], has_velocity ? v[k] : g[k], step, eps);
+  }
+  // Computing first and storing in a second loop, as the L2 kernel does, keeps the registers at
+  // the L2 kernel's (one loop took up to 61 per thread, which allows fewer blocks per SM).
+#pragma unroll
+  for (int k = 0; k < kItems; ++k) {
+    const int64_t j = threadIdx.x + int64_t(k) * blockDim.x;
+    if (j < a.d) {
+      const float x_adv = clamp01(xs[k] + d[k]);
+      store_float(s.x_out() + j, x_adv);
+      s.delta_out()[j] = x_adv - xs[k];
+      if (has_velocity) s.velocity_out()[j] = v[k];
+    }
+  }
+}
+
+template <typename XT, typename GT>
+__global__ void __launch_bounds__(kMaxThreads) pgd_step_linf_looping(PgdStepArgs a) {
+  __shared__ float scratch[32];
+  const PgdStepSample<XT, GT> s(a, blockIdx.x);
+  const float l1 = gradient_l1(a, s, scratch);
+  if (!isfinite(l1)) {
+    keep_sample(s, a.d);
+    return;
+  }
+  const float inv_l1 = inverse_l1(l1), eps = a.eps[blockIdx.x], step = a.step[blockIdx.x];
+  const float* v_old = s.velocity();
+  for (int64_t j = threadIdx.x; j < a.d; j += blockDim.x) {
+    const float gj = load_float(s.grad() + j), xj = load_float(s.x() + j);
+    const float v = (v_old ? a.momentum * v_old[j] : 0.0f) + gj * inv_l1;
+    const float x_adv = clamp01(xj + linf_step(s.delta()[j], v_old ? v : gj, step, eps));
+    store_float(s.x_out() + j, x_adv);
+    s.delta_out()[j] = x_adv - xj;
+    if (v_old) s.velocity_out()[j] = v;
+  }
+}
+
+// The kernel of a norm and path, for storage types XT and GT.
+template <typename XT, typename GT>
+auto pgd_step_kernel(int norm, bool in_registers) {
+  if (norm == RF_NORM_LINF) return in_registers ? pgd_step_linf_in_registers<XT, GT> : pgd_step_linf_looping<XT, GT>;
+  return in_registers ? pgd_step_in_registers<XT, GT> : pgd_step_looping<XT, GT>;
+}
+
 }  // namespace
 }  // namespace ratio_fast
 
@@ -137,13 +218,8 @@ extern "C" int ratio_fast_cuda_pgd_step(const PgdStepArgs* args, int block, int 
   const DeviceGuard guard(device);
   const auto cuda_stream = static_cast<cudaStream_t>(stream);
   const bool known = Storage::with_pair(a.x_dtype, a.grad_dtype, [&](auto x_type, auto grad_type) {
-    using XT = decltype(x_type);
-    using GT = decltype(grad_type);
-    if (in_registers) {
-      pgd_step_in_registers<XT, GT><<<unsigned(a.n), threads, 0, cuda_stream>>>(a);
-    } else {
-      pgd_step_looping<XT, GT><<<unsigned(a.n), threads, 0, cuda_stream>>>(a);
-    }
+    const auto kernel = pgd_step_kernel<decltype(x_type), decltype(grad_type)>(a.norm, in_registers);
+    kernel<<<unsigned(a.n), threads, 0, cuda_stream>>>(a);
   });
   return known ? int(cudaGetLastError()) : RF_ERROR_DTYPE;
 }

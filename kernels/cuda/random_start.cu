@@ -1,5 +1,6 @@
-// The random start in CUDA: one block per sample; a block reduction for ||noise||, then
-// x' = clamp(x + noise * scale / ||noise||, 0, 1) (see kernels/cpu/random_start.cpp).
+// The random start in CUDA: one block per sample; a block reduction for ||noise|| (L2, or
+// L-infinity: max |noise_j|), then x' = clamp(x + noise * scale / ||noise||, 0, 1) (see
+// kernels/cpu/random_start.cpp).
 #include "common.cuh"
 
 namespace ratio_fast {
@@ -15,9 +16,16 @@ __global__ void __launch_bounds__(kMaxThreads) random_start_kernel(RandomStartAr
   const float* noise = a.noise + base;
   XT* x_out = static_cast<XT*>(a.x_out) + base;
   float* delta_out = a.delta_out + base;
-  float sq_part = 0.0f;
-  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sq_part += noise[j] * noise[j];
-  const float norm = sqrtf(block_sum(sq_part, scratch));
+  float norm;
+  if (a.norm == RF_NORM_LINF) {
+    float max_part = 0.0f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) max_part = max_keeping_nan(max_part, fabsf(noise[j]));
+    norm = block_reduce(max_part, scratch, MaxKeepingNan{});
+  } else {
+    float sq_part = 0.0f;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) sq_part += noise[j] * noise[j];
+    norm = sqrtf(block_sum(sq_part, scratch));
+  }
   const float factor = a.scale[blockIdx.x] / norm_or_one(norm);  // zero noise: no perturbation
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
     const float xj = load_float(x + j), x_adv = clamp01(xj + noise[j] * factor);

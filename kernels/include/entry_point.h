@@ -7,9 +7,13 @@
 
 namespace ratio_fast {
 
-inline bool valid(const PgdStepArgs& a) { return a.n >= 0 && a.d >= 0 && (!a.velocity || a.velocity_out); }
+inline bool valid_norm(int norm) { return norm == RF_NORM_L2 || norm == RF_NORM_LINF; }
 
-inline bool valid(const RandomStartArgs& a) { return a.n >= 0 && a.d >= 0; }
+inline bool valid(const PgdStepArgs& a) {
+  return a.n >= 0 && a.d >= 0 && (!a.velocity || a.velocity_out) && valid_norm(a.norm);
+}
+
+inline bool valid(const RandomStartArgs& a) { return a.n >= 0 && a.d >= 0 && valid_norm(a.norm); }
 
 // The storage types of a backend: float and its own fp16 and bf16 types (the CPU's in
 // cpu/storage_types.h; CUDA's __half and __nv_bfloat16).

@@ -33,6 +33,12 @@ class PgdStepSample {
 // 1 / ||g||_1 for a finite norm; 0 for a zero gradient, whose velocity term is then 0, not 0 * inf.
 RATIO_FAST_INLINE float inverse_l1(float l1) { return l1 > 0 ? 1.0f / l1 : 0.0f; }
 
+// One element of the L-infinity step: d + step * sign(direction), clipped to [-eps, eps]. step times
+// a sign is exact, so with or without a fused multiply-add every backend gets the same bits.
+RATIO_FAST_INLINE float linf_step(float d, float direction, float step, float eps) {
+  return clip_to_box(d + step * sign_keeping_nan(direction), eps);
+}
+
 // The factor that projects d' onto the ball of radius eps: 1 inside it, 0 for eps 0, and 1 for
 // a NaN norm (not projected, as in the reference).
 RATIO_FAST_INLINE float projection_scale(float d_norm, float eps) { return d_norm > eps ? eps / d_norm : 1.0f; }

@@ -25,15 +25,18 @@ extern "C" {
 #endif
 
 // Bumped whenever a signature or struct below changes, so Python can refuse a stale library.
-#define RATIO_FAST_ABI_VERSION 2
+#define RATIO_FAST_ABI_VERSION 3
 
 // Storage types of x / x_out and of the gradient (delta, velocity, noise are always fp32).
 enum rf_dtype { RF_FLOAT32 = 0, RF_FLOAT16 = 1, RF_BFLOAT16 = 2 };
 
+// The threat model of an op: the L2 ball or the L-infinity box of radius eps around x.
+enum rf_norm { RF_NORM_L2 = 0, RF_NORM_LINF = 1 };
+
 enum rf_error { RF_ERROR_DTYPE = -1, RF_ERROR_ARGUMENT = -2 };
 
-// The projected L2 PGD step of a batch (see ratio_fast/ops/pgd_step.py for the math). The
-// entry points take it by pointer; ratio_fast/ops/native.py mirrors it field for field.
+// The projected PGD step of a batch in L2 or L-infinity (see ratio_fast/ops/pgd_step.py for the
+// math). The entry points take it by pointer; ratio_fast/ops/native.py mirrors it field for field.
 typedef struct PgdStepArgs {
   const void* x;          // x_dtype
   const float* delta;
@@ -49,10 +52,12 @@ typedef struct PgdStepArgs {
   float momentum;
   int x_dtype;  // rf_dtype
   int grad_dtype;
+  int norm;  // rf_norm
 } PgdStepArgs;
 
-// The random start of a batch: delta = noise * scale / ||noise||, clipped so that x + delta
-// stays in [0,1]. Mirrored in native.py as PgdStepArgs is.
+// The random start of a batch: delta = noise * scale / ||noise|| (the L2 norm, or the L-infinity
+// norm max |noise_j|), clipped so that x + delta stays in [0,1]. Mirrored in native.py as
+// PgdStepArgs is.
 typedef struct RandomStartArgs {
   const void* x;  // x_dtype
   const float* noise;
@@ -62,6 +67,7 @@ typedef struct RandomStartArgs {
   int64_t n;
   int64_t d;
   int x_dtype;
+  int norm;  // rf_norm
 } RandomStartArgs;
 
 RATIO_FAST_API int ratio_fast_abi_version(void);

@@ -1,4 +1,5 @@
-"""Fused ops of the L2 attacks, each with its plain-torch reference (`*_ref`).
+"""Fused ops of the attacks, each with its plain-torch reference (`*_ref`), in either norm of
+`_common.NORMS` ('l2', 'linf').
 
 `backend`: 'auto' runs Triton on CUDA tensors and the reference elsewhere; 'triton', 'native'
 (the C++/OpenMP or CUDA kernels of kernels/, see `native.py`) or 'torch' forces one (Triton runs

@@ -1,5 +1,5 @@
-"""Helpers shared by the fused ops: argument normalization, backend choice, and the Triton
-helpers both kernels use (the NaN rule of `pgd_step.pgd_step`, loads, the box constraint)."""
+"""Helpers shared by the fused ops: argument normalization, backend and norm choice, and the
+Triton helpers both kernels use (the NaN rule of `pgd_step.pgd_step`, loads, the box constraint)."""
 from __future__ import annotations
 
 import torch
@@ -11,6 +11,8 @@ except ImportError:  # the reference path works without Triton
     triton = None
 
 BACKENDS = ("auto", "triton", "native", "torch")
+# The threat models of the fused ops: the L2 ball and the L-infinity box around x.
+NORMS = ("l2", "linf")
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
@@ -23,6 +25,13 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return backend
+
+
+def check_norm(norm: str) -> str:
+    """norm itself if it is one of NORMS; ValueError otherwise."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm
 
 
 def per_sample(value: float | torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -66,6 +75,23 @@ if triton is not None:
     def clamp01(v):
         """v clipped to [0, 1], NaN kept as torch.clamp keeps it (tl.minimum/tl.maximum drop NaN)."""
         return tl.where(v < 0.0, 0.0, tl.where(v > 1.0, 1.0, v))
+
+    @triton.jit
+    def clip_to_box(d, eps):
+        """d clipped to [-eps, eps] (the L-infinity projection), NaN kept as clamp01 keeps it; a NaN
+        eps fails both tests and leaves d unprojected, as a NaN norm leaves the L2 step."""
+        return tl.where(d > eps, eps, tl.where(d < -eps, -eps, d))
+
+    @triton.jit
+    def sign_keeping_nan(v):
+        """+1 or -1 by v's sign, and v itself where it is +-0 (a tie: no move) or NaN (kept: torch.sign
+        gives 0 for NaN, which would freeze a NaN pixel silently)."""
+        return tl.where(v > 0.0, 1.0, tl.where(v < 0.0, -1.0, v))
+
+    @triton.jit
+    def max_keeping_nan(a, b):
+        """max(a, b), NaN if either is (tl.maximum and tl.max drop NaN, as fmaxf does)."""
+        return tl.where((a > b) | (a != a), a, b)
 
     @triton.jit
     def norm_or_one(norm):

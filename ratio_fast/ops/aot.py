@@ -1,8 +1,8 @@
 """The Triton kernels compiled ahead of time for Hopper (sm_90) and Ampere (sm_80), without a GPU.
 
 The variants are the launches the ops make, not a list kept here: `launch_requests` runs the
-public ops on CPU tensors for every gradient dtype the kernels take (`native.DTYPE_CODES`), with
-and without a velocity buffer, on the SAMPLE_SIZES below. A stand-in driver names the target and
+public ops on CPU tensors in every norm (`_common.NORMS`), for every gradient dtype the kernels
+take (`native.DTYPE_CODES`), with and without a velocity buffer, on the SAMPLE_SIZES below. A stand-in driver names the target and
 Triton's JIT cache hook records each compile request (argument types and their specialization,
 constexprs, options such as num_warps) and skips the launch, so each request is what the JIT
 would compile on that GPU. `compile_request` compiles it with `triton.compile` and Triton's
@@ -37,6 +37,7 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 from . import native
+from ._common import NORMS
 from .pgd_step import _pgd_step_multi_tile_kernel, _pgd_step_single_tile_kernel, pgd_step
 from .random_start import random_start
 from .tiles import MAX_SINGLE_TILE
@@ -172,11 +173,13 @@ def launch_requests(target: GPUTarget) -> list[Request]:
     with _recording(target) as raw:
         for size in SAMPLE_SIZES:
             x = torch.rand(2, size)
-            for grad_dtype in native.DTYPE_CODES:
-                grad = torch.randn(2, size).to(grad_dtype)
-                for velocity in (None, torch.zeros(2, size)):
-                    pgd_step(x, x, grad, 0.5, 0.1, velocity, 0.9 if velocity is not None else 0.0, backend="triton")
-            random_start(x, torch.randn(2, size), 1.0, 0.5, backend="triton")
+            for norm in NORMS:
+                for grad_dtype in native.DTYPE_CODES:
+                    grad = torch.randn(2, size).to(grad_dtype)
+                    for velocity in (None, torch.zeros(2, size)):
+                        momentum = 0.9 if velocity is not None else 0.0
+                        pgd_step(x, x, grad, 0.5, 0.1, velocity, momentum, backend="triton", norm=norm)
+                random_start(x, torch.randn(2, size), 1.0, 0.5, backend="triton", norm=norm)
             for fn, request in raw:
                 options = {k: _tuples(v) for k, v in json.loads(request["specialization_data"])["options"].items()}
                 new = Request(fn, request["signature"], request["constants"], request["configs"][0], options, [size])
@@ -235,8 +238,8 @@ def variant_rows() -> list[list[str]]:
 
 
 def tuning_rows() -> list[list[str]]:
-    """Each SWEEPS candidate on sm_90, for the fp32-gradient, with-velocity variant of its path
-    (the largest tile on the single-tile path): registers, spills and the occupancy they allow."""
+    """Each SWEEPS candidate on sm_90, for the L2 step's fp32-gradient, with-velocity variant of its
+    path (the largest tile on the single-tile path): registers, spills and the occupancy they allow."""
     sm = TARGETS["sm_90"]
     target = GPUTarget("cuda", sm.capability, 32)
     requests = [r for r in launch_requests(target) if r.constexprs().get("HAS_VELOCITY")
@@ -290,7 +293,8 @@ allow. Each program handles one sample.
 
 {TUNING_TITLE}
 
-The fp32-gradient, with-velocity step for each candidate tile: on the multi-tile path (samples
+The fp32-gradient, with-velocity L2 step for each candidate tile (the L-infinity step takes the
+same tiles, and its variants above fit as many blocks per SM or more): on the multi-tile path (samples
 over {MAX_SINGLE_TILE} elements, e.g. 3x224x224) and on the single-tile path at its largest tile
 (samples of 4097 to {MAX_SINGLE_TILE} elements, e.g. 3x48x48). "before": what the launcher picked
 before tuning; "now": what it picks. One program per sample, so when a batch has fewer samples

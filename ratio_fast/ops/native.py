@@ -18,13 +18,15 @@ import torch
 
 from ..errors import UserError
 
-ABI_VERSION = 2  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
+ABI_VERSION = 3  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
 LIBRARY_DIR = Path(__file__).resolve().parent
 NO_NATIVE_ENV = "RATIO_FAST_NO_NATIVE"  # set to 1: setup.py builds no native library at all
 NO_CUDA_ENV = "RATIO_FAST_NO_CUDA"  # set to 1: setup.py builds the CPU library only
 
 # rf_dtype codes: the storage types the kernels read for x and the gradient.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# rf_norm codes: the threat model of an op (_common.NORMS).
+NORM_CODES = {"l2": 0, "linf": 1}
 _ERRORS = {-1: "unsupported dtype", -2: "invalid argument"}  # rf_error codes
 
 _p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
@@ -35,14 +37,14 @@ class PgdStepArgs(ctypes.Structure):
 
     _fields_ = [("x", _p), ("delta", _p), ("grad", _p), ("velocity", _p), ("eps", _p), ("step", _p),
                 ("x_out", _p), ("delta_out", _p), ("velocity_out", _p),
-                ("n", _i64), ("d", _i64), ("momentum", _f), ("x_dtype", _i), ("grad_dtype", _i)]
+                ("n", _i64), ("d", _i64), ("momentum", _f), ("x_dtype", _i), ("grad_dtype", _i), ("norm", _i)]
 
 
 class RandomStartArgs(ctypes.Structure):
     """struct RandomStartArgs of kernels/include/ratio_fast_kernels.h, field for field."""
 
     _fields_ = [("x", _p), ("noise", _p), ("scale", _p), ("x_out", _p), ("delta_out", _p),
-                ("n", _i64), ("d", _i64), ("x_dtype", _i)]
+                ("n", _i64), ("d", _i64), ("x_dtype", _i), ("norm", _i)]
 
 
 # ratio_fast_<kind>_<op>(const <op's struct>*, <launch place>): the CPU takes its thread count,
@@ -86,8 +88,8 @@ def load_library(kind: str) -> ctypes.CDLL:
     return lib
 
 
-def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, block, x_out, delta_out, velocity_out):
-    """The native PGD step of x's device, written into the outputs.
+def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, norm, block, x_out, delta_out, velocity_out):
+    """The native PGD step in `norm` ('l2' or 'linf') of x's device, written into the outputs.
 
     All tensors are dense in one memory format (each sample one run of D elements); x and grad
     are fp32, fp16 or bf16, the rest is read as fp32. velocity None: no momentum buffer.
@@ -99,18 +101,19 @@ def pgd_step_into(x, delta, grad, velocity, eps, step_size, momentum, block, x_o
         grad=_ptr(grad), grad_dtype=_dtype_code(grad, "grad"), velocity=_ptr(velocity),
         eps=_ptr(eps), step=_ptr(step_size),
         x_out=_ptr(x_out), delta_out=_ptr(delta_out), velocity_out=_ptr(velocity_out if velocity is not None else None),
-        n=n, d=x.numel() // max(n, 1), momentum=momentum,
+        n=n, d=x.numel() // max(n, 1), momentum=momentum, norm=NORM_CODES[norm],
     )
     _check_devices(x, delta, grad, velocity, eps, step_size)
     _launch("pgd_step", args, x, block)
 
 
-def random_start_into(x, noise, scale, block, x_out, delta_out):
-    """The native random start of x's device, written into x_out and delta_out (layouts as above)."""
+def random_start_into(x, noise, scale, norm, block, x_out, delta_out):
+    """The native random start in `norm` of x's device, written into x_out and delta_out (layouts as above)."""
     n = x.shape[0]
     noise = _fp32(noise)
     args = RandomStartArgs(x=_ptr(x), x_dtype=_dtype_code(x, "x"), noise=_ptr(noise), scale=_ptr(scale),
-                           x_out=_ptr(x_out), delta_out=_ptr(delta_out), n=n, d=x.numel() // max(n, 1))
+                           x_out=_ptr(x_out), delta_out=_ptr(delta_out), n=n, d=x.numel() // max(n, 1),
+                           norm=NORM_CODES[norm])
     _check_devices(x, noise, scale)
     _launch("random_start", args, x, block)
 

@@ -33,8 +33,8 @@ def next_power_of_2(n: int) -> int:
 
 
 def pgd_step_tile(d_elems: int, block: int = 0) -> tuple[int, int]:
-    """(BLOCK, num_warps) of the PGD step for samples of d_elems elements: one tile if the sample
-    fits (BLOCK >= d_elems), else the multi-tile path's. block > 0 forces BLOCK (tests)."""
+    """(BLOCK, num_warps) of the PGD step (either norm) for samples of d_elems elements: one tile if
+    the sample fits (BLOCK >= d_elems), else the multi-tile path's. block > 0 forces BLOCK (tests)."""
     if block <= 0 and d_elems > MAX_SINGLE_TILE:
         return LOOP_TILE, PGD_LOOP_WARPS
     if block <= 0:
