@@ -11,7 +11,12 @@
   process ends in any way, so a killed run never leaves a stale lock behind, and a second run
   into the same directory fails at once, naming the holder's PID.
 - `file_error`: an OSError (disk full, read-only, permission, a file where a directory should
-  be) as a UserError that names the path and what to do, printed by the CLI in one line.
+  be) as a UserError that names the path and what to do, printed by the CLI in one line. A
+  writer's failure is reported so whatever it raised: the OSError itself, or an error it caused
+  (torch.save turns a failed write into a RuntimeError whose context is the OSError, or, writing
+  to a path itself, into "PytorchStreamWriter failed writing file ...", which carries no errno).
+
+Archives (`atomic_save`) and safetensors files carry a SHA-256 of their bytes (digest.py).
 """
 from __future__ import annotations
 
@@ -23,8 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-
+from .digest import safetensors_bytes, save_torch
 from .errors import UserError
 
 LOCK_FILE = ".lock"
@@ -87,12 +91,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = 
             os.close(fd)
         os.replace(tmp, path)
         _fsync_directory(path.parent)  # make the rename itself durable
-    except OSError as error:
+    except BaseException as error:
         _discard(tmp)
-        raise file_error(path, error, advice=advice) from None
-    except BaseException:
-        _discard(tmp)
-        raise
+        failure = _write_failure(path, error, advice)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _discard(tmp: Path) -> None:
@@ -104,9 +108,47 @@ def _discard(tmp: Path) -> None:
         pass
 
 
+def _write_failure(path: Path, error: BaseException, advice: str) -> UserError | None:
+    """The one-line error of a failed write, or None if `error` is not the file system's (a bug,
+    Ctrl-C, or a source's error that atomic_copy passes through)."""
+    if isinstance(error, _SourceError):
+        return None
+    seen = error
+    while seen is not None:  # the error, then what caused it (explicitly, or by failing while it was handled)
+        if isinstance(seen, OSError):
+            return file_error(path, seen, advice=advice)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    text = str(error)
+    if isinstance(error, RuntimeError) and "PytorchStreamWriter failed" in text:  # without "[enforce fail at ...] . "
+        what = text[text.index("PytorchStreamWriter failed"):].splitlines()[0]
+        return file_error(path, OSError(_likely_errno(path.parent), what), advice=advice)
+    return None
+
+
+def _likely_errno(directory: Path) -> int | None:
+    """ENOSPC when the file system of `directory` has no space left: the usual reason for a failed
+    write that does not say why."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return errno.ENOSPC if stat.f_bavail * stat.f_frsize < (1 << 20) else None
+
+
 def atomic_save(path: str | Path, obj, advice: str = "") -> None:
-    """torch.save(obj) to path with `atomic_write`."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), advice)
+    """torch.save(obj) to path with `atomic_write`, followed by its digest record (digest.save_torch)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            save_torch(obj, out)
+
+    atomic_write(path, write, advice)
+
+
+def atomic_write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None,
+                             advice: str = "") -> None:
+    """A safetensors file of `tensors` (contiguous CPU tensors) with its digest, with `atomic_write`."""
+    data = safetensors_bytes(tensors, metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), advice)
 
 
 def atomic_write_text(path: str | Path, text: str, advice: str = "") -> None:
