@@ -120,7 +120,9 @@ def load_torch(path: str | Path, map_location="cpu"):
 def _verify(path: Path) -> tuple[str | None, tuple]:
     with open(path, "rb") as f:
         key = _key(os.fstat(f.fileno()))
-        if key not in _checked:
+        # A file checked before is the same file if its key and the digest it records still match
+        # (a new file can get a freed inode number, its size and, within the clock's tick, its mtime).
+        if key not in _checked or _checked[key] != _recorded(f, key[2]):
             _checked[key] = digest = _check(f, path, key[2])
             if digest is None:  # said once per file, however often it is loaded
                 warnings.warn(Note(f"{path} has no checksum (written before ratio-fast stored them): not verified"),
@@ -130,6 +132,27 @@ def _verify(path: Path) -> tuple[str | None, tuple]:
 
 def _key(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _recorded(f: BinaryIO, size: int) -> str | None:
+    """The digest a file records (its archive's record or its safetensors entry), unchecked; None if none."""
+    if size >= TRAILER_SIZE:
+        f.seek(size - TRAILER_SIZE)
+        tail = f.read(TRAILER_SIZE)
+        if tail.startswith(TRAILER_HEAD):
+            return tail[len(TRAILER_HEAD):-1].decode("ascii", "replace")
+    f.seek(0)
+    head = f.read(8)
+    if len(head) == 8:
+        header_size = struct.unpack("<Q", head)[0]
+        if header_size < size - 8:
+            header = head + f.read(header_size)
+            try:
+                start = _digest_offset(header)
+            except ValueError:
+                return None
+            return header[start:start + DIGEST_CHARS].decode("ascii", "replace")
+    return None
 
 
 def _check(f: BinaryIO, path: Path, size: int) -> str | None:
