@@ -284,6 +284,17 @@ def test_image_folder_errors(tmp_path):
         source.read(np.array([0]))
 
 
+def test_a_large_folder_is_checked_with_progress(tmp_path, capsys):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    pixels = random_images(1)[0][:8, :8]
+    for i in range(1000):
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    source = load_out_distribution(str(folder), tmp_path, in_name="cifar10")
+    assert len(source) == 1000
+    assert f"checking the images of {folder} 1000/1000 (100%)" in capsys.readouterr().err
+
+
 # --- --out-data dispatch ------------------------------------------------------------------------
 
 

@@ -121,23 +121,29 @@ def worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
     raise AssertionError(f"no worker of rank {rank} under {launcher.pid}")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
-def test_a_preempted_rank_makes_the_launcher_exit_75(tmp_path):
+def launch_and_preempt(tmp_path, whom) -> tuple[subprocess.Popen, str, str]:
+    """A 2-process run of 320 steps under ratio_fast.torchrun; once both ranks train (rank 0's
+    first epoch line), SIGTERM goes to the process whom(launcher) names."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    epochs = ["--epochs", "40"]  # long enough to be preempted: 320 steps
     cmd = [sys.executable, "-m", "ratio_fast.torchrun", "--standalone", "--nproc_per_node=2", "-m", "ratio_fast.cli",
-           *[a for a in RUN if a not in ("--epochs", "1")], *epochs, "--out", str(tmp_path / "run")]
+           *[a for a in RUN if a not in ("--epochs", "1")], "--epochs", "40", "--out", str(tmp_path / "run")]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         began = time.monotonic()
-        for line in launcher.stdout:  # rank 0's first epoch: both ranks are training
+        for line in launcher.stdout:
             if line.startswith("epoch 1/40 |") or time.monotonic() - began > 300:
                 break
-        os.kill(worker_of_rank(launcher, 1), signal.SIGTERM)
+        os.kill(whom(launcher), signal.SIGTERM)
         out, err = launcher.communicate(timeout=300)
     finally:
         launcher.kill()
+    return launcher, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_preempted_rank_makes_the_launcher_exit_75(tmp_path):
+    launcher, out, err = launch_and_preempt(tmp_path, lambda launcher: worker_of_rank(launcher, 1))
     assert launcher.returncode == EXIT_PREEMPTED, err[-3000:]
     assert "stopped by a signal to another rank" in out
     last = err.strip().splitlines()[-1]
@@ -147,3 +153,12 @@ def test_a_preempted_rank_makes_the_launcher_exit_75(tmp_path):
     assert "Traceback" not in err
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert 8 <= state["trainer"]["steps_done"] < 320 and state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_preempted_launcher_passes_the_signal_on_and_exits_75(tmp_path):
+    launcher, out, err = launch_and_preempt(tmp_path, lambda launcher: launcher.pid)
+    assert launcher.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "stopped by SIGTERM after step" in out  # the workers checkpointed at a step boundary
+    assert err.strip().splitlines()[-1].startswith("ratio-fast: the launcher got SIGTERM: exit 75 (preempted")
+    assert 8 <= torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["trainer"]["steps_done"] < 320

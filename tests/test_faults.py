@@ -83,6 +83,20 @@ def test_preemption_signal_checkpoints_at_a_step_boundary_and_resumes_exactly(tm
 
 
 @pytest.mark.slow
+def test_a_repeated_sigterm_still_checkpoints_at_the_step_boundary(tmp_path):
+    """Schedulers signal every process of a job and torchrun's agent passes its SIGTERM on: a
+    worker may get two. The second one changes nothing."""
+    proc = start(LONG, tmp_path, "run")
+    wait_for_line(proc, "starting:")
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    assert "stopped by SIGTERM after step" in out
+    assert 0 < trainer_state(tmp_path / "run" / "checkpoint.pt")["steps_done"] < 128
+
+
+@pytest.mark.slow
 def test_kill_9_mid_run_keeps_a_loadable_checkpoint_and_resumes_exactly(tmp_path, uninterrupted):
     """--checkpoint-every 1 rewrites the checkpoint after every step, so the kill lands during or
     between writes; whatever is on disk afterwards must load, and resuming must finish the run."""
