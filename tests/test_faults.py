@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -177,7 +176,8 @@ def write_fails_after_the_first_bytes(self, data):
     return self.out.write(data)
 
 
-STREAM_WRITER = "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: file write failed"
+STREAM_WRITER = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed")
 
 
 def stream_writer_fails(*args, **kwargs):
