@@ -88,6 +88,7 @@ def test_a_repeated_sigterm_still_checkpoints_at_the_step_boundary(tmp_path):
     proc = start(LONG, tmp_path, "run")
     wait_for_line(proc, "starting:")
     proc.send_signal(signal.SIGTERM)
+    time.sleep(1)  # handled by then (two signals at once would reach Python's handler as one)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err
