@@ -238,8 +238,10 @@ def _fsync_directory(directory: Path) -> None:
 class RunDirectoryLock:
     """`with RunDirectoryLock(run_dir, flag="--out"):` one writer per run directory.
 
-    Creates the directory if needed; if it was created here and the holder leaves it empty
-    (a run that failed before writing anything), `release(clean=True)` removes it again.
+    Creates the directory if needed; `release(clean=True)` removes what the lock added: the
+    directory, if it was created here and the holder left it empty (a run that failed before
+    writing anything), else the lock file, if it was created here (so a run refused from a
+    directory of someone else's files leaves none of its own).
     """
 
     def __init__(self, run_dir: str | Path, flag: str = "--out"):
@@ -247,10 +249,28 @@ class RunDirectoryLock:
         self.flag = flag
         self._file = None
         self._created = False
+        self._created_file = False
 
     def acquire(self) -> "RunDirectoryLock":
-        where = f"{self.flag} {self.run_dir}"
         self._created = make_directory(self.run_dir, self.flag)
+        while True:  # until the file locked is the one at the path: a holder may remove it as it leaves
+            self._created_file = not (self.run_dir / LOCK_FILE).exists()
+            handle = self._lock_file()
+            try:
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(self.run_dir / LOCK_FILE)):
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def _lock_file(self):
+        """The lock file, open and flock'ed; UserError naming the holder if another run has it."""
         try:
             handle = open(self.run_dir / LOCK_FILE, "a+")
         except OSError as error:
@@ -261,22 +281,19 @@ class RunDirectoryLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UserError(f"{where} is in use by another ratio-fast run (PID {holder}); "
+            raise UserError(f"{self.flag} {self.run_dir} is in use by another ratio-fast run (PID {holder}); "
                             f"wait for it to end, or choose another {self.flag}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        return self
+        return handle
 
     def release(self, clean: bool = False) -> None:
-        """Unlock; with clean, remove the directory again if this lock created it and it holds nothing else."""
+        """Unlock; with clean, remove what the lock added (see the class)."""
         if self._file is None:
             return
         if clean and self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
             self.run_dir.rmdir()
+        elif clean and self._created_file:  # while still locked: another run cannot hold the removed file
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
         self._file.close()  # closing the descriptor drops the flock
         self._file = None
 
