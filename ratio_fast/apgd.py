@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .attacks import attacking, check_attack_settings
+from .attacks import attacking, check_attack_settings, check_images
 from .losses import PerSampleLoss, resolve_objective, targeted_dlr
 from .models import eval_mode
 from .ops import pgd_step, sample_ball
@@ -88,15 +88,18 @@ def random_start_point(x: torch.Tensor, eps: float | torch.Tensor, generator: to
 def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | torch.Tensor,
              steps: int, objective: str | PerSampleLoss = "ce", start: torch.Tensor | None = None,
              random_start: bool = True, count_misclassified: bool = False, backend: str = "auto",
-             generator: torch.Generator | None = None) -> APGDResult:
+             generator: torch.Generator | None = None, check_inputs: bool = True) -> APGDResult:
     """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps: a float or per-sample (N,) tensor. objective: a name in losses.OBJECTIVES or a callable
     (logits, labels) -> per-sample loss. start: the first iterate (a point of the ball and the
     box), instead of a random one (`random_start`, drawn from `generator`) or x itself.
     count_misclassified: also track AutoAttack's success, argmax != y at some iterate.
+    check_inputs: refuse x outside [0,1] (one host synchronization; attacks.py says when not to).
     Returned points are detached, in x's dtype and memory layout.
     """
+    if check_inputs:
+        check_images(x)
     objective = resolve_objective(objective)
     objective.check_labels(y)
     if count_misclassified and y is None:
@@ -206,6 +209,7 @@ class APGD:
     objective: str | PerSampleLoss = "ce"
     random_start: bool = True
     backend: str = "auto"
+    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (attacks.py)
 
     def __post_init__(self):
         check_attack_settings(self.eps, self.steps, self.objective)
@@ -220,7 +224,7 @@ class APGD:
     def _run(self, model, x, y, generator, start, count_misclassified: bool) -> APGDResult:
         return apgd_run(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective, start=start,
                         random_start=self.random_start, count_misclassified=count_misclassified,
-                        backend=self.backend, generator=generator)
+                        backend=self.backend, generator=generator, check_inputs=self.check_inputs)
 
 
 # attack_rows(x, y, targets, start, eps) -> APGDResult: the targeted runs of a set of (image, target)
@@ -246,6 +250,7 @@ class APGDTargeted:
     targets: int = 9
     random_start: bool = True
     backend: str = "auto"
+    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (attacks.py)
 
     def __post_init__(self):
         check_number("targets", self.targets, at_least=1, integer=True)
@@ -270,10 +275,12 @@ class APGDTargeted:
         def attack(x, y, targets, start, eps):
             return apgd_run(model, x, y, eps=eps, steps=self.steps,
                             objective=lambda logits, labels: targeted_dlr(logits, labels, targets),
-                            start=start, count_misclassified=True, backend=self.backend)
+                            start=start, count_misclassified=True, backend=self.backend, check_inputs=False)
         return attack
 
     def run(self, model, x, y, generator=None, attack_rows: RowAttack | None = None) -> APGDResult:
+        if self.check_inputs:
+            check_images(x)
         rows = self.rows(model, x, y, generator)
         r = (attack_rows or self.attack_rows(model))(*rows)
         n = x.shape[0]

@@ -3,7 +3,13 @@
     attack = L2PGD(eps=0.5, steps=10, step_size=0.1)
     x_adv = attack(model, x, y)
 
-Inputs are images in [0,1]; the model returns logits. The attack puts the model in eval mode
+Inputs are images in [0,1]; the model returns logits. The public entry points (`L2PGD`,
+`l2_pgd`, `joint_l2_pgd`, and apgd.py's `APGD`, `APGDTargeted`, `apgd_run`) refuse other inputs
+(0..255 pixels, normalized tensors, NaN) with a UserError, at the cost of one host
+synchronization per call (`check_images`). Where a synchronization is not allowed (a CUDA graph
+being captured, the trainer's step, evaluation's graphed attack calls) they are built or called
+with `check_inputs=False`: those inputs come from ratio-fast's loaders, in [0,1] by construction.
+The attack puts the model in eval mode
 (BatchNorm uses running statistics, samples stay independent) and restores its mode after;
 it differentiates with respect to the input only: the weights are marked as not requiring
 gradients for the duration, so autograd (and a torch.compile'd model's backward) computes no
@@ -24,7 +30,11 @@ from .losses import PerSampleLoss, resolve_objective
 from .models import eval_mode
 from .ops import pgd_step, sample_ball
 from .ops._common import per_sample
+from .errors import UserError
 from .validation import check_number
+
+# ArgminPGD's momentum: above 1 the old gradients outgrow the new ones without bound.
+MOMENTUM_RANGE = {"at_least": 0, "at_most": 1}
 
 
 @dataclass
@@ -58,6 +68,16 @@ def attacking(model: torch.nn.Module, input_grad_only: bool):
         finally:
             for p in frozen:
                 p.requires_grad_(True)
+
+
+def check_images(x: torch.Tensor, name: str = "x") -> None:
+    """UserError unless every value of x is in [0, 1] (NaN is not): one host synchronization."""
+    if x.numel() == 0:
+        return
+    low, high = torch.stack([x.detach().min(), x.detach().max()]).float().tolist()
+    if not (0.0 <= low and high <= 1.0):
+        raise UserError(f"{name} must be images with values in [0, 1] (the models normalize inside), got values "
+                        f"from {low:g} to {high:g}")
 
 
 def check_attack_settings(eps, steps, objective: str | PerSampleLoss | None = None, step_size=None) -> None:
@@ -124,6 +144,7 @@ def l2_pgd(
     backend: str = "auto",
     generator: torch.Generator | None = None,
     input_grad_only: bool = True,
+    check_inputs: bool = True,
 ) -> torch.Tensor:
     """Projected L2 PGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
@@ -133,9 +154,12 @@ def l2_pgd(
     L1-normalized gradient (the authors' ArgminPGD); keep_best returns, per sample, the iterate
     with the highest loss among all of them (the starting point included); otherwise the last.
     input_grad_only=False also computes (and discards) the weight gradients in every step: the
-    cost of a plain backward, there only to measure what skipping them saves.
+    cost of a plain backward, there only to measure what skipping them saves. check_inputs: refuse
+    x outside [0,1] (one host synchronization; see the module).
     Returns x_adv, detached, in x's dtype and memory layout.
     """
+    if check_inputs:
+        check_images(x)
     objective = resolve_objective(objective)
     objective.check_labels(y)
     loss_fn = objective.loss
@@ -171,10 +195,11 @@ class L2PGD:
     objective: str | PerSampleLoss = "ce"
     backend: str = "auto"
     input_grad_only: bool = True
+    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (False: see the module)
 
     def __post_init__(self):
         check_attack_settings(self.eps, self.steps, self.objective, step_size=self.step_size)
-        check_number("momentum", self.momentum, at_least=0)
+        check_number("momentum", self.momentum, **MOMENTUM_RANGE)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
         return l2_pgd(
@@ -182,12 +207,13 @@ class L2PGD:
             eps=self.eps, steps=self.steps, step_size=self.step_size, momentum=self.momentum,
             random_start=self.random_start, keep_best=self.keep_best, objective=self.objective,
             backend=self.backend, generator=generator, input_grad_only=self.input_grad_only,
+            check_inputs=self.check_inputs,
         )
 
 
 # Settings that must agree for two attacks to share one batch (per-sample eps, step size and
 # objective are what the joint batch can differ in).
-_SHARED = ("momentum", "random_start", "keep_best", "backend", "input_grad_only")
+_SHARED = ("momentum", "random_start", "keep_best", "backend", "input_grad_only", "check_inputs")
 
 
 def joint_l2_pgd(
@@ -210,6 +236,9 @@ def joint_l2_pgd(
     mismatched = [name for name in _SHARED if getattr(attack_x, name) != getattr(attack_z, name)]
     if mismatched:
         raise ValueError(f"joint_l2_pgd needs the two attacks to agree on {', '.join(mismatched)}")
+    if attack_x.check_inputs:
+        check_images(x)
+        check_images(z, "z")
     objective_x, objective_z = resolve_objective(attack_x.objective), resolve_objective(attack_z.objective)
     objective_x.check_labels(y)
     objective_z.check_labels(None)  # z, the out-distribution, has no labels

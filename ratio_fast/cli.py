@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 from .config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
                      value_type)
-from .cli_format import HelpFormatter
-from .errors import TrainingStopped, UserError
+from .cli_format import ArgumentParser, HelpFormatter
+from .errors import Note, TrainingStopped, UserError
 from .eval_cli import add_counterfactuals, add_eval, add_export
 
 TRAIN_SETTINGS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
@@ -23,7 +24,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports an interrupted comman
 EXIT_CODES = {
     EXIT_DONE: "finished (--epochs or --max-steps reached)",
     EXIT_CANNOT_CONTINUE: "stopped: cannot usefully continue (e.g. every step diverges)",
-    EXIT_USER_ERROR: "a mistake in flags, files or checkpoints, said in one line",
+    EXIT_USER_ERROR: "a mistake in flags, files or checkpoints, or a file that cannot be written, said in one line",
     EXIT_PREEMPTED: "preempted (SIGTERM/SIGINT): checkpoint saved at a step boundary; requeue with --resume",
     EXIT_INTERRUPTED: "interrupted by a second Ctrl-C; the last checkpoint written is kept",
 }
@@ -52,6 +53,7 @@ def _train_parser(sub, d: TrainConfig) -> None:
     settings placed among them: --out, --resume and --config, and the replaced --no-augment/--cutout."""
     p = sub.add_parser("train", help="RATIO training (or plain adversarial / clean training with --mode)",
                        formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP)
+    p.set_defaults(interrupted="interrupted; the last checkpoint written is kept")
     g = _add_settings(p, DATA, d)
     g.add_argument("--no-augment", "--cutout", dest="replaced_flag", nargs=0, action=_Replaced, help=argparse.SUPPRESS)
     _add_settings(p, MODEL, d)
@@ -135,8 +137,8 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
     given_only: parsing leaves out every train setting not named on the command line (what a
     resumed run compares with its checkpoint).
     """
-    parser = argparse.ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
-                                     epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
+                            epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub, train_defaults or TrainConfig())
     sub.choices["train"].set_defaults(run=_run_train)
@@ -151,6 +153,16 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", Note)
+        showwarning = warnings.showwarning
+        warnings.showwarning = lambda message, category, *rest: (
+            print(f"note: {message}", file=sys.stderr) if issubclass(category, Note)
+            else showwarning(message, category, *rest))
+        return _main(argv)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
         file_settings = {}
@@ -170,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio-fast: stopped: {e}", file=sys.stderr)
         return EXIT_CANNOT_CONTINUE
     except KeyboardInterrupt:
-        print("ratio-fast: interrupted; the last checkpoint written is kept", file=sys.stderr)
+        print(f"ratio-fast: {getattr(args, 'interrupted', 'interrupted')}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

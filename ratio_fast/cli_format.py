@@ -1,5 +1,17 @@
-"""Help formatting shared by the subcommands."""
+"""The argparse parser and help formatting shared by the subcommands."""
 import argparse
+import re
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, reading every value that starts like a negative number ("-1,2", "-1e-3") as a
+    value, as Python 3.13 does, rather than as an unknown flag: a bad number then gets the command's
+    one-line error (e.g. "--radii must be a finite number > 0, got -1.0"), not argparse's usage text.
+    (Set on the parser itself, so every subcommand's parser, of this class too, does the same.)"""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

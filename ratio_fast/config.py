@@ -12,13 +12,14 @@ import dataclasses
 from dataclasses import dataclass
 
 from .attack_schedule import SCHEDULES
+from .attacks import MOMENTUM_RANGE
 from .choices import AUGMENTATIONS, LOADERS, choices_help, same_batches
 from .datasets import DATASETS, get_dataset
 from .errors import UserError
 from .models import check_model_name
 from .ops._common import BACKENDS
 from .speed import AMP_DTYPES
-from .validation import check_number
+from .validation import SEED_RANGE, check_number
 
 # The groups of `ratio-fast train --help`, in their order there.
 DATA = "data"
@@ -102,6 +103,9 @@ class TrainConfig:
         [], DATA, "a list of out-distribution rows to leave out, one number per line, 1-based (FILE or FILE:1, e.g. "
         "the published 80mn_cifar_idxs.txt) or 0-based (FILE:0, e.g. the authors' 80mn_cifar10_test_idxs.txt); "
         "repeat for several lists (configs/ratio-cifar10-wrn34.json)", metavar="FILE[:0|:1]")
+    skip_bad_images: bool = setting(False, DATA, "leave out the images of an --out-data folder that cannot be "
+                                    "decoded (counted in a note) instead of stopping before the first step",
+                                    negatable=False)
     loader: str = setting("auto", DATA, choices_help(LOADERS), choices=tuple(LOADERS))
     synthetic_size: int | None = setting(None, DATA, "training images of the synthetic set (default: 10240)",
                                          at_least=1)
@@ -120,7 +124,8 @@ class TrainConfig:
     weight_decay: float = setting(5e-4, MODEL, "SGD weight decay", at_least=0)
     ema_decay: float = setting(0.999, MODEL, "decay of the weight average used for evaluation (warm-up "
                                "(1+n)/(10+n))", at_least=0, below=1)
-    seed: int = setting(0, MODEL, "data order, augmentation, initialization and attack starts")
+    seed: int = setting(0, MODEL, "data order, augmentation, initialization and attack starts (0 to 2**63-1)",
+                        **SEED_RANGE)
 
     attack: str = setting("pgd", ATTACKS, "pgd: the authors' ArgminPGD; apgd: APGD (step-size schedule, stronger, "
                           "same cost)", choices=("pgd", "apgd"))
@@ -131,7 +136,7 @@ class TrainConfig:
     step_size_in: float = setting(0.1, ATTACKS, "L2 length of each in-distribution attack step", above=0)
     step_size_out: float = setting(0.1, ATTACKS, "L2 length of each out-distribution attack step", above=0)
     attack_momentum: float = setting(0.9, ATTACKS, "ArgminPGD's momentum on the L1-normalized gradient (0: plain "
-                                     "PGD)", at_least=0)
+                                     "PGD)", **MOMENTUM_RANGE)
     lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
 
     # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.

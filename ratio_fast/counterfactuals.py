@@ -4,7 +4,8 @@ For each image and radius, APGD maximizes log p(target) inside the L2 ball aroun
 (the authors use 500 steps and radii 0.5 ... 3.0). A robust model's counterfactuals show
 features of the target class; a non-robust one's show noise. All radii of an image run in
 one batch, with per-sample eps. Output: a PNG grid (rows = images; columns = the original,
-then each radius; the target's confidence under every tile) and the raw tensors.
+then each radius; the target's confidence under every tile) and the raw tensors (eval_cli writes
+both files).
 """
 from __future__ import annotations
 
@@ -57,13 +58,6 @@ def counterfactuals(
 def target_probability(model: torch.nn.Module, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with eval_mode(model), torch.no_grad():
         return model(x).float().softmax(1).gather(1, targets[:, None]).squeeze(1)
-
-
-def save_tensors(path: str | Path, **tensors: torch.Tensor) -> None:
-    """The raw results as a .safetensors file (CPU, contiguous)."""
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
 def save_grid(

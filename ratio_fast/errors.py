@@ -14,3 +14,8 @@ class UserError(ValueError):
 
 class TrainingStopped(Exception):
     """A run that cannot usefully continue (e.g. every step diverges): reported in one line, exit 1."""
+
+
+class Note(UserWarning):
+    """Something a user should know that is no error (a file loaded unverified, images skipped):
+    a warning for API users, one 'note:' line in the CLI."""

@@ -14,7 +14,7 @@ from .checkpoint import BEST, CHECKPOINT, WEIGHTS
 from .cli_format import HelpFormatter
 from .datasets import get_dataset
 from .errors import UserError
-from .files import atomic_write, atomic_write_text, make_directory
+from .files import atomic_write, atomic_write_safetensors, atomic_write_text, make_directory
 from .ops._common import BACKENDS
 from .validation import check_number
 
@@ -48,7 +48,8 @@ def add_eval(sub) -> None:
     g.add_argument("--attacks", default="apgd-ce,apgd-t",
                    help="comma list of apgd-ce (APGD on cross-entropy) and apgd-t (APGD, targeted DLR), or none")
     g.add_argument("--steps", type=int, default=100, help="APGD steps per attack (per target class for apgd-t)")
-    g.add_argument("--targets", type=int, default=9, help="apgd-t target classes, most likely first")
+    g.add_argument("--targets", type=int, default=9, help="apgd-t target classes, most likely first (at most "
+                                                         "the model's classes but one)")
     g.add_argument("--autoattack", action="store_true",
                    help='also AutoAttack\'s standard L2 version, run by its package (pip install "ratio-fast[eval]")')
     g.add_argument("--robust-samples", type=int, default=0,
@@ -60,15 +61,18 @@ def add_eval(sub) -> None:
                         ".npy files, image directories; none to skip (default: the other CIFAR (synthetic for "
                         "synthetic runs) and the built-in sets, minus the run's training out-distribution)")
     g.add_argument("--ood-samples", type=int, default=1000, help="images per out-distribution set (0: all)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out the images of --ood folders that cannot be decoded (counted in a note) "
+                        "instead of stopping")
     g.add_argument("--ood-eps", type=float, default=1.0, help="radius of the worst-case attack (maximizes confidence)")
     g.add_argument("--ood-steps", type=int, default=100, help="APGD steps of the worst-case attack (0: skip it)")
     g = p.add_argument_group("run")
     g.add_argument("--samples", type=int, default=0, help="test images for clean accuracy and OOD (0: all)")
     g.add_argument("--batch-size", type=int, default=256, help="images per forward; attacks run in pieces of this size")
-    g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts")
+    g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts (0 to 2**63-1)")
     g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay the attack calls from CUDA graphs (default: on for CUDA, off for CPU)")
-    p.set_defaults(run=_run_eval)
+    p.set_defaults(run=_run_eval, interrupted="interrupted; nothing was evaluated yet")
 
 
 def add_counterfactuals(sub) -> None:
@@ -83,7 +87,7 @@ def add_counterfactuals(sub) -> None:
     p.add_argument("--steps", type=int, default=500, help="APGD steps per radius")
     p.add_argument("--batch-size", type=int, default=256, help="images x radii per attack batch")
     _device_flags(p)
-    p.set_defaults(run=_run_counterfactuals)
+    p.set_defaults(run=_run_counterfactuals, interrupted="interrupted; nothing was written")
 
 
 def add_export(sub) -> None:
@@ -91,7 +95,7 @@ def add_export(sub) -> None:
                        help="write model.pt (plain state_dict, RobustBench names) and model.safetensors")
     _common(p)
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/export)")
-    p.set_defaults(run=_run_export)
+    p.set_defaults(run=_run_export, interrupted="interrupted; nothing was written")
 
 
 def _run_eval(args) -> int:
@@ -110,6 +114,10 @@ def _run_eval(args) -> int:
     for flag, value in (("--samples", args.samples), ("--ood-samples", args.ood_samples)):
         if value < 0:
             raise UserError(f"{flag} must be >= 0, got {value}")
+    classes = get_dataset(config.dataset).num_classes
+    if "apgd-t" in attacks and settings.targets > classes - 1:
+        raise UserError(f"--targets {settings.targets}: a model of {classes} classes has {classes - 1} other "
+                        f"classes to target; use --targets {classes - 1} or fewer")
     data_dir = args.data_dir or config.data_dir
     test = _test_split(config, data_dir)
     source = dict(batch_size=settings.batch_size, device=device, channels_last=channels_last)
@@ -119,13 +127,16 @@ def _run_eval(args) -> int:
     for line in notes:
         print(line, file=sys.stderr)
     ood_sets = {spec: batch_source(load_ood_set(spec, dataset=config.dataset, test_images=test.images,
-                                                data_dir=data_dir, samples=args.ood_samples, seed=config.seed),
+                                                data_dir=data_dir, samples=args.ood_samples, seed=config.seed,
+                                                skip_bad_images=args.skip_bad_images),
                                    None, limit=args.ood_samples, **source)
                 for spec in ood_specs}
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     make_directory(out)
     state = EvalState(out / EVAL_STATE, _identity(args, data_dir))
+    args.interrupted = (f"interrupted; the batches evaluated so far are kept in {out / EVAL_STATE}: the same "
+                        "command continues from there")
     evaluated = describe_weights(args.checkpoint, args.weights)
     print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
     results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
@@ -166,7 +177,7 @@ def _run_counterfactuals(args) -> int:
     import numpy as np
     import torch
 
-    from .counterfactuals import counterfactuals, runner_up, save_grid, save_tensors, target_probability
+    from .counterfactuals import counterfactuals, runner_up, save_grid, target_probability
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
@@ -194,9 +205,10 @@ def _run_counterfactuals(args) -> int:
     make_directory(out)
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
         tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=get_dataset(config.dataset).class_names))
-    atomic_write(out / "counterfactuals.safetensors", lambda tmp: save_tensors(
-        tmp, original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
-        radii=torch.tensor(radii), labels=labels, targets=targets, indices=torch.tensor(indices)))
+    tensors = dict(original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
+                   radii=torch.tensor(radii), labels=labels, targets=targets, indices=torch.tensor(indices))
+    atomic_write_safetensors(out / "counterfactuals.safetensors",
+                             {name: t.detach().cpu().contiguous() for name, t in tensors.items()})
     print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
           f"({args.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
     return 0
@@ -234,10 +246,16 @@ def _test_split(config, data_dir):
 
 
 def _identity(args, data_dir) -> dict:
-    """What must not change between a run and its resumption: the weights (by file), data, batching, seed."""
-    stat = Path(args.checkpoint).stat()
-    return {"checkpoint": str(Path(args.checkpoint).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "weights": args.weights, "data_dir": str(data_dir), "batch_size": args.batch_size, "seed": args.seed}
+    """What must not change between a run and its resumption: the weights (the checkpoint's file and
+    content: its SHA-256, or for a file written before checksums its size and time), data,
+    batching, seed."""
+    from .digest import verify
+
+    path = Path(args.checkpoint)
+    stat = path.stat()
+    content = verify(path) or f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
+    return {"checkpoint": str(path.resolve()), "content": content, "weights": args.weights,
+            "data_dir": str(data_dir), "batch_size": args.batch_size, "seed": args.seed}
 
 
 def _names(flag: str, text: str) -> list[str]:

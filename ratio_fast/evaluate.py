@@ -11,8 +11,9 @@
   each out-distribution set, clean and under the worst-case attack (APGD maximizing the max
   log-confidence in an L2 ball; its highest-loss iterate counts).
 It is cut into parts (clean, each attack, each out-distribution set), each part into batches,
-and every finished batch's per-sample results go into an `EvalState` file, so a killed run
-continues where it stopped and a re-run with more parts computes only the new ones. Attacks
+and every finished batch's per-sample results go into an `EvalState` file (checksummed like a
+checkpoint), so a killed run continues where it stopped, a re-run with more parts computes only
+the new ones, and an evaluation of other weights (the run trained further) starts over in it. Attacks
 draw their random starts from a generator seeded by (seed, part, batch): resumed and
 uninterrupted runs give the same numbers. On CUDA, attack calls are replayed from CUDA graphs
 at a fixed number of rows (`AttackCalls`), like the training attacks.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,13 +36,14 @@ from .attacks import L2PGD
 from .cuda_graph import GraphedCall
 from .data.batches import BatchSpec, Loader
 from .data.resident import ResidentLoader
-from .errors import UserError
+from .digest import DamagedFile, load_torch
+from .errors import Note, UserError
 from .files import atomic_save
 from .models import eval_mode
 from .ood import max_confidence, ood_metrics
 from .ops._common import sample_layout
 from .progress import Progress
-from .validation import check_number
+from .validation import SEED_RANGE, check_number
 
 ROBUST_ATTACKS = ("apgd-ce", "apgd-t")
 Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % interval
@@ -103,9 +106,10 @@ class EvalSettings:
     def validate(self) -> "EvalSettings":
         for name in ("eps", "ood_eps"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
-        for name in ("steps", "robust_samples", "ood_steps", "seed"):
+        for name in ("robust_samples", "ood_steps"):  # ood_steps 0: no worst case
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0, integer=True)
-        for name in ("targets", "batch_size"):
+        check_number("--seed", self.seed, integer=True, **SEED_RANGE)
+        for name in ("steps", "targets", "batch_size"):
             check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=1, integer=True)
         unknown = [a for a in self.attacks if a not in ROBUST_ATTACKS]
         if unknown:
@@ -118,9 +122,10 @@ class EvalSettings:
 class EvalState:
     """Per-batch results of an evaluation, kept in one file rewritten atomically.
 
-    `identity` says what is evaluated (checkpoint, weights, batch size, seed: whatever changes
-    the per-batch results without changing the part names); a file written for another
-    identity is refused rather than mixed in.
+    `identity` says what is evaluated (the checkpoint and its content, weights, batch size,
+    seed: whatever changes the per-batch results without changing the part names). The results
+    of another identity, or of a damaged file, are never mixed in: they are replaced (at the
+    first save), with a Note that says why.
     """
 
     def __init__(self, path: str | Path, identity: dict, save_interval: float = 5.0):
@@ -128,15 +133,22 @@ class EvalState:
         self.parts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
         if self.path.exists():
             try:
-                saved = torch.load(self.path, map_location="cpu", weights_only=True)
+                saved = load_torch(self.path)
+            except DamagedFile as damaged:  # results that cannot be trusted are computed again
+                warnings.warn(Note(f"evaluation state {damaged}; its results are not used, this evaluation "
+                                   "replaces it"), stacklevel=2)
+                saved = {"identity": identity, "parts": {}}
             except Exception as e:  # any unreadable file: the message tells the user what to do
-                raise UserError(f"evaluation state {self.path}: unreadable ({e}); delete it to start over") from None
+                raise UserError(f"evaluation state {self.path}: unreadable ({e}); remove it to evaluate "
+                                "from the start") from None
             if not isinstance(saved, dict) or "parts" not in saved:
-                raise UserError(f"evaluation state {self.path}: not a ratio-fast evaluation state; delete it to start over")
-            if saved.get("identity") != identity:
-                raise UserError(f"evaluation state {self.path} belongs to another evaluation "
-                                f"({saved.get('identity')}); use another --out or delete it")
-            self.parts = saved["parts"]
+                raise UserError(f"evaluation state {self.path}: not a ratio-fast evaluation state; remove it "
+                                "to evaluate from the start")
+            if saved.get("identity") == identity:
+                self.parts = saved["parts"]
+            else:
+                warnings.warn(Note(f"{self.path} held the evaluation of {_changes(saved.get('identity'), identity)}; "
+                                   "this evaluation replaces it"), stacklevel=2)
         self._last_save = time.perf_counter()
 
     def done(self, part: str, batch: int) -> bool:
@@ -158,6 +170,18 @@ class EvalState:
         return {key: torch.cat([stored[b][key] for b in range(batches)]) for key in stored[0]}
 
 
+def _changes(old, new: dict) -> str:
+    """What an earlier evaluation evaluated differently, in words: 'other weights (the content of
+    runs/a/best.pt changed)', 'another --batch-size (64, now 32)'."""
+    if not isinstance(old, dict):
+        return "something else"
+    changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if "content" in changed:
+        return f"other weights (the content of {new.get('checkpoint')} changed)"
+    return ", ".join(f"another {key.replace('_', '-') if key != 'checkpoint' else 'checkpoint'} "
+                     f"({old.get(key)}, now {new.get(key)})" for key in changed)
+
+
 # measure(x, y, generator, rows) -> dict of per-sample tensors; rows: the batch's sample indices.
 Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator, slice], dict]
 
@@ -171,12 +195,16 @@ def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed
     todo = [b for b in range(len(source)) if not state.done(part, b)]
     if todo:
         progress = Progress(len(todo), desc=part)
-        for b in todo:
-            x, y = source.batch(0, b)
-            generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
-            rows = slice(b * source.spec.batch_size, b * source.spec.batch_size + x.shape[0])
-            state.put(part, b, measure(x, y, generator, rows))
-            progress.update(1)
+        try:
+            for b in todo:
+                x, y = source.batch(0, b)
+                generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
+                rows = slice(b * source.spec.batch_size, b * source.spec.batch_size + x.shape[0])
+                state.put(part, b, measure(x, y, generator, rows))
+                progress.update(1)
+        except KeyboardInterrupt:  # Ctrl-C: keep every batch finished so far
+            state.save()
+            raise
         progress.close()
         state.save()
     return state.collect(part, len(source))
@@ -249,7 +277,7 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
 
     def worst_case_rows(x, start):
         return apgd_run(model, x, None, eps=s.ood_eps, steps=s.ood_steps, objective="max_conf", start=start,
-                        backend=s.backend)
+                        backend=s.backend, check_inputs=False)  # loader images: in [0,1], and maybe graphed
 
     def ood_worst(x, _y, generator, _rows):
         start = random_start_point(x, s.ood_eps, generator, s.backend)
@@ -325,13 +353,13 @@ def _fooled_by(name: str, model, s: EvalSettings, calls: AttackCalls) -> Callabl
     if name == "apgd-ce":
         def rows(x, y, start):
             return apgd_run(model, x, y, eps=s.eps, steps=s.steps, objective="ce", start=start,
-                            count_misclassified=True, backend=s.backend)
+                            count_misclassified=True, backend=s.backend, check_inputs=False)
 
         def fooled_by(x, y, generator):
             return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend)).fooled
         return fooled_by
 
-    attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend)
+    attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend, check_inputs=False)
     target_rows = attack.attack_rows(model)
 
     def fooled_by(x, y, generator):

@@ -5,7 +5,8 @@ and counterfactuals. `export_checkpoint` writes what RobustBench and plain-PyTor
 `model.pt`, a plain state_dict (no `module.` / `_orig_mod.` prefixes, the `mu`/`sigma`
 normalization buffers included; our WideResNet's names are RobustBench's, key for key, so it
 loads into `Augustin2020AdversarialWideNet` with strict=True), and `model.safetensors`, the
-same tensors with the architecture in the metadata.
+same tensors with the architecture in the metadata. Both carry a SHA-256 of their bytes, the
+formats unchanged (digest.py), and get the file mode a plain open() gives (0666 less the umask).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .checkpoint import WEIGHTS, load_checkpoint
 from .config import TrainConfig
 from .datasets import get_dataset
 from .errors import UserError
-from .files import atomic_save, atomic_write, make_directory
+from .files import atomic_save, atomic_write_safetensors, make_directory
 from .models import create_model
 
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
@@ -82,9 +83,8 @@ def _mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor])
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema") -> tuple[Path, Path]:
-    """Write out_dir/model.pt (plain state_dict) and out_dir/model.safetensors; returns both paths."""
-    from safetensors.torch import save_file
-
+    """Write out_dir/model.pt (plain state_dict) and out_dir/model.safetensors, each with its SHA-256
+    (digest.py: `digest.verify(file)` checks one); returns both paths."""
     model, config = model_from_checkpoint(path, weights)  # checks the weights fit the architecture
     tensors = clean_state_dict(model.state_dict())
     out_dir = Path(out_dir)
@@ -93,5 +93,5 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema
     atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
                 "num_classes": str(get_dataset(config.dataset).num_classes), "input": "NCHW RGB in [0,1]"}
-    atomic_write(st_path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write_safetensors(st_path, tensors, metadata)
     return pt_path, st_path

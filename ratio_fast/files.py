@@ -11,7 +11,12 @@
   process ends in any way, so a killed run never leaves a stale lock behind, and a second run
   into the same directory fails at once, naming the holder's PID.
 - `file_error`: an OSError (disk full, read-only, permission, a file where a directory should
-  be) as a UserError that names the path and what to do, printed by the CLI in one line.
+  be) as a UserError that names the path and what to do, printed by the CLI in one line. A
+  writer's failure is reported so whatever it raised: the OSError itself, or an error it caused
+  (torch.save turns a failed write into a RuntimeError whose context is the OSError, or, writing
+  to a path itself, into "PytorchStreamWriter failed writing file ...", which carries no errno).
+
+Archives (`atomic_save`) and safetensors files carry a SHA-256 of their bytes (digest.py).
 """
 from __future__ import annotations
 
@@ -23,8 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-
+from .digest import safetensors_bytes, save_torch
 from .errors import UserError
 
 LOCK_FILE = ".lock"
@@ -87,12 +91,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], advice: str = 
             os.close(fd)
         os.replace(tmp, path)
         _fsync_directory(path.parent)  # make the rename itself durable
-    except OSError as error:
+    except BaseException as error:
         _discard(tmp)
-        raise file_error(path, error, advice=advice) from None
-    except BaseException:
-        _discard(tmp)
-        raise
+        failure = _write_failure(path, error, advice)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _discard(tmp: Path) -> None:
@@ -104,9 +108,47 @@ def _discard(tmp: Path) -> None:
         pass
 
 
+def _write_failure(path: Path, error: BaseException, advice: str) -> UserError | None:
+    """The one-line error of a failed write, or None if `error` is not the file system's (a bug,
+    Ctrl-C, or a source's error that atomic_copy passes through)."""
+    if isinstance(error, _SourceError):
+        return None
+    seen = error
+    while seen is not None:  # the error, then what caused it (explicitly, or by failing while it was handled)
+        if isinstance(seen, OSError):
+            return file_error(path, seen, advice=advice)
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    text = str(error)
+    if isinstance(error, RuntimeError) and "PytorchStreamWriter failed" in text:  # without "[enforce fail at ...] . "
+        what = text[text.index("PytorchStreamWriter failed"):].splitlines()[0]
+        return file_error(path, OSError(_likely_errno(path.parent), what), advice=advice)
+    return None
+
+
+def _likely_errno(directory: Path) -> int | None:
+    """ENOSPC when the file system of `directory` has no space left: the usual reason for a failed
+    write that does not say why."""
+    try:
+        stat = os.statvfs(directory)
+    except OSError:
+        return None
+    return errno.ENOSPC if stat.f_bavail * stat.f_frsize < (1 << 20) else None
+
+
 def atomic_save(path: str | Path, obj, advice: str = "") -> None:
-    """torch.save(obj) to path with `atomic_write`."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp), advice)
+    """torch.save(obj) to path with `atomic_write`, followed by its digest record (digest.save_torch)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
+            save_torch(obj, out)
+
+    atomic_write(path, write, advice)
+
+
+def atomic_write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None,
+                             advice: str = "") -> None:
+    """A safetensors file of `tensors` (contiguous CPU tensors) with its digest, with `atomic_write`."""
+    data = safetensors_bytes(tensors, metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), advice)
 
 
 def atomic_write_text(path: str | Path, text: str, advice: str = "") -> None:
@@ -196,8 +238,10 @@ def _fsync_directory(directory: Path) -> None:
 class RunDirectoryLock:
     """`with RunDirectoryLock(run_dir, flag="--out"):` one writer per run directory.
 
-    Creates the directory if needed; if it was created here and the holder leaves it empty
-    (a run that failed before writing anything), `release(clean=True)` removes it again.
+    Creates the directory if needed; `release(clean=True)` removes what the lock added: the
+    directory, if it was created here and the holder left it empty (a run that failed before
+    writing anything), else the lock file, if it was created here (so a run refused from a
+    directory of someone else's files leaves none of its own).
     """
 
     def __init__(self, run_dir: str | Path, flag: str = "--out"):
@@ -205,10 +249,28 @@ class RunDirectoryLock:
         self.flag = flag
         self._file = None
         self._created = False
+        self._created_file = False
 
     def acquire(self) -> "RunDirectoryLock":
-        where = f"{self.flag} {self.run_dir}"
         self._created = make_directory(self.run_dir, self.flag)
+        while True:  # until the file locked is the one at the path: a holder may remove it as it leaves
+            self._created_file = not (self.run_dir / LOCK_FILE).exists()
+            handle = self._lock_file()
+            try:
+                if os.path.samestat(os.fstat(handle.fileno()), os.stat(self.run_dir / LOCK_FILE)):
+                    break
+            except FileNotFoundError:
+                pass
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def _lock_file(self):
+        """The lock file, open and flock'ed; UserError naming the holder if another run has it."""
         try:
             handle = open(self.run_dir / LOCK_FILE, "a+")
         except OSError as error:
@@ -219,22 +281,19 @@ class RunDirectoryLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise UserError(f"{where} is in use by another ratio-fast run (PID {holder}); "
+            raise UserError(f"{self.flag} {self.run_dir} is in use by another ratio-fast run (PID {holder}); "
                             f"wait for it to end, or choose another {self.flag}") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._file = handle
-        return self
+        return handle
 
     def release(self, clean: bool = False) -> None:
-        """Unlock; with clean, remove the directory again if this lock created it and it holds nothing else."""
+        """Unlock; with clean, remove what the lock added (see the class)."""
         if self._file is None:
             return
         if clean and self._created and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
             (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
             self.run_dir.rmdir()
+        elif clean and self._created_file:  # while still locked: another run cannot hold the removed file
+            (self.run_dir / LOCK_FILE).unlink(missing_ok=True)
         self._file.close()  # closing the descriptor drops the flock
         self._file = None
 

@@ -112,12 +112,14 @@ def choose_ood_sets(requested: list[str] | None, dataset: str, trained_on: str |
     return requested, warnings
 
 
-def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, samples: int, seed: int):
+def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, samples: int, seed: int,
+                 skip_bad_images: bool = False):
     """uint8 (N, 32, 32, 3) images (an array or a data-package ImageSource) of one --ood set.
 
     samples: how many generated images the built-in sets make (0: BUILT_IN_SIZE); file sets
     are returned whole (the caller takes the first images it needs). seed: the run's; generated
-    sets use another seed than anything the training drew.
+    sets use another seed than anything the training drew. skip_bad_images: leave out a folder's
+    undecodable images (with a note) instead of refusing the folder.
     """
     from .data import load_in_distribution, load_out_distribution
 
@@ -137,7 +139,8 @@ def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, 
     if spec.lower().endswith(".mat"):
         return read_svhn_mat(spec)
     try:
-        return load_out_distribution(spec, data_dir, in_name=dataset, seed=seed + 1, flag="--ood")
+        return load_out_distribution(spec, data_dir, in_name=dataset, seed=seed + 1, flag="--ood",
+                                     skip_bad_images=skip_bad_images)
     except UserError as e:
         raise UserError(f"{e}; built-in sets: {', '.join(BUILT_IN)}; also svhn or a .mat file") from None
 

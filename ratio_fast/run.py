@@ -6,6 +6,10 @@ atomically after every epoch, every --checkpoint-every steps, and when the run s
 Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
 where the checkpoint was taken.
 
+A run directory belongs to one run. A resumed run writes into its checkpoint's directory; a
+--out elsewhere must be new or empty, and then holds a copy of the run (its history up to the
+checkpoint, best.pt) that continues there, the original left as it was.
+
 Under torchrun every rank runs this same code on its slice of each global batch (DDP for the
 train-mode step); rank 0 alone writes logs, metrics and checkpoints. SIGTERM or SIGINT stops
 the run at the next step boundary with a checkpoint (see stop.py).
@@ -32,7 +36,7 @@ from .datasets import get_dataset
 from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, resolve_device, shutdown)
 from .errors import TrainingStopped, UserError
-from .files import RunDirectoryLock, atomic_write_text, file_error
+from .files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
 from .evaluate import clean_accuracy, robust_accuracy
 from .models import create_model
 from .progress import Progress
@@ -48,13 +52,15 @@ class Run:
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool | str | Path = False, log=None,
                  dist_context: DistContext | None = None):
-        """resume: False (a new run), True (the checkpoint in run_dir) or a checkpoint's path. A
+        """resume: False (a new run), True (the checkpoint in run_dir) or a checkpoint's path (of
+        another directory: a copy of that run continues in run_dir, which must be new or empty). A
         resumed run must have the checkpoint's settings, except those config.resume_differences allows."""
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
         self.log = (log if log is not None else sys.stdout) if ctx.is_main else None
         self.stopped_by: str | None = None  # the signal that stopped fit() early, if one did
+        self.copied_from: Path | None = None  # the run directory this run continues a copy of
         self.device = resolve_device(cfg.device, ctx)
         if ctx.is_distributed and cfg.batch_size % ctx.world_size:
             raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes "
@@ -101,8 +107,8 @@ class Run:
                                        self.device)
         self.out_loader = None
         if cfg.mode == "ratio":
-            out_images = load_out_distribution(cfg.out_distribution, cfg.data_dir,
-                                               in_name=cfg.dataset, seed=cfg.seed, exclude=cfg.out_exclude)
+            out_images = load_out_distribution(cfg.out_distribution, cfg.data_dir, in_name=cfg.dataset, seed=cfg.seed,
+                                               exclude=cfg.out_exclude, skip_bad_images=cfg.skip_bad_images)
             if len(out_images) < cfg.batch_size:
                 raise UserError(f"--out-data has {len(out_images)} images, fewer than --batch-size {cfg.batch_size}")
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
@@ -128,8 +134,12 @@ class Run:
             self._restore_rng(checkpoint_state["rng"])
         # {"epoch", "step", "test_clean_acc"} of the epoch whose weights best.pt holds
         self.best = (checkpoint_state or {}).get("best")
+        # The step at which --max-skipped-steps non-finite steps in a row were reached (-1: not yet),
+        # kept on the device by every step and read only where the host syncs anyway.
+        self._gave_up_at = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._step_on_device = torch.full((), self.trainer.steps_done, dtype=torch.int64, device=self.device)
         self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
-                                 keep_best=True, backend=cfg.backend)
+                                 keep_best=True, backend=cfg.backend, check_inputs=False)  # loader images
 
     def _loader_kind(self, images, spec: BatchSpec, said: set[str]) -> str:
         """--loader for these images. Logged: auto's choice with its rates and what it left out (a
@@ -155,9 +165,40 @@ class Run:
         if refused:
             raise UserError(f"--resume {path}: not the checkpoint's settings ({'; '.join(refused)}); leave those "
                             "flags out to continue the run as it was, or start a new run with another --out")
+        if path.parent.resolve() != self.run_dir.resolve():
+            if self.ctx.is_main:  # the directory is rank 0's, locked
+                self._check_copy_target(path)
+            self.copied_from = path.parent
         if allowed:
             self._print(f"resuming with changed settings: {'; '.join(allowed)}")
         return state
+
+    def _check_copy_target(self, checkpoint: Path) -> None:
+        """A run continued outside its own directory goes to a new or empty one, never into another run."""
+        found = sorted(p.name for p in self.run_dir.iterdir() if p.name != LOCK_FILE)
+        if not found:
+            return
+        held = [name for name in (CHECKPOINT, CONFIG, METRICS, BEST) if name in found]
+        what = f"holds another run ({self.run_dir / held[0]})" if held else f"is not empty ({found[0]})"
+        raise UserError(f"--out {self.run_dir} {what}; --resume {checkpoint} continues the run in "
+                        f"{checkpoint.parent}: leave out --out to continue it there, or name a new, empty "
+                        "directory to continue a copy of it")
+
+    def _copy_history(self, steps: int) -> None:
+        """The copied run's history up to the checkpoint: its metrics lines and its best.pt."""
+        source = self.copied_from
+        lines = []
+        if (source / METRICS).is_file():
+            lines = [line for line in (source / METRICS).read_text().splitlines(keepends=True)
+                     if _step_of(line) <= steps]
+        atomic_write_text(self.run_dir / METRICS, "".join(lines))
+        best_source = source / BEST
+        if self.best is not None and best_source.is_file() and load_checkpoint(best_source).get("best") == self.best:
+            atomic_copy(self.run_dir / BEST, _chunks(best_source))
+        elif self.best is not None:  # no best.pt of this checkpoint's best epoch to copy: the copy finds its own
+            self.best = None
+        self._print(f"continuing a copy of {source} (its metrics up to step {steps}"
+                    f"{' and best.pt' if self.best is not None else ''}) in {self.run_dir}; {source} is left as it was")
 
     def fit(self) -> dict:
         """Train until --epochs or --max-steps (or a stop signal); returns the last epoch's metrics."""
@@ -169,15 +210,26 @@ class Run:
                 if hasattr(loader, "close"):  # streaming loaders own worker processes
                     loader.close()
             if self._lock is not None:
-                self._lock.release()
+                self._lock.release(clean=True)  # a directory made for a run that had nothing to do goes again
             shutdown()
 
     def _fit(self, stop: StopRequest) -> dict:
         cfg, trainer = self.config, self.trainer
-        if self.ctx.is_main:  # the lock made the directory
-            atomic_write_text(self.run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
         total = cfg.epochs * self.steps_per_epoch
         stop_at = min(total, cfg.max_steps) if cfg.max_steps else total
+        if trainer.steps_done >= stop_at:
+            source = self.copied_from or self.run_dir
+            if trainer.steps_done >= total:
+                why = (f"the run in {source} is finished ({trainer.steps_done} of {total} steps, --epochs "
+                       f"{cfg.epochs}); to train longer, resume with more --epochs")
+            else:
+                why = f"the run in {source} is at step {trainer.steps_done} already (--max-steps {cfg.max_steps})"
+            self._print(f"nothing to do: {why}; nothing was written")
+            return {}
+        if self.ctx.is_main:  # the lock made the directory
+            if self.copied_from is not None:
+                self._copy_history(trainer.steps_done)
+            atomic_write_text(self.run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
         ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
@@ -212,12 +264,13 @@ class Run:
             z = self._out_batch(trainer.steps_done)
             metrics = trainer.step(x, y, z)
             _accumulate(sums, metrics)
+            self._watch_skipped_steps()
             # Reading metrics syncs with the GPU; do it only every 20 steps.
             postfix = None
             if (index + 1 - start) % 20 == 0 or index + 1 == end:
+                self._check_skipped_steps()
                 kept = max(float(sums["kept"]), 1.0)
                 postfix = f"loss {float(sums['loss']) / kept:.3f} adv-acc {100 * float(sums['adv_acc']) / kept:.1f}%"
-                self._check_skipped_steps()
             progress.update(1, postfix)
             if cfg.checkpoint_every and trainer.steps_done % cfg.checkpoint_every == 0 and index + 1 < end:
                 self._save()
@@ -251,15 +304,26 @@ class Run:
             raise file_error(path, error, advice=f"{self.run_dir / CHECKPOINT} holds the last checkpoint; "
                                                  "fix that, then continue with --resume") from None
 
+    def _watch_skipped_steps(self) -> None:
+        """Note on the device (no sync) the step at which the run had --max-skipped-steps non-finite
+        steps in a row, the first time it happens."""
+        self._step_on_device += 1
+        reached = (self.trainer.skipped_in_a_row >= self.config.max_skipped_steps) & (self._gave_up_at < 0)
+        self._gave_up_at = torch.where(reached, self._step_on_device, self._gave_up_at)
+
     def _check_skipped_steps(self) -> None:
-        """Stop a run whose steps keep failing (non-finite loss or gradients); skipped steps change nothing."""
-        in_a_row = int(self.trainer.skipped_in_a_row)
-        if in_a_row >= self.config.max_skipped_steps:
-            checkpoint = self.run_dir / CHECKPOINT
-            kept = f"; {checkpoint} holds the last epoch's weights" if checkpoint.exists() else ""
-            raise TrainingStopped(
-                f"{in_a_row} steps in a row had a non-finite loss or gradient and were skipped "
-                f"(--max-skipped-steps {self.config.max_skipped_steps}){kept}; lower --lr, or try --amp-dtype bf16")
+        """Stop a run whose steps keep failing (non-finite loss or gradients), at the progress interval
+        and before every checkpoint: the steps computed after the limit are never saved, so the run
+        ends as if it had stopped exactly there."""
+        gave_up_at = int(self._gave_up_at)
+        if gave_up_at < 0:
+            return
+        limit = self.config.max_skipped_steps
+        checkpoint = self.run_dir / CHECKPOINT
+        kept = f"; {checkpoint} holds the last checkpoint's weights" if checkpoint.exists() else ""
+        raise TrainingStopped(
+            f"steps {gave_up_at - limit + 1}-{gave_up_at}: {limit} steps in a row had a non-finite loss or gradient "
+            f"and were skipped (--max-skipped-steps {limit}){kept}; {non_finite_advice(self.trainer.speed.precision)}")
 
     def _out_batch(self, step: int):
         if self.out_loader is None:
@@ -295,6 +359,7 @@ class Run:
 
     def _save(self, name: str = CHECKPOINT) -> None:
         """Every rank contributes its RNG state; rank 0 writes the file; all leave together."""
+        self._check_skipped_steps()  # a run past --max-skipped-steps saves nothing after that step
         rng = _rng_state()
         if self.ctx.is_distributed:
             rng_per_rank = [None] * self.ctx.world_size
@@ -325,6 +390,12 @@ class Run:
             print(line, file=self.log, flush=True)
 
 
+def non_finite_advice(precision: str) -> str:
+    """What to try when the steps keep diverging, for a run computing in `precision` (fp32, bf16, fp16)."""
+    return {"fp16": "lower --lr, or use --amp-dtype bf16 (fp16 overflows sooner)",
+            "bf16": "lower --lr, or try --no-amp"}.get(precision, "lower --lr")
+
+
 def _loader_names(kinds: list[str]) -> str:
     if len(set(kinds)) == 1:
         return f"{LOADERS[kinds[0]].title} loader"
@@ -342,6 +413,20 @@ def _accumulate(sums: dict, metrics: dict) -> None:
     for key, value in metrics.items():
         if key not in ("skipped", "lr"):
             sums[key] = sums.get(key, 0.0) + torch.where(kept > 0, value, torch.zeros_like(value))
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a line that is not a record counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
+def _chunks(path: Path, size: int = 8 << 20):
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def _first_samples(batches, limit: int):

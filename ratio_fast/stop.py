@@ -1,8 +1,10 @@
 """Preemption: SIGTERM or SIGINT asks the run to stop at the next step boundary.
 
 The handler only sets a flag; the training loop reads it between steps, writes a checkpoint
-and returns. A second signal of the same kind is not caught, so a user who presses Ctrl-C
-twice gets the usual immediate KeyboardInterrupt.
+and returns. A second SIGINT is not caught, so a user who presses Ctrl-C twice gets the usual
+immediate KeyboardInterrupt. A repeated SIGTERM is the same request again: schedulers signal
+every process of a job, and torchrun's agent passes on the SIGTERM it gets, so a worker may get
+two; the run stops at the next step boundary all the same (SIGKILL stops it at once).
 
 Under torchrun the ranks must stop after the same step, or one would wait forever in a
 collective the others never join. They agree through a MAX all-reduce of the flag over a gloo
@@ -53,8 +55,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
-        self.signal_name = signal.Signals(signum).name
-        signal.signal(signum, self._previous[signum])  # a second signal acts at once
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._previous[signum])  # a second Ctrl-C acts at once
 
     def at_step_boundary(self) -> bool:
         """True when the run should stop now (on every rank at the same step)."""

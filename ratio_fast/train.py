@@ -236,10 +236,14 @@ def _restore_where(skipped: torch.Tensor, tensors: list[torch.Tensor], before: l
 
 def training_attacks(config: TrainConfig, input_grad_only: bool = True):
     """The in- and out-distribution attacks of --attack: the authors' ArgminPGD, or APGD."""
+    # No input check in the step (it would synchronize with the host, or break a CUDA graph capture).
     if config.attack == "apgd":  # APGD sets its own step sizes and momentum
-        return (APGD(config.eps_in, config.steps_in, objective="ce", backend=config.backend),
-                APGD(config.eps_out, config.steps_out, objective="kl_uniform", backend=config.backend))
+        return (APGD(config.eps_in, config.steps_in, objective="ce", backend=config.backend, check_inputs=False),
+                APGD(config.eps_out, config.steps_out, objective="kl_uniform", backend=config.backend,
+                     check_inputs=False))
     return (L2PGD(config.eps_in, config.steps_in, config.step_size_in, momentum=config.attack_momentum,
-                  keep_best=True, objective="ce", backend=config.backend, input_grad_only=input_grad_only),
+                  keep_best=True, objective="ce", backend=config.backend, input_grad_only=input_grad_only,
+                  check_inputs=False),
             L2PGD(config.eps_out, config.steps_out, config.step_size_out, momentum=config.attack_momentum,
-                  keep_best=True, objective="kl_uniform", backend=config.backend, input_grad_only=input_grad_only))
+                  keep_best=True, objective="kl_uniform", backend=config.backend, input_grad_only=input_grad_only,
+                  check_inputs=False))

@@ -12,18 +12,28 @@ from numbers import Integral, Real
 from .errors import UserError
 
 
-def check_number(name: str, value, *, at_least: float | None = None, above: float | None = None,
-                 below: float | None = None, integer: bool = False) -> None:
+# Seeds (--seed of train and eval): what numpy's seed sequences and torch's generators both take,
+# with room for the per-rank offset. Larger or negative seeds are refused rather than wrapped.
+SEED_RANGE = {"at_least": 0, "at_most": 2**63 - 1}
+
+
+def check_number(name: str, value, *, at_least: float | None = None, at_most: float | None = None,
+                 above: float | None = None, below: float | None = None, integer: bool = False) -> None:
     """Raise UserError unless `value` is a finite number (an int with `integer`) in the range.
 
-    at_least: value >= at_least; above: value > above; below: value < below.
+    at_least: value >= at_least; at_most: value <= at_most; above: value > above; below: value < below.
     """
-    bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
-              f"< {below:g}" if below is not None else ""]
-    wanted = ("an integer" if integer else "a finite number") + "".join(f" {b}" for b in bounds if b)
+    bounds = [f"{sign} {_shown(bound)}" for sign, bound in ((">=", at_least), ("<=", at_most), (">", above),
+                                                             ("<", below)) if bound is not None]
+    wanted = ("an integer" if integer else "a finite number") + (" " + " and ".join(bounds) if bounds else "")
     is_number = isinstance(value, Integral if integer else Real) and not isinstance(value, bool)
     if not (is_number and math.isfinite(value)
             and (at_least is None or value >= at_least)
+            and (at_most is None or value <= at_most)
             and (above is None or value > above)
             and (below is None or value < below)):
         raise UserError(f"{name} must be {wanted}, got {value!r}")
+
+
+def _shown(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"

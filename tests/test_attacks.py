@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ratio_fast import L2PGD, l2_pgd
+from ratio_fast import APGD, L2PGD, APGDTargeted, joint_l2_pgd, l2_pgd
+from ratio_fast.apgd import apgd_run
+from ratio_fast.errors import UserError
 from ratio_fast.losses import cross_entropy, kl_to_uniform
 
 
@@ -21,6 +23,32 @@ def max_confidence(model, x):
 def batch(synthetic_split):
     x, y = synthetic_split["test"]
     return x[:64], y[:64]
+
+
+ATTACKS_OF_THE_API = {
+    "L2PGD": lambda model, x, y, **check: L2PGD(0.5, 1, 0.1, **check)(model, x, y),
+    "l2_pgd": lambda model, x, y, **check: l2_pgd(model, x, y, eps=0.5, steps=1, step_size=0.1, **check),
+    "joint_l2_pgd": lambda model, x, y, **check: joint_l2_pgd(
+        model, x[:2], y[:2], x[2:], L2PGD(0.5, 1, 0.1, **check), L2PGD(1.0, 1, 0.1, objective="kl_uniform", **check)),
+    "APGD": lambda model, x, y, **check: APGD(0.5, 1, **check)(model, x, y),
+    "APGD.run": lambda model, x, y, **check: APGD(0.5, 1, **check).run(model, x, y),
+    "APGDTargeted": lambda model, x, y, **check: APGDTargeted(0.5, 1, targets=2, **check)(model, x, y),
+    "apgd_run": lambda model, x, y, **check: apgd_run(model, x, y, eps=0.5, steps=1, **check),
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS_OF_THE_API))
+def test_the_api_attacks_refuse_images_outside_0_1(trained_tiny, batch, name):
+    attack = ATTACKS_OF_THE_API[name]
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(UserError, match=r"must be images with values in \[0, 1\] .*got values from 0 to 2\d\d"):
+        attack(trained_tiny, x * 255, y)  # 0..255 pixels: an eps of 0.5 would be nothing
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(UserError, match="values in \\[0, 1\\]"):
+        attack(trained_tiny, nan, y)
+    attack(trained_tiny, x, y)
+    attack(trained_tiny, x * 255, y, check_inputs=False)  # the trainer's and evaluation's unchecked path
 
 
 def test_attack_raises_the_loss_it_attacks(trained_tiny, batch):

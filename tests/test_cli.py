@@ -176,6 +176,29 @@ def test_missing_out_distribution_file_is_named(tmp_path, capsys):
     assert str(path) in err
 
 
+def test_an_undecodable_image_in_an_out_data_folder_stops_the_run_before_its_first_step(tmp_path, capsys):
+    """A streaming loader decodes a folder batch by batch, possibly hours in: the folder is checked
+    when the run opens it instead, or its bad images are left out with --skip-bad-images."""
+    from PIL import Image
+
+    folder = tmp_path / "outliers"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    (folder / "39.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    run = tmp_path / "run"
+    argv = FAST + ["--out-data", str(folder), "--loader", "torch", "--epochs", "1", "--out", str(run)]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and "starting:" not in out and err.count("\n") == 1
+    assert err.startswith(f"ratio-fast: error: --out-data {folder}: 1 of 40 images cannot be decoded, e.g. "
+                          f"{folder / '39.png'}: cannot decode as an image")
+    assert "--skip-bad-images" in err and not run.exists()
+    code, out, err = run_cli(argv + ["--skip-bad-images", "--max-steps", "2"], capsys)
+    assert code == 0, err
+    assert f"note: --out-data {folder}: leaving out 1 of 40 images that cannot be decoded" in err
+
+
 def test_checkpoint_problems(tmp_path, capsys):
     run = tmp_path / "run"
     assert run_cli(FAST + ["--epochs", "1", "--max-steps", "1", "--out", str(run)], capsys)[0] == 0

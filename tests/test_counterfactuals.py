@@ -76,10 +76,11 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     (["--images", "0,99999"], "--images: index 99999 is outside the test set"),
     (["--images", "a"], "--images: 'a' is not an integer"),
     (["--radii", "0.5,-1"], "--radii must be a finite number > 0, got -1.0"),
+    (["--radii", "-1,2"], "--radii must be a finite number > 0, got -1.0"),  # a value, not an unknown flag -1,2
     (["--target", "10"], "--target must be a class in 0..9"),
 ])
 def test_counterfactuals_bad_flags(trained_tiny, tmp_path, capsys, extra, message):
     write_checkpoint(tmp_path / "checkpoint.pt", trained_tiny)
     assert main(["counterfactuals", str(tmp_path / "checkpoint.pt"), "--device", "cpu", *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ratio-fast: error:") and message in err
+    assert err.startswith("ratio-fast: error:") and message in err and err.count("\n") == 1  # no usage text

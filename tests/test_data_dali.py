@@ -82,8 +82,10 @@ def _folder_with_a_broken_image(tmp_path, n_good=40):
 
 
 @pytest.mark.parametrize("kind", ["dali", "torch"])
-def test_bad_image_in_a_worker_is_a_one_line_user_error(tmp_path, kind):
+def test_bad_image_in_a_worker_is_a_one_line_user_error(tmp_path, kind, monkeypatch):
     folder, broken = _folder_with_a_broken_image(tmp_path)
+    # Opening a folder decodes every image first (test_data_sources); this one breaks after that.
+    monkeypatch.setattr("ratio_fast.data.sources._unreadable", lambda files, what: {})
     source = load_out_distribution(str(folder), tmp_path, in_name="cifar10")
     loader = make_loader(kind, source, None, BatchSpec(41, augment="none", shuffle=False), "cpu", workers=2)
     with pytest.raises(UserError) as info:

@@ -13,7 +13,7 @@ from ratio_fast.data import BatchSpec, load_in_distribution, load_out_distributi
 from ratio_fast.data.cifar import load_cifar
 from ratio_fast.data.sources import (ArraySource, ExcludedRows, ImageFolder, NpyImages, TinyImages, load_npy_images,
                                      read_exclusion_list)
-from ratio_fast.errors import UserError
+from ratio_fast.errors import Note, UserError
 from test_data_cifar import N_PER_FILE, write_cifar10, write_cifar100
 
 
@@ -269,10 +269,30 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(UserError, match="--out-data: .*empty: holds no PNG/JPG/JPEG images"):
         load_out_distribution(str(tmp_path / "empty"), tmp_path, in_name="cifar10")
     (tmp_path / "bad").mkdir()
+    Image.fromarray(random_images(1)[0]).save(tmp_path / "bad" / "a.png")
     (tmp_path / "bad" / "x.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    source = load_out_distribution(str(tmp_path / "bad"), tmp_path, in_name="cifar10")
-    with pytest.raises(UserError, match=r"x\.jpg: cannot decode as an image"):
+    # Checked when opened, before any batch: one line naming the count and the file.
+    with pytest.raises(UserError, match=r"--out-data .*bad: 1 of 2 images cannot be decoded, e\.g\. .*x\.jpg: "
+                                        r"cannot decode as an image .*--skip-bad-images"):
+        load_out_distribution(str(tmp_path / "bad"), tmp_path, in_name="cifar10")
+    with pytest.warns(Note, match=r"leaving out 1 of 2 images that cannot be decoded \(--skip-bad-images\)"):
+        source = load_out_distribution(str(tmp_path / "bad"), tmp_path, in_name="cifar10", skip_bad_images=True)
+    assert len(source) == 1 and np.array_equal(source.read(np.array([0]))[0], random_images(1)[0])
+    # A file damaged after the folder was opened is still named when a batch reads it.
+    (tmp_path / "bad" / "a.png").write_bytes(b"\x89PNG cut short")
+    with pytest.raises(UserError, match=r"a\.png: cannot decode as an image"):
         source.read(np.array([0]))
+
+
+def test_a_large_folder_is_checked_with_progress(tmp_path, capsys):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    pixels = random_images(1)[0][:8, :8]
+    for i in range(1000):
+        Image.fromarray(pixels).save(folder / f"{i:04d}.png")
+    source = load_out_distribution(str(folder), tmp_path, in_name="cifar10")
+    assert len(source) == 1000
+    assert f"checking the images of {folder} 1000/1000 (100%)" in capsys.readouterr().err
 
 
 # --- --out-data dispatch ------------------------------------------------------------------------

@@ -1,16 +1,19 @@
 """torch.distributed on CPU with gloo and 2 real processes launched by torchrun."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ratio_fast.cli import main
+from ratio_fast.cli import EXIT_PREEMPTED, main
 from ratio_fast.distributed import context_from_env
 from ratio_fast.errors import UserError
+from ratio_fast.torchrun import exit_code
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +94,78 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
                           for run in ("one", "two"))
     assert m_two["loss"] == pytest.approx(m_one["loss"], rel=1e-3)
     assert m_two["test_clean_acc"] == pytest.approx(m_one["test_clean_acc"], abs=0.02)
+
+
+# --- exit codes under torchrun ------------------------------------------------------------------
+
+def test_the_launcher_exits_with_the_code_the_workers_chose():
+    assert exit_code({1: 75, 0: -signal.SIGTERM}) == 75  # rank 0 stopped by the agent after rank 1 exited
+    assert exit_code({0: 75, 1: 75}) == 75
+    assert exit_code({0: 2, 1: -signal.SIGTERM}) == 2
+    assert exit_code({0: 75, 1: 2}) == 1  # ranks that disagree: cannot usefully continue
+    assert exit_code({0: -signal.SIGKILL}) == 128 + signal.SIGKILL
+
+
+def worker_of_rank(launcher: subprocess.Popen, rank: int) -> int:
+    """The PID of the torchrun worker of `rank` under `launcher` (Linux: /proc)."""
+    children, environ = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+                environ[int(entry.name)] = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile
+                continue
+    todo, mine = [launcher.pid], []
+    while todo:  # every descendant of the launcher
+        below = children.get(todo.pop(), [])
+        mine += below
+        todo += below
+    for pid in mine:
+        if f"RANK={rank}".encode() in environ.get(pid, []):
+            return pid
+    raise AssertionError(f"no worker of rank {rank} under {launcher.pid}")
+
+
+def launch_and_preempt(tmp_path, whom) -> tuple[subprocess.Popen, str, str]:
+    """A 2-process run of 320 steps under ratio_fast.torchrun; once both ranks train (rank 0's
+    first epoch line), SIGTERM goes to the process whom(launcher) names."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "ratio_fast.torchrun", "--standalone", "--nproc_per_node=2", "-m", "ratio_fast.cli",
+           *[a for a in RUN if a not in ("--epochs", "1")], "--epochs", "40", "--out", str(tmp_path / "run")]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        began = time.monotonic()
+        for line in launcher.stdout:
+            if line.startswith("epoch 1/40 |") or time.monotonic() - began > 300:
+                break
+        os.kill(whom(launcher), signal.SIGTERM)
+        out, err = launcher.communicate(timeout=300)
+    finally:
+        launcher.kill()
+    return launcher, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_preempted_rank_makes_the_launcher_exit_75(tmp_path):
+    launcher, out, err = launch_and_preempt(tmp_path, lambda launcher: worker_of_rank(launcher, 1))
+    assert launcher.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "stopped by a signal to another rank" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ratio-fast: workers ended (rank 0: ") and "rank 1: exit 75" in last
+    assert last.endswith("exit 75 (preempted (SIGTERM/SIGINT): checkpoint saved at a step boundary; requeue with "
+                         "--resume)")
+    assert "Traceback" not in err
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert 8 <= state["trainer"]["steps_done"] < 320 and state["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_a_preempted_launcher_passes_the_signal_on_and_exits_75(tmp_path):
+    launcher, out, err = launch_and_preempt(tmp_path, lambda launcher: launcher.pid)
+    assert launcher.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "stopped by SIGTERM after step" in out  # the workers checkpointed at a step boundary
+    assert err.strip().splitlines()[-1].startswith("ratio-fast: the launcher got SIGTERM: exit 75 (preempted")
+    assert 8 <= torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["trainer"]["steps_done"] < 320

@@ -13,7 +13,7 @@ import torch
 from ratio_fast.checkpoint import save_checkpoint
 from ratio_fast.cli import main
 from ratio_fast.config import TrainConfig
-from ratio_fast.errors import UserError
+from ratio_fast.errors import Note, UserError
 from ratio_fast.evaluate import (AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model,
                                  format_table, run_part, wilson_interval)
 from ratio_fast.ood import auroc, fpr_at_tpr, max_confidence, ood_metrics
@@ -207,15 +207,24 @@ def test_killed_evaluation_resumes_with_the_same_numbers(trained_tiny, sources, 
     assert resumed == whole
 
 
-def test_state_of_another_evaluation_is_refused(tmp_path):
-    state = EvalState(tmp_path / "s.pt", {"checkpoint": "a"})
+def test_state_of_another_evaluation_is_replaced_with_a_note_never_mixed_in(tmp_path):
+    identity = {"checkpoint": "a", "content": "1" * 64, "batch_size": 32}
+    state = EvalState(tmp_path / "s.pt", identity)
     state.put("p", 0, {"v": torch.ones(2)})
     state.save()
-    assert EvalState(tmp_path / "s.pt", {"checkpoint": "a"}).done("p", 0)
-    with pytest.raises(UserError, match="another evaluation"):
-        EvalState(tmp_path / "s.pt", {"checkpoint": "b"})
+    assert EvalState(tmp_path / "s.pt", identity).done("p", 0)
+    with pytest.warns(Note, match=r"s\.pt held the evaluation of other weights \(the content of a changed\); this "
+                                  r"evaluation replaces it"):
+        assert not EvalState(tmp_path / "s.pt", {**identity, "content": "2" * 64}).done("p", 0)
+    with pytest.warns(Note, match=r"another batch-size \(32, now 64\)"):
+        EvalState(tmp_path / "s.pt", {**identity, "batch_size": 64})
+    data = bytearray((tmp_path / "s.pt").read_bytes())
+    data[100] ^= 0xFF
+    (tmp_path / "s.pt").write_bytes(bytes(data))
+    with pytest.warns(Note, match="s.pt: corrupted: checksum mismatch"):  # a damaged state is computed again
+        assert not EvalState(tmp_path / "s.pt", identity).done("p", 0)
     (tmp_path / "bad.pt").write_bytes(b"not a state")
-    with pytest.raises(UserError, match="unreadable"):
+    with pytest.warns(Note, match="bad.pt: not a readable file"):
         EvalState(tmp_path / "bad.pt", {})
 
 
@@ -380,8 +389,58 @@ def test_eval_warns_when_asked_for_the_training_out_distribution(trained_tiny, t
     assert "warning: --ood synthetic is the training out-distribution of this run" in err
 
 
+def test_eval_after_more_training_evaluates_the_new_weights(trained_tiny, tmp_path, capsys):
+    path = tmp_path / "checkpoint.pt"
+    write_checkpoint(path, trained_tiny)
+    argv = ["eval", str(path), "--device", "cpu", "--samples", "64", "--attacks", "none", "--ood", "none",
+            "--batch-size", "32"]
+    assert main(argv) == 0
+    before = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert before["clean_accuracy"] > 0.9
+    worse = {k: -v if k.startswith("linear") else v for k, v in trained_tiny.state_dict().items()}
+    trained_further = type(trained_tiny)()
+    trained_further.load_state_dict(worse)
+    write_checkpoint(path, trained_further, steps_done=80)  # the same file, other weights
+    capsys.readouterr()
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"note: {tmp_path / 'eval' / 'eval_state.pt'} held the evaluation of other weights" in captured.err
+    assert "after step 80" in captured.out and "{" not in captured.err
+    after = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert after["clean_accuracy"] < 0.3  # the new weights' accuracy, not the stored one
+
+
+def test_ctrl_c_during_eval_keeps_the_finished_batches_and_says_how_to_go_on(trained_tiny, tmp_path, capsys,
+                                                                              monkeypatch):
+    import ratio_fast.evaluate as ev
+
+    write_checkpoint(tmp_path / "checkpoint.pt", trained_tiny)
+    real, calls = ev.max_confidence, []
+
+    def interrupted_at_the_second_batch(logits):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(logits)
+
+    monkeypatch.setattr(ev, "max_confidence", interrupted_at_the_second_batch)
+    argv = ["eval", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--samples", "64", "--attacks", "none",
+            "--ood", "none", "--batch-size", "32"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.splitlines()[-1]
+    state = tmp_path / "eval" / "eval_state.pt"
+    assert err == f"ratio-fast: interrupted; the batches evaluated so far are kept in {state}: the same command " \
+                  "continues from there"
+    assert "checkpoint" not in err.replace(str(tmp_path / "checkpoint.pt"), "")
+    (part,) = torch.load(state, weights_only=True)["parts"].values()
+    assert list(part) == [0]  # the first batch, saved although the save interval had not passed
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--attacks", "fgsm"], "--attacks: unknown attack 'fgsm'"),
+    (["--targets", "20"], "--targets 20: a model of 10 classes has 9 other classes to target; use --targets 9"),
+    (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0 and <= 9223372036854775807, got -1"),
     (["--attacks", "apgd-ce,apgd-ce"], "names an attack twice"),
     (["--ood", "uniform-noise,nope"], "--ood: 'nope'"),
     (["--samples", "-1"], "--samples must be >= 0"),

@@ -1,4 +1,7 @@
-"""Export: our WideResNet's state_dict loads into RobustBench's WideResNet; files, prefixes, errors."""
+"""Export: our WideResNet's state_dict loads into RobustBench's WideResNet; files, prefixes, checksums,
+permissions, errors."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +11,7 @@ from torch import nn
 from ratio_fast.checkpoint import save_checkpoint
 from ratio_fast.cli import main
 from ratio_fast.config import TrainConfig
+from ratio_fast.digest import DamagedFile, verify
 from ratio_fast.errors import UserError
 from ratio_fast.export import clean_state_dict, export_checkpoint, model_from_checkpoint
 from ratio_fast.models import WideResNet
@@ -129,6 +133,23 @@ def test_export_command_writes_plain_state_dict_and_safetensors(trained_tiny, tm
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(fresh(x), trained_tiny(x))
+
+
+def test_exports_carry_a_checksum_and_the_usual_permissions(trained_tiny, tmp_path):
+    write_checkpoint(tmp_path / "c.pt", trained_tiny.state_dict())
+    old = os.umask(0o022)
+    try:
+        paths = export_checkpoint(tmp_path / "c.pt", tmp_path / "out")
+    finally:
+        os.umask(old)
+    for path in paths:
+        assert path.stat().st_mode & 0o777 == 0o644, path  # what open() gives, not a temporary's 0600
+        assert len(verify(path)) == 64
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(DamagedFile, match="checksum mismatch"):
+            verify(path)
 
 
 def test_export_of_raw_model_weights(trained_tiny, tmp_path):

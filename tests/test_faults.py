@@ -1,21 +1,24 @@
-"""Runs that survive faults: preemption signals, kill -9 during checkpoint writes, bad config and
-checkpoint files, and runs whose steps keep diverging. Real processes are started and killed."""
+"""Runs that survive faults: preemption signals, kill -9 during checkpoint writes, every kind of
+failed write (a real full file system too), bad config and checkpoint files, and runs whose steps
+keep diverging. Real processes are started and killed."""
 import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
+from ratio_fast import digest
 from ratio_fast.checkpoint import load_checkpoint, save_checkpoint
 from ratio_fast.cli import EXIT_PREEMPTED, main
 from ratio_fast.errors import UserError
+from ratio_fast.run import non_finite_advice
 
 # 64 steps per epoch of the tiny model with short attacks: a few seconds, long enough to interrupt.
 LONG = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "2048",
@@ -79,6 +82,21 @@ def test_preemption_signal_checkpoints_at_a_step_boundary_and_resumes_exactly(tm
 
 
 @pytest.mark.slow
+def test_a_repeated_sigterm_still_checkpoints_at_the_step_boundary(tmp_path):
+    """Schedulers signal every process of a job and torchrun's agent passes its SIGTERM on: a
+    worker may get two. The second one changes nothing."""
+    proc = start(LONG, tmp_path, "run")
+    wait_for_line(proc, "starting:")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)  # handled by then (two signals at once would reach Python's handler as one)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    assert "stopped by SIGTERM after step" in out
+    assert 0 < trainer_state(tmp_path / "run" / "checkpoint.pt")["steps_done"] < 128
+
+
+@pytest.mark.slow
 def test_kill_9_mid_run_keeps_a_loadable_checkpoint_and_resumes_exactly(tmp_path, uninterrupted):
     """--checkpoint-every 1 rewrites the checkpoint after every step, so the kill lands during or
     between writes; whatever is on disk afterwards must load, and resuming must finish the run."""
@@ -134,7 +152,7 @@ def test_a_full_disk_inside_save_keeps_the_previous_checkpoint_and_says_so(tmp_p
     save_checkpoint(path, {"config": {"arch": "tiny"}, "trainer": {"generation": 1}})
 
     def dies_halfway(obj, f):
-        Path(f).write_bytes(b"PK\x03\x04 half a zip")
+        f.write(b"PK\x03\x04 half a zip")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_halfway)
@@ -145,6 +163,109 @@ def test_a_full_disk_inside_save_keeps_the_previous_checkpoint_and_says_so(tmp_p
     assert "previous checkpoint is kept" in str(error.value) and "\n" not in str(error.value)
     assert load_checkpoint(path)["trainer"]["generation"] == 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def write_fails_after_the_first_bytes(self, data):
+    """The file system fills up inside torch.save: torch turns the OSError into a RuntimeError."""
+    if getattr(self, "calls", 0):
+        no_space()
+    self.calls = 1
+    return self.out.write(data)
+
+
+STREAM_WRITER = ("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed")
+
+
+def stream_writer_fails(*args, **kwargs):
+    raise RuntimeError(STREAM_WRITER)
+
+
+def full_file_system(directory):
+    return os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))
+
+
+def failing_fsync(fd):
+    raise OSError(errno.EIO, "Input/output error")
+
+
+# what fails -> ([(object, attribute, replacement), ...], the reason the message must give)
+WRITE_FAILURES = {
+    "OSError from torch.save": ([(torch, "save", no_space)], "the disk is full"),
+    "a write inside torch.save (RuntimeError, the OSError as its context)":
+        ([(digest._Hashing, "write", write_fails_after_the_first_bytes)], "the disk is full"),
+    "RuntimeError of torch's stream writer on a full disk":
+        ([(torch, "save", stream_writer_fails), (os, "statvfs", full_file_system)], "the disk is full"),
+    "RuntimeError of torch's stream writer, cause unknown":
+        ([(torch, "save", stream_writer_fails)], "PytorchStreamWriter failed writing file data/0: file write failed"),
+    "a failed fsync": ([(os, "fsync", failing_fsync)], "Input/output error"),
+}
+
+
+@pytest.mark.parametrize("failure", list(WRITE_FAILURES))
+def test_every_kind_of_failed_write_is_one_line_naming_the_path_and_keeps_the_previous_file(
+        tmp_path, monkeypatch, failure):
+    patches, reason = WRITE_FAILURES[failure]
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"config": {"arch": "tiny"}, "trainer": {"generation": 1, "w": torch.randn(10_000)}})
+    before = path.read_bytes()
+    for owner, name, replacement in patches:
+        monkeypatch.setattr(owner, name, replacement)
+    with pytest.raises(UserError) as error:
+        save_checkpoint(path, {"config": {"arch": "tiny"}, "trainer": {"generation": 2, "w": torch.randn(10_000)}})
+    monkeypatch.undo()
+    message = str(error.value)
+    assert message.startswith(f"cannot write {path}: {reason}") and "\n" not in message
+    assert "previous checkpoint is kept" in message
+    assert path.read_bytes() == before and load_checkpoint(path)["trainer"]["generation"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary left
+
+
+@pytest.fixture
+def small_file_system(tmp_path):
+    """mount_small(size_bytes) -> a folder on a tmpfs of that size (unmounted afterwards); the test
+    skips where mounting is not allowed (not root, or a container without the capability)."""
+    mounted = []
+
+    def mount_small(size: int):
+        where = tmp_path / "small"
+        where.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+        mounted.append(where)
+        return where
+
+    yield mount_small
+    for where in mounted:  # lazily if a file there is still open (a failed test's traceback can hold one)
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def test_a_really_full_disk_stops_in_one_line_and_keeps_the_last_checkpoint(tmp_path, capsys, small_file_system):
+    """The issue's `mount -t tmpfs -o size=...`: room for the first epoch's checkpoint and best.pt,
+    not for the second epoch's checkpoint beside the first."""
+    fast = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
+            "--batch-size", "32", "--steps-in", "1", "--steps-out", "1", "--eval-samples", "32"]
+    assert main(fast + ["--epochs", "1", "--max-steps", "1", "--out", str(tmp_path / "measure")]) == 0
+    size = (tmp_path / "measure" / "checkpoint.pt").stat().st_size
+    disk = small_file_system(int(2.5 * size) + 8 * 4096)
+    capsys.readouterr()
+    code = main(fast + ["--epochs", "2", "--out", str(disk / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.splitlines()[-1]  # progress lines may come first
+    assert last.startswith(f"ratio-fast: error: cannot write {disk / 'run' / 'checkpoint.pt'}: the disk is full")
+    state = load_checkpoint(disk / "run" / "checkpoint.pt")  # the first epoch's, checksum intact
+    assert state["trainer"]["steps_done"] == 8
+    assert not list((disk / "run").glob("*.tmp"))
 
 
 # --- bad checkpoint and config files: one clear line, never a traceback -----------------------
@@ -211,16 +332,28 @@ def test_config_file_sets_defaults_and_flags_override_it(tmp_path, capsys):
 
 
 def test_a_diverging_run_skips_non_finite_steps_then_stops_with_one_line(tmp_path, capsys):
-    """lr 1e30 blows the weights up after the first step; every later step is non-finite and skipped."""
+    """lr 1e30 blows the weights up after the first step; every later step is non-finite and skipped.
+    The run stops at exactly --max-skipped-steps of them (steps 2-6), although the host reads the
+    device's count only at the progress interval (here: the epoch's end, step 8) and before a
+    checkpoint, and saves nothing computed after the limit (--checkpoint-every 7 would)."""
     fast = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
             "--batch-size", "32", "--steps-in", "1", "--steps-out", "1", "--eval-samples", "0", "--epochs", "2"]
-    code = main(fast + ["--lr", "1e30", "--max-skipped-steps", "3", "--out", str(tmp_path / "run")])
+    run = tmp_path / "run"
+    code = main(fast + ["--lr", "1e30", "--max-skipped-steps", "5", "--checkpoint-every", "7", "--out", str(run)])
     err = capsys.readouterr().err
     assert code == 1
     # Progress lines may come first on a slow machine (they are timed); the stop is one last line.
     last = err.splitlines()[-1]
-    assert last.startswith("ratio-fast: stopped: ") and "--max-skipped-steps 3" in last
-    assert "Traceback" not in err
+    assert last.startswith("ratio-fast: stopped: steps 2-6: 5 steps in a row had a non-finite loss or gradient")
+    assert "(--max-skipped-steps 5)" in last and "Traceback" not in err
+    assert last.endswith("; lower --lr")  # an fp32 run: no advice about AMP types
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_the_advice_for_non_finite_steps_fits_the_precision():
+    assert non_finite_advice("fp32") == "lower --lr"
+    assert "--amp-dtype bf16" in non_finite_advice("fp16")
+    assert "--no-amp" in non_finite_advice("bf16") and "--amp-dtype" not in non_finite_advice("bf16")
 
 
 def test_skipped_steps_are_counted_in_the_epoch_log(tmp_path, capsys):

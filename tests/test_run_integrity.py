@@ -1,5 +1,6 @@
-"""Runs that cannot be mixed up or lost: resume adopts or refuses settings, one writer per run
-directory, finite radii and weights, and file-system failures in one line."""
+"""Runs that cannot be mixed up or lost: resume adopts or refuses settings, a run directory belongs
+to one run, one writer per run directory, damaged checkpoints are refused wherever they are
+loaded, seeds and finite radii and weights, and file-system failures in one line."""
 import argparse
 import errno
 import json
@@ -59,9 +60,23 @@ def stopped_run(tmp_path_factory):
 
 def copy_run(src, dst):
     dst.mkdir()
-    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
-        (dst / name).write_bytes((src / name).read_bytes())
+    for name in ("checkpoint.pt", "best.pt", "config.json", "metrics.jsonl"):
+        if (src / name).exists():
+            (dst / name).write_bytes((src / name).read_bytes())
     return dst
+
+
+def contents(run):
+    """Every file of a run directory but its lock, by name: to show that nothing was written."""
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.name != ".lock"}
+
+
+def flip(path, offset=200_000, count=400):
+    """What a bad disk sector or a careless copy does: `count` bytes inverted at `offset`."""
+    data = bytearray(path.read_bytes())
+    assert len(data) > offset + count
+    data[offset:offset + count] = bytes(b ^ 0xFF for b in data[offset:offset + count])
+    path.write_bytes(bytes(data))
 
 
 # --- resume -------------------------------------------------------------------------------
@@ -122,6 +137,80 @@ def test_resume_flags_from_a_config_file_count_as_given(stopped_run, tmp_path, c
     settings.write_text(json.dumps({"weight_decay": 0.0}))
     err = one_line_error(["train", "--resume", str(run), "--config", str(settings)], capsys)
     assert "--weight-decay: checkpoint 0.0005, given 0.0" in err
+
+
+# --- a run directory belongs to one run -----------------------------------------------------
+
+def test_resume_into_another_run_directory_is_refused_naming_both(stopped_run, tmp_path, capsys):
+    a = copy_run(stopped_run / "stopped", tmp_path / "a")
+    b = copy_run(stopped_run / "straight", tmp_path / "b")
+    before_a, before_b = contents(a), contents(b)
+    err = one_line_error(["train", "--resume", str(a / "checkpoint.pt"), "--out", str(b), "--max-steps", "8"], capsys)
+    assert f"--out {b} holds another run ({b / 'checkpoint.pt'})" in err
+    assert f"continues the run in {a}" in err
+    assert contents(a) == before_a and contents(b) == before_b  # B's checkpoint, config and metrics untouched
+
+
+def test_resume_into_a_new_directory_continues_a_copy_and_leaves_the_run_alone(stopped_run, tmp_path, capsys):
+    a = copy_run(stopped_run / "stopped", tmp_path / "a")
+    before = contents(a)
+    copy = tmp_path / "copy"
+    code, out, err = run_cli(["train", "--resume", str(a), "--out", str(copy)], capsys)
+    assert code == 0, err
+    assert f"continuing a copy of {a} (its metrics up to step 3 and best.pt) in {copy}" in out
+    assert contents(a) == before
+    # The copy went on exactly as the run would have, and holds its history up to the checkpoint.
+    resumed, straight = trainer_state(copy / "checkpoint.pt"), trainer_state(stopped_run / "straight" / "checkpoint.pt")
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    lines = (copy / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == (a / "metrics.jsonl").read_text().splitlines()[0]
+    assert [json.loads(line)["step"] for line in lines] == [3, 8, 16]
+    assert load_checkpoint(copy / "best.pt")["best"] == load_checkpoint(copy / "checkpoint.pt")["best"]
+
+
+def test_a_directory_that_is_not_empty_is_no_place_for_a_copy(stopped_run, tmp_path, capsys):
+    a = copy_run(stopped_run / "stopped", tmp_path / "a")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    err = one_line_error(["train", "--resume", str(a), "--out", str(other)], capsys)
+    assert f"--out {other} is not empty (notes.txt)" in err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_finished_run_resumed_says_so_and_writes_nothing(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run / "straight", tmp_path / "run")
+    before = contents(run)
+    new = tmp_path / "new"
+    code, out, err = run_cli(["train", "--resume", str(run / "checkpoint.pt"), "--out", str(new), "--max-steps", "1"],
+                             capsys)
+    assert code == 0, err
+    assert f"nothing to do: the run in {run} is finished (16 of 16 steps" in out and "done:" not in out
+    assert not new.exists()
+    code, out, err = run_cli(["train", "--resume", str(run)], capsys)
+    assert code == 0 and "nothing to do" in out and "done:" not in out
+    assert contents(run) == before
+
+
+# --- damaged checkpoints --------------------------------------------------------------------
+
+def test_a_damaged_checkpoint_is_refused_by_eval_export_and_resume(stopped_run, tmp_path, capsys):
+    run = copy_run(stopped_run / "straight", tmp_path / "run")
+    flip(run / "checkpoint.pt")
+    best_step = trainer_state(run / "best.pt")["steps_done"]
+    small_eval = ["--device", "cpu", "--samples", "8", "--attacks", "none", "--ood", "none"]
+    for argv in (["eval", str(run / "checkpoint.pt"), *small_eval],
+                 ["export", str(run / "checkpoint.pt"), "--out", str(tmp_path / "export")],
+                 ["train", "--resume", str(run)]):
+        err = one_line_error(argv, capsys)
+        assert f"checkpoint {run / 'checkpoint.pt'}: corrupted: checksum mismatch" in err, argv
+        assert f"the previous checkpoint is {run / 'best.pt'} (step {best_step}), intact" in err, argv
+    assert not (tmp_path / "export").exists() and not (run / "eval").exists()
+    flip(run / "best.pt")  # eval takes best.pt of a run directory
+    err = one_line_error(["eval", str(run), *small_eval], capsys)
+    assert f"checkpoint {run / 'best.pt'}: corrupted: checksum mismatch" in err
+    assert "no other intact checkpoint of this run" in err
 
 
 def test_a_directory_given_as_a_checkpoint_is_named_as_such(tmp_path):
@@ -197,6 +286,22 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
 
 
+# --- seeds ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_seeds_outside_the_generators_range_are_refused_in_one_line(tmp_path, capsys, seed):
+    err = one_line_error(FAST + ["--seed", seed, "--out", str(tmp_path / "run")], capsys)
+    assert f"--seed must be an integer >= 0 and <= {2**63 - 1}, got {seed}" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_seed_trains(tmp_path, capsys):
+    code, _, err = run_cli(FAST + ["--seed", str(2**63 - 1), "--epochs", "1", "--max-steps", "1", "--eval-samples",
+                                   "0", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert trainer_state(tmp_path / "run" / "checkpoint.pt")["steps_done"] == 1
+
+
 # --- finite radii, step sizes and weights -------------------------------------------------
 
 @pytest.mark.parametrize("flag, value", [
@@ -208,6 +313,14 @@ def test_non_finite_numbers_are_refused_on_the_command_line(tmp_path, capsys, fl
     err = one_line_error(FAST + [f"{flag}={value}", "--out", str(tmp_path / "run")], capsys)
     assert f"{flag} must be a finite number" in err and value in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_attack_momentum_is_at_most_1(tmp_path, capsys):
+    err = one_line_error(FAST + ["--attack-momentum", "1e9", "--out", str(tmp_path / "run")], capsys)
+    assert "--attack-momentum must be a finite number >= 0 and <= 1, got 1000000000.0" in err
+    with pytest.raises(ValueError, match="momentum must be a finite number >= 0 and <= 1"):
+        L2PGD(eps=0.5, steps=1, step_size=0.1, momentum=1.5)
+    assert L2PGD(eps=0.5, steps=1, step_size=0.1, momentum=1.0).momentum == 1.0
 
 
 def test_non_finite_numbers_are_refused_in_a_config_file(tmp_path, capsys):

@@ -13,7 +13,9 @@ DALI and DataLoader worker processes receive them cheaply.
   order="F")`` is (row, column, channel). 79,302,017 rows (about 244 GB), memory-mapped.
 - a directory: PNG/JPEG files found recursively, ordered by relative path (stable row numbers),
   decoded by pillow per batch in the workers: RGB, shorter side resized to 32 (antialiased
-  bilinear), centre crop.
+  bilinear), centre crop, so any size will do. Every file is decoded once when the folder is
+  opened (in threads, with progress for large folders), so an unreadable one stops the run
+  before its first step, or, with ``--skip-bad-images``, is left out like an excluded row.
 - ``ExcludedRows``: a source without the rows of exclusion lists (``--out-exclude FILE[:0|:1]``):
   the Tiny Images / CIFAR overlap lists are published some 0-based, some 1-based.
 """
@@ -21,7 +23,9 @@ DALI and DataLoader worker processes receive them cheaply.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,8 @@ import numpy as np
 from ratio_fast.data.cifar import load_cifar
 from ratio_fast.data.synthetic import make_synthetic, make_synthetic_out
 from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, IMAGE_SHAPE, get_dataset, names_a_path
-from ratio_fast.errors import UserError
+from ratio_fast.errors import Note, UserError
+from ratio_fast.progress import Progress
 
 SYNTHETIC_TRAIN_SIZE = 10240
 SYNTHETIC_TEST_SIZE = 1024
@@ -143,6 +148,7 @@ class ImageFolder(ImageSource):
                             key=lambda p: p.relative_to(self.root).as_posix())
         if not self.files:
             raise UserError(f"{self.root}: holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images")
+        self.unreadable = _unreadable(self.files, f"checking the images of {self.root}")  # row -> why
 
     def __len__(self) -> int:
         return len(self.files)
@@ -224,24 +230,36 @@ def load_in_distribution(name: str, data_dir: str | os.PathLike, train: bool, sy
 
 def load_out_distribution(spec: str, data_dir: str | os.PathLike, in_name: str, seed: int = 0,
                           synthetic_size: int | None = None, *, download: bool = True,
-                          exclude: Sequence[str] = (), flag: str = "--out-data") -> ImageSource:
+                          exclude: Sequence[str] = (), flag: str = "--out-data",
+                          skip_bad_images: bool = False) -> ImageSource:
     """Open the unlabelled out-distribution images for ``--out-data`` as an ``ImageSource``.
 
     ``spec`` is ``synthetic`` (generated, default 10240 images), ``cifar10`` / ``cifar100`` (that
     set's train split, labels dropped), or a ``.npy`` / ``.bin`` file or an image directory (see
     the module). ``exclude`` (``--out-exclude``): exclusion lists ``FILE[:0|:1]`` whose rows are
-    left out, for any of these (``read_exclusion_list``). ``flag``: the option errors name.
+    left out, for any of these (``read_exclusion_list``). ``flag``: the option errors name. An image
+    folder's undecodable files are a UserError, or with ``skip_bad_images`` left out with a Note.
 
     Using the in-distribution itself as out-distribution is refused: it would train the model
     to be unsure on exactly the images it must classify. (``synthetic`` with the synthetic
     in-distribution is fine: the out-distribution generator shares nothing with its classes.)
     """
     source = _open_out_distribution(spec, data_dir, in_name, seed, synthetic_size, download, flag)
-    if not exclude:
+    unreadable = getattr(source, "unreadable", {})
+    if unreadable:
+        example = unreadable[min(unreadable)]
+        if not skip_bad_images:
+            raise UserError(f"{flag} {spec}: {len(unreadable)} of {len(source)} images cannot be decoded, e.g. "
+                            f"{example}; remove them, or pass --skip-bad-images to leave them out")
+        warnings.warn(Note(f"{flag} {spec}: leaving out {len(unreadable)} of {len(source)} images that cannot be "
+                           f"decoded (--skip-bad-images), e.g. {example}"), stacklevel=2)
+    if not exclude and not unreadable:
         return source
-    excluded = np.unique(np.concatenate([read_exclusion_list(item, len(source)) for item in exclude]))
+    lists = [read_exclusion_list(item, len(source)) for item in exclude]
+    excluded = np.unique(np.concatenate([np.fromiter(unreadable, np.int64, len(unreadable)), *lists]))
     if len(excluded) == len(source):
-        raise UserError(f"--out-exclude {' '.join(exclude)}: excludes all {len(source)} images of --out-data {spec}")
+        why = f"--out-exclude {' '.join(exclude)}" if exclude else "--skip-bad-images"
+        raise UserError(f"{why}: excludes all {len(source)} images of {flag} {spec}")
     return ExcludedRows(source, excluded)
 
 
@@ -392,6 +410,31 @@ def _tiny_images_rows(path: Path) -> int:
         raise UserError(f"{path}: {rows} rows, but the published {TINY_IMAGES_NAME} has {TINY_IMAGES_ROWS:,}: "
                         f"truncated download? (rename the file if it is a deliberate subset)")
     return rows
+
+
+def _unreadable(files: list[Path], what: str, chunk: int = 256) -> dict[int, str]:
+    """{row: why} of the files decode_image fails on, decoded in threads (pillow decodes without the
+    GIL), with progress for large folders."""
+    progress = Progress(len(files), desc=what) if len(files) >= 1000 else None
+
+    def check(start: int) -> dict[int, str]:
+        problems = {}
+        for row in range(start, min(start + chunk, len(files))):
+            try:
+                decode_image(files[row])
+            except UserError as error:
+                problems[row] = str(error)
+        return problems
+
+    problems = {}
+    with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+        for start, found in zip(range(0, len(files), chunk), pool.map(check, range(0, len(files), chunk))):
+            problems.update(found)
+            if progress is not None:
+                progress.update(min(chunk, len(files) - start))
+    if progress is not None:
+        progress.close()
+    return problems
 
 
 def decode_image(path: Path) -> np.ndarray:
