@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from ratio_fast import create_model
-from ratio_fast.apgd import APGDTargeted, apgd_run, random_start_point
-from ratio_fast.evaluate import AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model
+from ratio_fast.attacks.apgd import APGDTargeted, apgd_run, random_start_point
+from ratio_fast.evaluation.evaluate import AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model
 
 EPS, STEPS, TARGETS = 0.5, 100, 9
 CPU_IMAGES = 64
@@ -57,7 +57,7 @@ def trained_tiny_and_points(n: int):
 
 @pytest.mark.benchmark(group="eval-cpu")
 def test_eval_cpu(benchmark, tmp_path):
-    from ratio_fast.autoattack_package import AutoAttackPackage
+    from ratio_fast.evaluation.autoattack_package import AutoAttackPackage
 
     model, images, labels = trained_tiny_and_points(CPU_IMAGES)
     source = batch_source(images, labels, batch_size=CPU_IMAGES, device="cpu")

@@ -37,7 +37,7 @@ def ratio_step_images_per_s():
     """In-distribution images per second of a RATIO step (tiny model, 10/20 attack steps) on CPU."""
     from ratio_fast.config import TrainConfig
     from ratio_fast.models import create_model
-    from ratio_fast.train import RatioTrainer
+    from ratio_fast.training.trainer import RatioTrainer
 
     x, y = make_synthetic(BATCH)
     batch = torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255)

@@ -8,12 +8,12 @@ Public API:
     RatioTrainer, TrainConfig
     create_model
 """
-from .apgd import APGD, APGDTargeted
-from .attacks import L2PGD, joint_l2_pgd, l2_pgd
+from .attacks.apgd import APGD, APGDTargeted
+from .attacks.pgd import L2PGD, joint_l2_pgd, l2_pgd
 from .config import TrainConfig
 from .models import create_model
 from .ops import pgd_step
-from .train import RatioTrainer
+from .training.trainer import RatioTrainer
 
 __all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model"]
 __version__ = "0.1.0"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .attack_schedule import SCHEDULES
-from .attacks import MOMENTUM_RANGE
+from .attacks.schedule import SCHEDULES
+from .attacks.pgd import MOMENTUM_RANGE
 from .choices import AUGMENTATIONS, LOADERS, choices_help, same_batches
 from .datasets import DATASETS, get_dataset
 from .errors import UserError
 from .models import check_model_name
 from .ops._common import BACKENDS
-from .speed import AMP_DTYPES
+from .training.speed import AMP_DTYPES
 from .validation import SEED_RANGE, check_number
 
 # The groups of `ratio-fast train --help`, in their order there.

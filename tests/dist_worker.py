@@ -9,8 +9,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ratio_fast.distributed import DistContext, context_from_env, convert_sync_batchnorm, init_process_group
-from ratio_fast.stop import StopRequest
+from ratio_fast.training.distributed import DistContext, context_from_env, convert_sync_batchnorm, init_process_group
+from ratio_fast.training.stop import StopRequest
 
 
 def sync_batchnorm(ctx: DistContext, out: str) -> None:

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from ratio_fast.cli import main
-from ratio_fast.run import Run
+from ratio_fast.cli.main import main
+from ratio_fast.cli.run import Run
 
 FAST = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "256",
         "--batch-size", "32", "--steps-in", "2", "--steps-out", "2", "--eval-samples", "0", "--epochs", "3"]

@@ -217,7 +217,7 @@ def test_run_logs_the_measured_choice_and_passes_the_augmentation(tmp_path, monk
 def test_run_logs_an_unmeasured_choice_with_what_it_left_out(tmp_path):
     """On a CPU nothing is measured; the log still says which loader auto took and why not DALI,
     once for the in- and out-distribution loaders' equal choice."""
-    from ratio_fast.run import Run
+    from ratio_fast.cli.run import Run
 
     config = TrainConfig(arch="tiny", dataset="synthetic", synthetic_size=256, batch_size=32, device="cpu")
     log = io.StringIO()

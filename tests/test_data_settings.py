@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ratio_fast.cli import build_parser
+from ratio_fast.cli.main import build_parser
 from ratio_fast.config import TrainConfig
-from ratio_fast.config_file import read_config_file
+from ratio_fast.cli.config_file import read_config_file
 from ratio_fast.data import load_out_distribution
 from ratio_fast.errors import UserError
 

@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from ratio_fast.checkpoint import save_checkpoint
+from ratio_fast.training.checkpoint import save_checkpoint
 from ratio_fast.config import TrainConfig
 from ratio_fast.data import load_in_distribution
 from ratio_fast.datasets import CIFAR_NAMES, DATASETS, IMAGE_BYTES, IMAGE_HW, IMAGE_SHAPE, get_dataset
 from ratio_fast.errors import UserError
-from ratio_fast.export import model_from_checkpoint
+from ratio_fast.evaluation.export import model_from_checkpoint
 from ratio_fast.models import create_model
-from ratio_fast.ood_sets import BUILT_IN, choose_ood_sets, training_out_distribution
+from ratio_fast.evaluation.ood_sets import BUILT_IN, choose_ood_sets, training_out_distribution
 
 
 @pytest.mark.parametrize("name", DATASETS)

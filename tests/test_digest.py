@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from ratio_fast import digest
-from ratio_fast.checkpoint import load_checkpoint, save_checkpoint
+from ratio_fast.training.checkpoint import load_checkpoint, save_checkpoint
 from ratio_fast.digest import TRAILER_HEAD, TRAILER_SIZE, DamagedFile, load_torch, verify
 from ratio_fast.errors import Note
-from ratio_fast.evaluate import EvalState
+from ratio_fast.evaluation.evaluate import EvalState
 from ratio_fast.files import atomic_save, atomic_write_safetensors
 
 PAYLOAD = {"w": torch.arange(60_000, dtype=torch.float32), "n": 3}

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ratio_fast.cli import EXIT_PREEMPTED, main
-from ratio_fast.distributed import context_from_env
+from ratio_fast.cli.main import EXIT_PREEMPTED, main
+from ratio_fast.training.distributed import context_from_env
 from ratio_fast.errors import UserError
-from ratio_fast.torchrun import exit_code
+from ratio_fast.cli.torchrun import exit_code
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ratio_fast import create_model
-from ratio_fast.apgd import APGDTargeted, apgd_run, random_start_point
-from ratio_fast.evaluate import EvalSettings, EvalState, batch_source, evaluate_model
+from ratio_fast.attacks.apgd import APGDTargeted, apgd_run, random_start_point
+from ratio_fast.evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model
 from conftest import no_host_sync
 
 pytestmark = pytest.mark.gpu

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from ratio_fast import digest
-from ratio_fast.checkpoint import load_checkpoint, save_checkpoint
-from ratio_fast.cli import EXIT_PREEMPTED, main
+from ratio_fast.training.checkpoint import load_checkpoint, save_checkpoint
+from ratio_fast.cli.main import EXIT_PREEMPTED, main
 from ratio_fast.errors import UserError
-from ratio_fast.run import non_finite_advice
+from ratio_fast.cli.run import non_finite_advice
 
 # 64 steps per epoch of the tiny model with short attacks: a few seconds, long enough to interrupt.
 LONG = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "2048",
@@ -118,7 +118,7 @@ def test_kill_9_mid_run_keeps_a_loadable_checkpoint_and_resumes_exactly(tmp_path
 
 WRITER = """
 import sys, torch
-from ratio_fast.checkpoint import save_checkpoint
+from ratio_fast.training.checkpoint import save_checkpoint
 payload = {"config": {"arch": "tiny"}, "trainer": {"w": torch.randn(8_000_000)}}  # 32 MB per write
 i = 0
 while True:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from ratio_fast import APGD, L2PGD, APGDTargeted, TrainConfig
-from ratio_fast.checkpoint import load_checkpoint
-from ratio_fast.cli import build_parser, main
+from ratio_fast.training.checkpoint import load_checkpoint
+from ratio_fast.cli.main import build_parser, main
 from ratio_fast.errors import UserError
 from ratio_fast.files import RunDirectoryLock, atomic_save
 
@@ -415,7 +415,7 @@ def test_eval_and_counterfactuals_write_errors_in_one_line(tmp_path, capsys):
 
 
 def test_a_bad_ood_file_is_named_with_the_eval_flag(tmp_path):
-    from ratio_fast.ood_sets import load_ood_set
+    from ratio_fast.evaluation.ood_sets import load_ood_set
 
     path = tmp_path / "bad.npy"
     __import__("numpy").save(path, __import__("numpy").zeros((4, 32, 32), "uint8"))

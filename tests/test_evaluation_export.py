@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from ratio_fast.checkpoint import save_checkpoint
-from ratio_fast.cli import main
+from ratio_fast.training.checkpoint import save_checkpoint
+from ratio_fast.cli.main import main
 from ratio_fast.config import TrainConfig
 from ratio_fast.digest import DamagedFile, verify
 from ratio_fast.errors import UserError
-from ratio_fast.export import clean_state_dict, export_checkpoint, model_from_checkpoint
+from ratio_fast.evaluation.export import clean_state_dict, export_checkpoint, model_from_checkpoint
 from ratio_fast.models import WideResNet
 
 

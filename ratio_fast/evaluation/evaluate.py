@@ -31,19 +31,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .apgd import APGDTargeted, apgd_run, random_start_point
-from .attacks import L2PGD
-from .cuda_graph import GraphedCall
-from .data.batches import BatchSpec, Loader
-from .data.resident import ResidentLoader
-from .digest import DamagedFile, load_torch
-from .errors import Note, UserError
-from .files import atomic_save
-from .models import eval_mode
+from ..attacks.apgd import APGDTargeted, apgd_run, random_start_point
+from ..attacks.pgd import L2PGD
+from ..attacks.cuda_graph import GraphedCall
+from ..data.batches import BatchSpec, Loader
+from ..data.resident import ResidentLoader
+from ..digest import DamagedFile, load_torch
+from ..errors import Note, UserError
+from ..files import atomic_save
+from ..models import eval_mode
 from .ood import max_confidence, ood_metrics
-from .ops._common import sample_layout
-from .progress import Progress
-from .validation import SEED_RANGE, check_number
+from ..ops._common import sample_layout
+from ..progress import Progress
+from ..validation import SEED_RANGE, check_number
 
 ROBUST_ATTACKS = ("apgd-ce", "apgd-t")
 Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % interval

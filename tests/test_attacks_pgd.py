@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from ratio_fast import APGD, L2PGD, APGDTargeted, joint_l2_pgd, l2_pgd
-from ratio_fast.apgd import apgd_run
+from ratio_fast.attacks.apgd import apgd_run
 from ratio_fast.errors import UserError
-from ratio_fast.losses import cross_entropy, kl_to_uniform
+from ratio_fast.attacks.objectives import cross_entropy, kl_to_uniform
 
 
 def accuracy(model, x, y):

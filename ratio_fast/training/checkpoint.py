@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .digest import DamagedFile, load_torch
-from .errors import UserError
-from .files import atomic_save
+from ..digest import DamagedFile, load_torch
+from ..errors import UserError
+from ..files import atomic_save
 
 FORMAT = "ratio-fast-checkpoint-v1"
 # The checkpoints of a run directory.

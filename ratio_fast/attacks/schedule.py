@@ -23,11 +23,11 @@ from typing import Callable
 
 import torch
 
-from .attacks import L2PGD, joint_l2_pgd
+from .pgd import L2PGD, joint_l2_pgd
 from .cuda_graph import GraphedCall
-from .measure import Timer, cache_dir, device_timer, fastest, setting_key
-from .models import eval_mode
-from .speed import SpeedSettings
+from ..measure import Timer, cache_dir, device_timer, fastest, setting_key
+from ..models import eval_mode
+from ..training.speed import SpeedSettings
 
 SCHEDULES = ("sequential", "streams", "concat")
 AUTO_CANDIDATES = ("streams", "concat")

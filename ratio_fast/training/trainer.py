@@ -26,15 +26,15 @@ from typing import Callable
 
 import torch
 
-from .apgd import APGD
-from .attack_schedule import AttackPhase, ScheduleChoice
-from .attacks import L2PGD
-from .config import TrainConfig
+from ..attacks.apgd import APGD
+from ..attacks.schedule import AttackPhase, ScheduleChoice
+from ..attacks.pgd import L2PGD
+from ..config import TrainConfig
 from .ema import ModelEMA
-from .losses import ratio_loss
-from .measure import Timer
-from .models import keep_first_conv_fp32
-from .models.precision import ieee_fp32_convolutions
+from ..attacks.objectives import ratio_loss
+from ..measure import Timer
+from ..models import keep_first_conv_fp32
+from ..models.precision import ieee_fp32_convolutions
 from .speed import resolve_speed, wants_channels_last
 
 __all__ = ["RatioTrainer", "cosine_lr", "wants_channels_last"]

@@ -10,13 +10,13 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoint import BEST, CHECKPOINT, WEIGHTS
-from .cli_format import HelpFormatter
-from .datasets import get_dataset
-from .errors import UserError
-from .files import atomic_write, atomic_write_safetensors, atomic_write_text, make_directory
-from .ops._common import BACKENDS
-from .validation import check_number
+from ..training.checkpoint import BEST, CHECKPOINT, WEIGHTS
+from .parser import HelpFormatter
+from ..datasets import get_dataset
+from ..errors import UserError
+from ..files import atomic_write, atomic_write_safetensors, atomic_write_text, make_directory
+from ..ops._common import BACKENDS
+from ..validation import check_number
 
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
@@ -99,8 +99,8 @@ def add_export(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from .evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
-    from .ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
+    from ..evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
+    from ..evaluation.ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, channels_last = _load(args)
@@ -162,7 +162,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def describe_weights(path: str | Path, weights: str) -> str:
     """Which weights are evaluated: file, EMA or raw model, and the training progress they come from."""
-    from .checkpoint import load_checkpoint
+    from ..training.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     kind = "EMA weights" if weights == "ema" else "raw model weights (not the EMA)"
@@ -177,7 +177,7 @@ def _run_counterfactuals(args) -> int:
     import numpy as np
     import torch
 
-    from .counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+    from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
@@ -215,7 +215,7 @@ def _run_counterfactuals(args) -> int:
 
 
 def _run_export(args) -> int:
-    from .export import export_checkpoint
+    from ..evaluation.export import export_checkpoint
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
@@ -228,9 +228,9 @@ def _load(args):
     """(model on its device in eval mode, TrainConfig, device, channels_last) for a command's flags."""
     import torch
 
-    from .export import model_from_checkpoint
-    from .distributed import resolve_device
-    from .train import wants_channels_last
+    from ..evaluation.export import model_from_checkpoint
+    from ..training.distributed import resolve_device
+    from ..training.trainer import wants_channels_last
 
     device = resolve_device(args.device)
     model, config = model_from_checkpoint(args.checkpoint, args.weights)
@@ -240,7 +240,7 @@ def _load(args):
 
 
 def _test_split(config, data_dir):
-    from .data import load_in_distribution
+    from ..data import load_in_distribution
 
     return load_in_distribution(config.dataset, data_dir, train=False, seed=config.seed)
 
@@ -249,7 +249,7 @@ def _identity(args, data_dir) -> dict:
     """What must not change between a run and its resumption: the weights (the checkpoint's file and
     content: its SHA-256, or for a file written before checksums its size and time), data,
     batching, seed."""
-    from .digest import verify
+    from ..digest import verify
 
     path = Path(args.checkpoint)
     stat = path.stat()

@@ -7,7 +7,7 @@ import scipy.ndimage
 
 from ratio_fast.config import TrainConfig
 from ratio_fast.errors import UserError
-from ratio_fast.ood_sets import (BUILT_IN, _gaussian_blur, choose_ood_sets, is_training_set, load_ood_set,
+from ratio_fast.evaluation.ood_sets import (BUILT_IN, _gaussian_blur, choose_ood_sets, is_training_set, load_ood_set,
                                  permuted_pixels, read_svhn_mat, smooth_noise, training_out_distribution,
                                  uniform_noise)
 

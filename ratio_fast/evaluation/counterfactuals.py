@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .apgd import apgd_run
-from .models import eval_mode
+from ..attacks.apgd import apgd_run
+from ..models import eval_mode
 
 RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_fast.cli import build_parser, main
+from ratio_fast.cli.main import build_parser, main
 from ratio_fast.config import TrainConfig, flag_name
 from ratio_fast.errors import UserError
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import WEIGHTS, load_checkpoint
-from .config import TrainConfig
-from .datasets import get_dataset
-from .errors import UserError
-from .files import atomic_save, atomic_write_safetensors, make_directory
-from .models import create_model
+from ..training.checkpoint import WEIGHTS, load_checkpoint
+from ..config import TrainConfig
+from ..datasets import get_dataset
+from ..errors import UserError
+from ..files import atomic_save, atomic_write_safetensors, make_directory
+from ..models import create_model
 
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")

@@ -5,10 +5,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ratio_fast.checkpoint import save_checkpoint
-from ratio_fast.cli import main
+from ratio_fast.training.checkpoint import save_checkpoint
+from ratio_fast.cli.main import main
 from ratio_fast.config import TrainConfig
-from ratio_fast.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+from ratio_fast.evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
 
 
 def test_counterfactuals_stay_in_each_radius_and_raise_the_target(trained_tiny, synthetic_split):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ratio_fast import RatioTrainer, TrainConfig, create_model
-from ratio_fast.ema import ModelEMA
+from ratio_fast.training.ema import ModelEMA
 from ratio_fast.errors import UserError
-from ratio_fast.losses import kl_to_uniform, ratio_loss
-from ratio_fast.train import cosine_lr
+from ratio_fast.attacks.objectives import kl_to_uniform, ratio_loss
+from ratio_fast.training.trainer import cosine_lr
 
 
 def small_config(**overrides):
@@ -234,7 +234,7 @@ def test_train_module_runs_the_train_forward_and_the_model_the_attacks(synthetic
 
 
 def test_attack_apgd_trains_with_apgd_on_both_streams(synthetic_split):
-    from ratio_fast.apgd import APGD
+    from ratio_fast.attacks.apgd import APGD
 
     x, y = synthetic_split["train"]
     z = synthetic_split["out"]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from ratio_fast.checkpoint import save_checkpoint
-from ratio_fast.cli import main
+from ratio_fast.training.checkpoint import save_checkpoint
+from ratio_fast.cli.main import main
 from ratio_fast.config import TrainConfig
 from ratio_fast.errors import Note, UserError
-from ratio_fast.evaluate import (AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model,
+from ratio_fast.evaluation.evaluate import (AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model,
                                  format_table, run_part, wilson_interval)
-from ratio_fast.ood import auroc, fpr_at_tpr, max_confidence, ood_metrics
+from ratio_fast.evaluation.ood import auroc, fpr_at_tpr, max_confidence, ood_metrics
 
 
 # --- OOD metrics -------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def test_evaluate_model_metrics(trained_tiny, sources, tmp_path):
 
 
 def test_later_attacks_only_see_the_points_still_robust(trained_tiny, sources, tmp_path, monkeypatch):
-    import ratio_fast.evaluate as ev
+    import ratio_fast.evaluation.evaluate as ev
 
     test, _ = sources
     seen = {}
@@ -138,8 +138,8 @@ def test_later_attacks_only_see_the_points_still_robust(trained_tiny, sources, t
 
 def test_attack_calls_pad_to_a_fixed_row_count_and_drop_the_padding(monkeypatch):
     """The CUDA-graph path on the CPU: a stand-in for GraphedCall records the shapes it is called with."""
-    import ratio_fast.evaluate as ev
-    from ratio_fast.apgd import APGDResult
+    import ratio_fast.evaluation.evaluate as ev
+    from ratio_fast.attacks.apgd import APGDResult
 
     shapes = []
 
@@ -170,7 +170,7 @@ def test_wilson_interval():
 
 
 def test_killed_evaluation_resumes_with_the_same_numbers(trained_tiny, sources, tmp_path, monkeypatch):
-    import ratio_fast.evaluate as ev
+    import ratio_fast.evaluation.evaluate as ev
 
     test, ood = sources
     settings = EvalSettings(eps=1.0, steps=3, attacks=("apgd-ce",), ood_steps=2, batch_size=32)
@@ -302,7 +302,7 @@ def test_autoattack_is_driven_through_either_package(trained_tiny, sources, tmp_
 def cheap_autoattack(monkeypatch):
     """The real package with CI budgets for its two slowest attacks (standard: 5000 Square queries,
     100 FAB iterations; about a minute per robust image on 2 CPU cores). APGD keeps its 100 steps."""
-    import ratio_fast.autoattack_package as package
+    import ratio_fast.evaluation.autoattack_package as package
 
     monkeypatch.setattr(package, "AutoAttackPackage",
                         functools.partial(package.AutoAttackPackage, square_queries=50, fab_iterations=5))
@@ -310,7 +310,7 @@ def cheap_autoattack(monkeypatch):
 
 def test_own_apgd_is_at_least_as_strong_as_autoattacks_apgd(trained_tiny, sources, tmp_path):
     """APGD-CE then APGD-T (9 targets, 100 steps) leave no more robust points than AutoAttack's own pair."""
-    from ratio_fast.autoattack_package import AutoAttackPackage
+    from ratio_fast.evaluation.autoattack_package import AutoAttackPackage
 
     test, _ = sources
     points = test.first(16)
@@ -412,7 +412,7 @@ def test_eval_after_more_training_evaluates_the_new_weights(trained_tiny, tmp_pa
 
 def test_ctrl_c_during_eval_keeps_the_finished_batches_and_says_how_to_go_on(trained_tiny, tmp_path, capsys,
                                                                               monkeypatch):
-    import ratio_fast.evaluate as ev
+    import ratio_fast.evaluation.evaluate as ev
 
     write_checkpoint(tmp_path / "checkpoint.pt", trained_tiny)
     real, calls = ev.max_confidence, []

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 if TYPE_CHECKING:  # config.py takes its choices from here (AMP_DTYPES)
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
 # --amp-dtype: the autocast type of each name.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

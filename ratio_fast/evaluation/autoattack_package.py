@@ -15,7 +15,7 @@ import importlib
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 MODULES = ("pyautoattack", "autoattack")  # the registry's name first
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")

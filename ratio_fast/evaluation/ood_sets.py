@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset, names_a_path
-from .errors import UserError
+from ..datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset, names_a_path
+from ..errors import UserError
 
 BUILT_IN = ("uniform-noise", "smooth-noise", "permuted-pixels")
 BUILT_IN_SIZE = 10_000  # images of a generated set when --ood-samples is 0 (all): a test split's size
@@ -121,7 +121,7 @@ def load_ood_set(spec: str, *, dataset: str, test_images: np.ndarray, data_dir, 
     sets use another seed than anything the training drew. skip_bad_images: leave out a folder's
     undecodable images (with a note) instead of refusing the folder.
     """
-    from .data import load_in_distribution, load_out_distribution
+    from ..data import load_in_distribution, load_out_distribution
 
     n = samples or BUILT_IN_SIZE
     if spec == "uniform-noise":

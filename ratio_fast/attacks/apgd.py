@@ -38,12 +38,12 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .attacks import attacking, check_attack_settings, check_images
-from .losses import PerSampleLoss, resolve_objective, targeted_dlr
-from .models import eval_mode
-from .ops import pgd_step, sample_ball
-from .ops._common import compute_dtype, per_sample, sample_layout
-from .validation import check_number
+from .pgd import attacking, check_attack_settings, check_images
+from .objectives import PerSampleLoss, resolve_objective, targeted_dlr
+from ..models import eval_mode
+from ..ops import pgd_step, sample_ball
+from ..ops._common import compute_dtype, per_sample, sample_layout
+from ..validation import check_number
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)
 RHO = 0.75  # condition 1: the fraction of steps that must raise the loss between checkpoints

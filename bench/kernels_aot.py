@@ -10,9 +10,9 @@ bundled ptxas, whose report gives the registers and spill bytes; `blocks_per_sm`
 occupancy they allow. The PTX is also searched for float min/max instructions that drop NaN,
 which the NaN rule of `pgd_step` forbids and the interpreter cannot show.
 
-    python -m ratio_fast.ops.aot            # print the table
-    python -m ratio_fast.ops.aot --write    # regenerate TABLE_PATH (variants and the tuning sweep)
-    python -m ratio_fast.ops.aot --check    # compare a fresh compile with it (tests/test_kernels_aot.py)
+    python3 bench/kernels_aot.py            # print the table
+    python3 bench/kernels_aot.py --write    # regenerate TABLE_PATH (variants and the tuning sweep)
+    python3 bench/kernels_aot.py --check    # compare a fresh compile with it (tests/test_kernels_aot.py)
 
 Triton must compile, not interpret: run with TRITON_INTERPRET unset or 0.
 """
@@ -36,13 +36,13 @@ from triton.compiler import ASTSource
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from . import native
-from ._common import NORMS
-from .pgd_step import _pgd_step_multi_tile_kernel, _pgd_step_single_tile_kernel, pgd_step
-from .random_start import random_start
-from .tiles import MAX_SINGLE_TILE
+from ratio_fast.ops import native
+from ratio_fast.ops._common import NORMS
+from ratio_fast.ops.pgd_step import _pgd_step_multi_tile_kernel, _pgd_step_single_tile_kernel, pgd_step
+from ratio_fast.ops.random_start import random_start
+from ratio_fast.ops.tiles import MAX_SINGLE_TILE
 
-TABLE_PATH = Path(__file__).resolve().parents[2] / "bench" / "results" / "triton-kernels-sm90-sm80.md"
+TABLE_PATH = Path(__file__).resolve().parent / "results" / "triton-kernels-sm90-sm80.md"
 
 # Elements per sample the launchers are driven with: CIFAR's 3x32x32 (the project's images), the
 # largest sample kept in one tile (most elements per thread on the single-tile path), and
@@ -280,7 +280,7 @@ def render(variants: list[list[str]], tuning: list[list[str]]) -> str:
     return f"""# Triton kernels compiled for sm_90 and sm_80
 
 Every variant the launchers of `ratio_fast/ops` produce, compiled ahead of time without a GPU by
-`python -m ratio_fast.ops.aot --write` (triton {triton.__version__} and its bundled ptxas; register
+`python3 bench/kernels_aot.py --write` (triton {triton.__version__} and its bundled ptxas; register
 counts can change with the triton version). tests/test_kernels_aot.py checks that the variants
 are current, that none spills and that none has a float min/max that drops NaN (PTX `min`/`max`
 without `.NaN`, on either target). Blocks/SM: resident blocks per SM that the registers (65536
@@ -322,12 +322,12 @@ def check(committed: str, fresh: list[list[str]]) -> list[str]:
     new = [" | ".join(row[:width]) for row in fresh]
     if old != new:
         problems.append("variants differ from the committed table (regenerate it with "
-                        "`python -m ratio_fast.ops.aot --write`):\n" + "\n".join(difflib.unified_diff(old, new, lineterm="")))
+                        "`python3 bench/kernels_aot.py --write`):\n" + "\n".join(difflib.unified_diff(old, new, lineterm="")))
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ratio_fast.ops.aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 bench/kernels_aot.py", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help=f"regenerate {TABLE_PATH.name}")
     mode.add_argument("--check", action="store_true", help=f"compare a fresh compile with {TABLE_PATH.name}")

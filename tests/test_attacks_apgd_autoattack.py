@@ -16,8 +16,8 @@ import pytest
 import torch
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-from ratio_fast.apgd import apgd_run, random_start_point
-from ratio_fast.losses import dlr, targeted_dlr
+from ratio_fast.attacks.apgd import apgd_run, random_start_point
+from ratio_fast.attacks.objectives import dlr, targeted_dlr
 from conftest import Recording
 
 EPS = 1.0

@@ -7,11 +7,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
+from ..config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
                      value_type)
-from .cli_format import ArgumentParser, HelpFormatter
-from .errors import Note, TrainingStopped, UserError
-from .eval_cli import add_counterfactuals, add_eval, add_export
+from .parser import ArgumentParser, HelpFormatter
+from ..errors import Note, TrainingStopped, UserError
+from .checkpoint_commands import add_counterfactuals, add_eval, add_export
 
 TRAIN_SETTINGS = frozenset(field.name for field in dataclasses.fields(TrainConfig))
 
@@ -97,7 +97,7 @@ def _add_settings(p, group: str, d: TrainConfig, g=None):
 
 
 def _run_train(args) -> int:
-    from .checkpoint import CHECKPOINT, load_checkpoint
+    from ..training.checkpoint import CHECKPOINT, load_checkpoint
     from .run import Run  # torch and the data stack load only when a command runs
 
     settings = {name: value for name, value in vars(args).items() if name in TRAIN_SETTINGS}

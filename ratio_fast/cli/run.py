@@ -27,21 +27,21 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .attacks import L2PGD
-from .checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
-from .choices import LOADERS
-from .config import TrainConfig, resume_differences
-from .data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
-from .datasets import get_dataset
-from .distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
+from ..attacks.pgd import L2PGD
+from ..training.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
+from ..choices import LOADERS
+from ..config import TrainConfig, resume_differences
+from ..data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
+from ..datasets import get_dataset
+from ..training.distributed import (DistContext, all_reduce_mean, context_from_env, convert_sync_batchnorm,
                           init_process_group, resolve_device, shutdown)
-from .errors import TrainingStopped, UserError
-from .files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
-from .evaluate import clean_accuracy, robust_accuracy
-from .models import create_model
-from .progress import Progress
-from .stop import StopRequest
-from .train import RatioTrainer, wants_channels_last
+from ..errors import TrainingStopped, UserError
+from ..files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
+from ..evaluation.evaluate import clean_accuracy, robust_accuracy
+from ..models import create_model
+from ..progress import Progress
+from ..training.stop import StopRequest
+from ..training.trainer import RatioTrainer, wants_channels_last
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -69,7 +69,7 @@ class Run:
             raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                             "in Triton's interpreter on the CPU)")
         if cfg.backend == "native":  # a missing build fails now, in one line, not at the first step
-            from .ops.native import load_library
+            from ..ops.native import load_library
 
             load_library("cuda" if self.device.type == "cuda" else "cpu")
         # One writer per run directory (rank 0 writes everything), held until fit() ends.

@@ -9,8 +9,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import TrainConfig, upgrade_legacy_settings, value_type
-from .errors import UserError
+from ..config import TrainConfig, upgrade_legacy_settings, value_type
+from ..errors import UserError
 
 # Field type (as written in config.py, without "| None") -> JSON types accepted for it; null
 # is accepted too where the field may be None.

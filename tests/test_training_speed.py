@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from ratio_fast import L2PGD, RatioTrainer, TrainConfig, create_model
-from ratio_fast.attack_schedule import run_attacks
-from ratio_fast.attacks import joint_l2_pgd
-from ratio_fast.cli import build_parser
+from ratio_fast.attacks.schedule import run_attacks
+from ratio_fast.attacks.pgd import joint_l2_pgd
+from ratio_fast.cli.main import build_parser
 from ratio_fast.errors import UserError
 from ratio_fast.models import MODEL_NAMES, Fp32Conv2d, keep_first_conv_fp32
 from ratio_fast.models.precision import first_conv
-from ratio_fast.speed import resolve_speed
+from ratio_fast.training.speed import resolve_speed
 
 
 def argmin_pgd(eps, steps, objective):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ratio_fast import L2PGD
-from ratio_fast.apgd import APGD, APGDTargeted, apgd_run, checkpoints
-from ratio_fast.losses import cross_entropy, dlr, max_log_confidence, targeted_dlr
+from ratio_fast.attacks.apgd import APGD, APGDTargeted, apgd_run, checkpoints
+from ratio_fast.attacks.objectives import cross_entropy, dlr, max_log_confidence, targeted_dlr
 from conftest import Recording
 
 
