@@ -1,7 +1,7 @@
 """The Triton kernels compiled ahead of time for Hopper (sm_90) and Ampere (sm_80), without a GPU.
 
 The variants are the launches the ops make, not a list kept here: `launch_requests` runs the
-public ops on CPU tensors in every norm (`_common.NORMS`), for every gradient dtype the kernels
+public ops on CPU tensors in every norm (`ratio_fast.ops.NORMS`), for every gradient dtype the kernels
 take (`native.DTYPE_CODES`), with and without a velocity buffer, on the SAMPLE_SIZES below. A stand-in driver names the target and
 Triton's JIT cache hook records each compile request (argument types and their specialization,
 constexprs, options such as num_warps) and skips the launch, so each request is what the JIT
@@ -37,7 +37,7 @@ from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
 from ratio_fast.ops import native
-from ratio_fast.ops._common import NORMS
+from ratio_fast.ops import NORMS
 from ratio_fast.ops.pgd_step import _pgd_step_multi_tile_kernel, _pgd_step_single_tile_kernel, pgd_step
 from ratio_fast.ops.random_start import random_start
 from ratio_fast.ops.tiles import MAX_SINGLE_TILE

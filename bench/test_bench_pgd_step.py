@@ -26,7 +26,7 @@ import torch
 
 from gpu_peaks import peak_for
 from ratio_fast.ops import native, pgd_step, pgd_step_ref
-from ratio_fast.ops._common import NORMS
+from ratio_fast.ops import NORMS
 
 CPU_BATCHES = [32, 128]
 GPU_BATCHES = [128, 512, 2048]

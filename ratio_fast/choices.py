@@ -1,13 +1,16 @@
 """The user-facing choices, one table each: every value a flag takes, as a row with its name, its
 one-line help and the facts the code branches on.
 
-Plain Python, no torch or numpy, importing nothing of the machinery: config.py builds flags,
-help and checks from these tables, and the machinery looks the facts up in a row instead of
-comparing names. A table is a dict of frozen dataclass rows keyed by name, as `datasets.py` holds
-the data sets. Where code stands behind each row (a class per loader kind), the module holding
-that code keeps a builder table and calls `check_builders` at import, so a row without code, or
-code without a row, fails at once. Later choices (modes, attacks, schedules, backends, AMP types,
-architectures, OOD sets, norms) are tables of the same pattern in this module.
+Plain Python, no torch or numpy, importing nothing (not even of this package): config.py
+builds flags, help and checks from these tables, and the machinery looks the facts up in a row
+instead of comparing names. A table is a dict of frozen dataclass rows keyed by name, as `datasets.py` holds the data sets. Where code
+stands behind each row (a class per loader kind, a builder per attack), the module holding that
+code keeps a builder table and calls `check_builders` at import, so a row without code, or code
+without a row, fails at once.
+
+The tables follow the flow of a run: data (--augment, --loader), models (--arch), the threat
+model (norms), attacks (train --attack, eval --attacks), training (--mode, --attack-schedule,
+--amp-dtype, --backend), evaluation (--weights, the built-in --ood sets).
 """
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ def table(*rows) -> dict:
 def choices_help(rows: dict) -> str:
     """'a: help of a; b: help of b': the part of a flag's help that lists its values."""
     return "; ".join(f"{name}: {row.help}" for name, row in rows.items())
+
+
+def rows_where(rows: dict, **facts) -> dict:
+    """The rows whose attributes have the given values, in table order: a table of its own."""
+    return {name: row for name, row in rows.items() if all(getattr(row, k) == v for k, v in facts.items())}
 
 
 def check_builders(builders: dict, names: Iterable[str], where: str) -> None:
@@ -101,3 +109,228 @@ def same_batches(loader: str, other: str, augment: str) -> bool:
     --augment `augment`: they are the same, or both give the reference batches."""
     augmentation = AUGMENTATIONS[augment]
     return loader == other or all(LOADERS[name].gives_reference_batches(augmentation) for name in (loader, other))
+
+
+# ---- --arch ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """An --arch value; models/ builds it (its builder table is checked against these rows)."""
+
+    name: str
+    help: str
+
+
+ARCHITECTURES: dict[str, Architecture] = table(
+    Architecture("wrn34", "WideResNet-34-10, pre-activation (the authors')"),
+    Architecture("wrn28", "WideResNet-28-10"),
+    Architecture("resnet18", "ResNet-18"),
+    Architecture("resnet50", "ResNet-50"),
+    Architecture("tiny", "a small network for tests and the CPU demo"),
+)
+
+
+# ---- threat models --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A threat model: the set the perturbation delta of an attack stays in (and x + delta in [0, 1]).
+    ops/ holds each norm's fused step and random start."""
+
+    name: str
+    help: str
+    title: str  # in tables and logs
+
+
+NORMS: dict[str, Norm] = table(
+    Norm("l2", "the L2 ball ||delta||_2 <= eps", "L2"),
+    Norm("linf", "the L-infinity box |delta_j| <= eps for every pixel", "L-infinity"),
+)
+
+
+# ---- train --attack, eval --attacks ---------------------------------------------------------
+
+TRAIN = "train"  # a command that offers attacks by name
+EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class Attack:
+    """An attack by name. `train --attack` names the attack of both distributions (its builder:
+    attacks/named.py), `eval --attacks` the attacks of the robust accuracy, run in order on the
+    points still robust (their builders: evaluation/evaluate.py)."""
+
+    name: str
+    help: str
+    command: str  # TRAIN or EVAL: the command whose flag offers it
+    shares_batch: bool = False  # the in- and out-distribution attacks can run as one concatenated batch
+    targeted: bool = False  # attacks each image once per target class (eval --targets of them)
+
+
+ATTACKS: dict[str, Attack] = table(
+    Attack("pgd", "the authors' ArgminPGD", TRAIN, shares_batch=True),
+    Attack("apgd", "APGD (step-size schedule, stronger, same cost)", TRAIN),
+    Attack("apgd-ce", "APGD on cross-entropy", EVAL),
+    Attack("apgd-t", "APGD, targeted DLR", EVAL, targeted=True),
+)
+TRAINING_ATTACKS = rows_where(ATTACKS, command=TRAIN)
+EVAL_ATTACKS = rows_where(ATTACKS, command=EVAL)
+
+
+# ---- --mode ---------------------------------------------------------------------------------
+
+CLEAN = "clean"  # a loss term's images as the loader gives them
+ADVERSARIAL = "adversarial"  # a loss term's images after the attack that maximizes its objective
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A --mode value, a training type: which images each term of the loss sees and its weight.
+
+    loss = in_weight * mean in_objective(f(x or x_adv), y) + out_weight * lam * mean out_objective(f(z or z_adv)),
+    in ONE train-mode forward of the joined batch. An ADVERSARIAL term's images come from the
+    --attack that maximizes the same objective within the term's radius (--eps-in, --eps-out).
+    The objectives are names of attacks/objectives.py's OBJECTIVES.
+    """
+
+    name: str
+    help: str
+    in_images: str  # CLEAN or ADVERSARIAL
+    out_images: str | None  # CLEAN, ADVERSARIAL, or None: no out-distribution data at all
+    in_weight: float
+    out_weight: float = 0.0  # times --lam
+    in_objective: str = "ce"
+    out_objective: str = "kl_uniform"  # KL(U || p): the out-distribution term pulls p to uniform
+
+    @property
+    def attacks_in(self) -> bool:
+        return self.in_images == ADVERSARIAL
+
+    @property
+    def attacks_out(self) -> bool:
+        return self.out_images == ADVERSARIAL
+
+    @property
+    def uses_out_data(self) -> bool:
+        return self.out_images is not None
+
+
+MODES: dict[str, Mode] = table(
+    Mode("ratio", "in- and out-distribution attacks", ADVERSARIAL, ADVERSARIAL, in_weight=0.5, out_weight=0.5),
+    Mode("at", "in-distribution only", ADVERSARIAL, None, in_weight=1.0),
+    Mode("plain", "no attacks", CLEAN, None, in_weight=1.0),
+)
+
+
+# ---- --attack-schedule ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An --attack-schedule value: how a step's in- and out-distribution attacks share the device.
+    All compute the same adversarial examples (one batch up to the rounding of a larger batch).
+    attacks/schedule.py runs each; training/attack_phase.py measures `auto`'s candidates."""
+
+    name: str
+    help: str
+    picks: bool = False  # auto: not a schedule, the measured choice between the candidates
+    candidate: bool = False  # auto measures it
+    concurrent: bool = False  # two CUDA streams at once; one stream (a CPU) runs it as SEQUENTIAL
+    one_batch: bool = False  # one concatenated batch: only for attacks whose row shares_batch
+
+
+SEQUENTIAL = "sequential"  # the schedule of one stream, and of auto without a GPU to measure on
+SCHEDULES: dict[str, Schedule] = table(
+    Schedule("auto", "measured once per GPU and setting, then cached", picks=True),
+    Schedule(SEQUENTIAL, "one after the other (the authors' order)"),
+    Schedule("streams", "on two CUDA streams at once", candidate=True, concurrent=True),
+    Schedule("concat", "as one concatenated batch", candidate=True, one_batch=True),
+)
+SCHEDULE_KINDS = tuple(name for name, row in SCHEDULES.items() if not row.picks)
+
+
+def schedule_candidates(attack: str) -> tuple[str, ...]:
+    """The schedules `auto` chooses among for --attack `attack`."""
+    return tuple(name for name, row in SCHEDULES.items()
+                 if row.candidate and (ATTACKS[attack].shares_batch or not row.one_batch))
+
+
+# ---- --amp-dtype ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AmpType:
+    """An --amp-dtype value (training/speed.py holds the torch dtype of each)."""
+
+    name: str
+    help: str
+    grad_scaler: bool  # its narrow exponent underflows small gradients: the loss is scaled
+    advice: str  # what to try when the steps keep diverging
+
+
+AMP_TYPES: dict[str, AmpType] = table(
+    AmpType("bf16", "bfloat16, fp32's exponent range", grad_scaler=False, advice="lower --lr, or try --no-amp"),
+    AmpType("fp16", "float16, with a gradient scaler", grad_scaler=True,
+            advice="lower --lr, or use --amp-dtype bf16 (fp16 overflows sooner)"),
+)
+
+
+# ---- --backend ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A --backend value: which implementation runs the fused attack ops (ops/)."""
+
+    name: str
+    help: str
+    picks: bool = False  # auto: not a backend, the choice of one by the tensors' device
+
+
+BACKENDS: dict[str, Backend] = table(
+    Backend("auto", "Triton on CUDA, torch on CPU", picks=True),
+    Backend("triton", "the Triton kernels"),
+    Backend("native", "the C++/OpenMP or CUDA kernels of kernels/, built by pip install"),
+    Backend("torch", "the plain-torch reference"),
+)
+
+
+# ---- --weights ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A --weights value: which of a checkpoint's weights eval, counterfactuals and export take."""
+
+    name: str
+    help: str
+    title: str  # what the evaluation table calls them
+
+
+WEIGHTS: dict[str, Weights] = table(
+    Weights("ema", "the exponential moving average of training (the authors')", "EMA weights"),
+    Weights("model", "the raw model's", "raw model weights (not the EMA)"),
+)
+
+
+# ---- eval --ood -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OodSet:
+    """A named --ood set besides the data sets (evaluation/ood_sets.py makes or reads each)."""
+
+    name: str
+    help: str
+    default: bool  # among eval's default sets
+    file: str | None = None  # read from this file in --data-dir; None: generated, nothing to download
+
+
+OOD_SETS: dict[str, OodSet] = table(
+    OodSet("uniform-noise", "uniform noise", default=True),
+    OodSet("smooth-noise", "blurred noise stretched to [0,1]", default=True),
+    OodSet("permuted-pixels", "test images with shuffled pixels", default=True),
+    OodSet("svhn", "SVHN's test split", default=False, file="test_32x32.mat"),
+)

@@ -1,33 +1,39 @@
-"""Training configuration: one flat dataclass, saved as JSON in the run directory and the checkpoint.
+"""The settings of every command, each declared once by `setting(...)`: its default, the help and
+--help group of its flag (cli/ generates each subcommand's flags from the declarations), and the
+values it may take (`check_settings`, whenever a config is made).
 
-Each setting is declared once, by `setting(...)`: its default, the help and --help group of its
-`train` flag (cli.py generates the flags from them), and the values it may take (`validate`).
-
-Defaults are the authors' CIFAR-10 RATIO settings (WRN-34-10, eps 0.5 in / 1.0 out, ArgminPGD
+TrainConfig (`ratio-fast train`) is saved as JSON in the run directory and the checkpoint. Its
+defaults are the authors' CIFAR-10 RATIO settings (WRN-34-10, eps 0.5 in / 1.0 out, ArgminPGD
 with 10 / 20 steps of 0.1, lambda 1, SGD-Nesterov 0.1 with cosine decay, EMA 0.999).
+EvalConfig, CounterfactualsConfig and ExportConfig are the settings of the commands that take a
+trained checkpoint, with the authors' evaluation as defaults (APGD at the run's radius on all
+test images; counterfactuals at radii 0.5 ... 3.0 with 500 APGD steps).
+
+This module stands on the ground floor: it imports the tables of choices.py and datasets.py,
+validation and errors, nothing of the machinery.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 
-from .attacks.schedule import SCHEDULES
-from .attacks.pgd import MOMENTUM_RANGE
-from .choices import AUGMENTATIONS, LOADERS, choices_help, same_batches
-from .datasets import DATASETS, get_dataset
+from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, EVAL_ATTACKS, LOADERS, MODES, OOD_SETS,
+                      SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help, same_batches)
+from .datasets import CIFAR_NAMES, DATASETS, get_dataset
 from .errors import UserError
-from .models import check_model_name
-from .ops._common import BACKENDS
-from .training.speed import AMP_DTYPES
-from .validation import SEED_RANGE, check_number
+from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
 
-# The groups of `ratio-fast train --help`, in their order there.
+# The groups of each subcommand's --help, in their order there. OPTIONS: the subcommand's own
+# options, before any group.
+OPTIONS = ""
 DATA = "data"
 MODEL = "model and optimization"
 ATTACKS = "attacks (L2, ArgminPGD: momentum on the L1-normalized gradient, best iterate)"
 SPEED = "speed and hardware"
 RUN = "run"
 MULTI_GPU = "multi-GPU (launch with torchrun --nproc_per_node=N -m ratio_fast.cli train ...)"
+ROBUST = "robust accuracy (L2)"
+OOD = "out-of-distribution detection (max softmax confidence)"
 
 # What a resumed run may change: how long it runs, how often it saves and evaluates, where its
 # data lies, and the speed switches that keep the math. Anything else would silently train
@@ -51,50 +57,106 @@ PER_INVOCATION = frozenset({"max_steps"})
 _DATASET_NAMES = [f"{name}{'' if data.files else ' (built in, offline)'}" for name, data in DATASETS.items()]
 _DATASET_NAMES = ", ".join(_DATASET_NAMES[:-1]) + " or " + _DATASET_NAMES[-1]  # "a, b or c"
 _DEFAULT_OUT_DATA = ", ".join(f"{data.out_data} for {name}" for name, data in DATASETS.items())
+# The help of eval --ood, from the tables of OOD sets and data sets.
+_OOD_NAMED = "; ".join(f"{name}: {row.help}" + (f" (<data-dir>/{row.file}, or the path of a .mat file)" if row.file
+                                                   else "") for name, row in OOD_SETS.items())
+_OOD_DATA_SETS = "; ".join([f"{', '.join(CIFAR_NAMES)}: the test split"] + [
+    f"{name}: its generated out-distribution" for name, row in DATASETS.items() if row.files is None])
+_OOD_DEFAULT = (", ".join(f"{'+'.join(row.ood_sets)} for {name}" for name, row in DATASETS.items()) + "; then "
+                + ", ".join(name for name, row in OOD_SETS.items() if row.default))
 
 
 def flag_name(field: str) -> str:
-    """The command-line flag of a TrainConfig field: eps_in -> --eps-in."""
+    """The command-line flag of a setting: eps_in -> --eps-in."""
     return "--" + field.replace("_", "-")
 
 
 @dataclass(frozen=True)
 class SettingInfo:
-    """What a TrainConfig field is besides its type and default: its flag's help and --help group,
-    the values it may take (`choices`, or `bounds` for check_number: at_least, above, below)."""
+    """What a setting is besides its type and default: its flag's help and --help group, the values
+    it may take (`choices`; `bounds` for check_number: at_least, at_most, above, below; for a list
+    setting, each of its values)."""
 
     help: str
     group: str
     choices: tuple[str, ...] | None = None
+    # With choices: an unknown value is "--flag: unknown <noun> 'x'; choose one of ..." in one line
+    # (on the command line too); without a noun argparse refuses it with its usage text.
+    noun: str | None = None
     bounds: dict = dataclasses.field(default_factory=dict)
     metavar: str | None = None
     has_flag: bool = True  # False: set only by --config FILE or the API
     negatable: bool = True  # a bool's flag comes with --no-<flag>; False: a plain on switch
 
 
-def setting(default, group: str, help: str, *, choices=None, metavar=None, has_flag=True, negatable=True,
-            **bounds) -> dataclasses.Field:
-    """A TrainConfig field declared once: its default and its SettingInfo (read back by `about`)."""
-    info = SettingInfo(help, group, choices, bounds, metavar, has_flag, negatable)
+def setting(default, group: str, help: str, *, choices=None, noun=None, metavar=None, has_flag=True,
+            negatable=True, **bounds) -> dataclasses.Field:
+    """A setting declared once: its default and its SettingInfo (read back by `about`)."""
+    info = SettingInfo(help, group, choices, noun, bounds, metavar, has_flag, negatable)
     if isinstance(default, list):
         return dataclasses.field(default_factory=default.copy, metadata={"info": info})
     return dataclasses.field(default=default, metadata={"info": info})
 
 
 def about(field: dataclasses.Field) -> SettingInfo:
-    """The SettingInfo `setting` declared for a TrainConfig field."""
+    """The SettingInfo `setting` declared for a field."""
     return field.metadata["info"]
 
 
 def value_type(field: dataclasses.Field) -> tuple[str, bool]:
-    """(the field's type as written, e.g. 'int', and whether None (not set) is allowed)."""
+    """(the field's type as written, e.g. 'int' or 'tuple[float, ...]', and whether None (not set) is allowed)."""
     written = str(field.type)
     return written.removesuffix(" | None"), written.endswith(" | None")
 
 
+def item_type(kind: str) -> str:
+    """The type of each value of a list setting ('tuple[int, ...]' -> 'int'); another type as it is."""
+    return kind.removeprefix("tuple[").removesuffix(", ...]")
+
+
+def check_settings(config) -> None:
+    """Raise UserError naming the flag for any value outside its declaration: every number finite
+    and within its bounds (a NaN radius passes every "< 0" test and then never projects; an
+    infinite weight makes every step non-finite), every name among its choices."""
+    for field in dataclasses.fields(config):
+        info, value, flag = about(field), getattr(config, field.name), flag_name(field.name)
+        kind, may_be_unset = value_type(field)
+        if value is None and may_be_unset:
+            continue
+        is_list = kind.startswith("tuple[")
+        if is_list and not isinstance(value, (tuple, list)):
+            raise UserError(f"{flag} must be a list of {item_type(kind)} values, got {value!r}")
+        for item in value if is_list else (value,):
+            if item_type(kind) in ("int", "float"):
+                check_number(flag, item, integer=item_type(kind) == "int", **info.bounds)
+            if info.choices is not None and info.noun is not None:
+                lookup(dict.fromkeys(info.choices), item, flag, info.noun)
+            elif info.choices is not None and item not in info.choices:
+                raise UserError(f"{flag} must be one of {', '.join(info.choices)}, got {item!r}")
+
+
+# Settings of several commands, each declared once here.
+
+def device_setting(group: str) -> dataclasses.Field:
+    return setting("auto", group, "auto, cpu, cuda or cuda:N")
+
+
+def backend_setting(group: str) -> dataclasses.Field:
+    return setting("auto", group, "fused attack step. " + choices_help(BACKENDS), choices=tuple(BACKENDS))
+
+
+def weights_setting() -> dataclasses.Field:
+    return setting("ema", OPTIONS, "the checkpoint's weights. " + choices_help(WEIGHTS), choices=tuple(WEIGHTS))
+
+
+def run_data_dir_setting() -> dataclasses.Field:
+    return setting(None, OPTIONS, "where the data sets are (default: the training run's --data-dir)")
+
+
 @dataclass
 class TrainConfig:
-    dataset: str = setting("cifar10", DATA, "in-distribution: " + _DATASET_NAMES)
+    dataset: str = setting("cifar10", DATA, "in-distribution: " + _DATASET_NAMES, choices=tuple(DATASETS),
+                           noun="data set")
     data_dir: str = setting("data", DATA, "where the CIFAR python-pickle folders are (or get downloaded)")
     out_data: str | None = setting(  # None: the default for `dataset`
         None, DATA, "out-distribution: a .npy of (N,32,32,3) uint8 images (e.g. 300K random images), the 80M Tiny "
@@ -112,9 +174,9 @@ class TrainConfig:
     augment: str = setting("autoaugment_cutout", DATA, "of both batches. " + choices_help(AUGMENTATIONS),
                            choices=tuple(AUGMENTATIONS))
 
-    arch: str = setting("wrn34", MODEL, "wrn34, wrn28, resnet18, resnet50 or tiny")  # checked by check_model_name
-    mode: str = setting("ratio", MODEL, "ratio: in- and out-distribution attacks; at: in-distribution only; plain: "
-                        "no attacks", choices=("ratio", "at", "plain"))
+    arch: str = setting("wrn34", MODEL, choices_help(ARCHITECTURES), choices=tuple(ARCHITECTURES),
+                        noun="architecture")
+    mode: str = setting("ratio", MODEL, choices_help(MODES), choices=tuple(MODES))
     epochs: int = setting(300, MODEL, "passes over the training set (the cosine schedule's length)", at_least=1)
     max_steps: int | None = setting(None, MODEL, "stop after this many optimizer steps in total (a limit of this "
                                     "invocation: --resume does not inherit it)", at_least=1)
@@ -127,8 +189,7 @@ class TrainConfig:
     seed: int = setting(0, MODEL, "data order, augmentation, initialization and attack starts (0 to 2**63-1)",
                         **SEED_RANGE)
 
-    attack: str = setting("pgd", ATTACKS, "pgd: the authors' ArgminPGD; apgd: APGD (step-size schedule, stronger, "
-                          "same cost)", choices=("pgd", "apgd"))
+    attack: str = setting("pgd", ATTACKS, choices_help(TRAINING_ATTACKS), choices=tuple(TRAINING_ATTACKS))
     eps_in: float = setting(0.5, ATTACKS, "L2 radius of the in-distribution attack", at_least=0)
     eps_out: float = setting(1.0, ATTACKS, "L2 radius of the out-distribution attack", at_least=0)
     steps_in: int = setting(10, ATTACKS, "in-distribution attack steps", at_least=0)
@@ -140,17 +201,13 @@ class TrainConfig:
     lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
 
     # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.
-    device: str = setting("auto", SPEED, "auto, cpu, cuda or cuda:N")
+    device: str = device_setting(SPEED)
     amp: bool | None = setting(None, SPEED, "mixed precision, perturbations stay fp32")
-    amp_dtype: str = setting("bf16", SPEED, "autocast type under --amp (fp16 adds a gradient scaler)",
-                             choices=tuple(AMP_DTYPES))
+    amp_dtype: str = setting("bf16", SPEED, "autocast type under --amp. " + choices_help(AMP_TYPES),
+                             choices=tuple(AMP_TYPES))
     channels_last: bool | None = setting(None, SPEED, "channels_last memory format")
-    # How the in- and out-distribution attacks share the GPU: one after the other, concurrently on
-    # two CUDA streams, or as one concatenated batch; auto: whichever measures faster (CUDA only).
-    attack_schedule: str = setting(
-        "auto", SPEED, "in- and out-distribution attacks one after the other, on two CUDA streams, or as one "
-        "concatenated batch; auto: measured once per GPU and setting, then cached",
-        choices=("auto", *SCHEDULES))
+    attack_schedule: str = setting("auto", SPEED, "how the in- and out-distribution attacks share the device. "
+                                   + choices_help(SCHEDULES), choices=tuple(SCHEDULES))
     cuda_graphs: bool | None = setting(None, SPEED, "replay the attacks from a CUDA graph")
     compile: bool | None = setting(None, SPEED, "torch.compile the model")
     fp32_first_conv: bool = setting(True, SPEED, "under --amp, keep the first convolution in fp32 (small "
@@ -158,9 +215,7 @@ class TrainConfig:
     input_grad_only: bool = setting(True, SPEED, "attacks freeze the weights, so a compiled backward computes no "
                                     "weight gradients (eager autograd.grad(loss, x) skips them anyway)")
     fused_optimizer: bool = setting(True, SPEED, "SGD's fused single-kernel update")
-    backend: str = setting("auto", SPEED, "fused PGD step: auto (Triton on CUDA, torch on CPU), triton, native "
-                           "(kernels/, C++/OpenMP or CUDA, built by pip install), or the plain-torch reference",
-                           choices=BACKENDS)
+    backend: str = backend_setting(SPEED)
 
     eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
@@ -175,16 +230,7 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
-        check_model_name(self.arch)
-        # Each number must also be finite (check_number): a NaN radius passes every "< 0" test and
-        # then never projects; an infinite weight makes every step non-finite.
-        for field in dataclasses.fields(self):
-            info, value, flag = about(field), getattr(self, field.name), flag_name(field.name)
-            kind, may_be_unset = value_type(field)
-            if kind in ("int", "float") and not (value is None and may_be_unset):
-                check_number(flag, value, integer=kind == "int", **info.bounds)
-            if info.choices is not None and value not in info.choices:
-                raise UserError(f"{flag} must be one of {', '.join(info.choices)}, got {value!r}")
+        check_settings(self)
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
         return self
@@ -201,6 +247,88 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in upgrade_legacy_settings(values, "checkpoint settings").items() if k in known})
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What `ratio-fast eval` measures and how (evaluation.evaluate.evaluate_model reads it); the
+    defaults are the authors' evaluation: APGD-CE and APGD-T at the run's radius, all test images."""
+
+    weights: str = weights_setting()
+    data_dir: str | None = run_data_dir_setting()
+    device: str = device_setting(OPTIONS)
+    backend: str = backend_setting(OPTIONS)
+
+    eps: float | None = setting(None, ROBUST, "attack radius (default: the run's --eps-in)", at_least=0)
+    attacks: tuple[str, ...] = setting(tuple(EVAL_ATTACKS), ROBUST, "comma list, run in this order, each on the "
+                                       f"points still robust. {choices_help(EVAL_ATTACKS)}; or none",
+                                       choices=tuple(EVAL_ATTACKS), noun="attack")
+    steps: int = setting(100, ROBUST, "APGD steps per attack (per target class for a targeted one)", at_least=1)
+    targets: int = setting(9, ROBUST, "target classes of a targeted attack, most likely first (at most the "
+                           "model's classes but one)", at_least=1)
+    autoattack: bool = setting(False, ROBUST, "also AutoAttack's standard L2 version, run by its package (pip "
+                               'install "ratio-fast[eval]")', negatable=False)
+    robust_samples: int = setting(0, ROBUST, "first test images under attack (0: all, the authors' protocol; fewer "
+                                  "get a 95% CI)", at_least=0)
+
+    ood: tuple[str, ...] | None = setting(None, OOD, f"comma list of out-distribution sets. {_OOD_NAMED}; "
+                                          f"{_OOD_DATA_SETS}; .npy files, image directories; none to skip (default: "
+                                          f"{_OOD_DEFAULT}; minus the run's training out-distribution)")
+    ood_samples: int = setting(1000, OOD, "images per out-distribution set (0: all)", at_least=0)
+    skip_bad_images: bool = setting(False, OOD, "leave out the images of --ood folders that cannot be decoded "
+                                    "(counted in a note) instead of stopping", negatable=False)
+    ood_eps: float = setting(1.0, OOD, "radius of the worst-case attack (maximizes confidence)", at_least=0)
+    ood_steps: int = setting(100, OOD, "APGD steps of the worst-case attack (0: skip it)", at_least=0)
+
+    samples: int = setting(0, RUN, "test images for clean accuracy and OOD (0: all)", at_least=0)
+    batch_size: int = setting(256, RUN, "images per forward; attacks run in pieces of this size", at_least=1)
+    seed: int = setting(0, RUN, "seeds the attacks' random starts (0 to 2**63-1)", **SEED_RANGE)
+    cuda_graphs: bool | None = setting(None, RUN, "replay the attack calls from CUDA graphs")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> "EvalConfig":
+        check_settings(self)
+        if len(set(self.attacks)) < len(self.attacks):
+            raise UserError(f"--attacks: {','.join(self.attacks)} names an attack twice")
+        return self
+
+    def radius(self, run: TrainConfig | None = None) -> float:
+        """--eps, else the radius the model was trained at: `run`'s --eps-in (without a run, its default)."""
+        if self.eps is not None:
+            return self.eps
+        return run.eps_in if run is not None else TrainConfig.eps_in
+
+
+@dataclass(frozen=True)
+class CounterfactualsConfig:
+    """What `ratio-fast counterfactuals` draws, the authors' radii and APGD steps by default
+    (evaluation/counterfactuals.py takes its defaults from here)."""
+
+    weights: str = weights_setting()
+    images: tuple[int, ...] = setting(tuple(range(8)), OPTIONS, "comma list of test-set indices")
+    target: int | None = setting(None, OPTIONS, "target class for every image (default: per image, the most likely "
+                                 "class but its own)")
+    radii: tuple[float, ...] = setting((0.5, 1.0, 1.5, 2.0, 2.5, 3.0), OPTIONS, "comma list of L2 radii", above=0)
+    steps: int = setting(500, OPTIONS, "APGD steps per radius", at_least=1)
+    batch_size: int = setting(256, OPTIONS, "images x radii per attack batch", at_least=1)
+    data_dir: str | None = run_data_dir_setting()
+    device: str = device_setting(OPTIONS)
+    backend: str = backend_setting(OPTIONS)
+
+    def __post_init__(self):
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `ratio-fast export` writes (evaluation/export.py takes its default from here)."""
+
+    weights: str = weights_setting()
+
+    def __post_init__(self):
+        check_settings(self)
 
 
 def upgrade_legacy_settings(values: dict, where: str) -> dict:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .validation import lookup
 
 IMAGE_SHAPE = (32, 32, 3)  # every image the package reads or makes: uint8, height x width x RGB (HWC)
 IMAGE_HW = IMAGE_SHAPE[:2]
@@ -109,9 +109,7 @@ CIFAR_NAMES = tuple(name for name, data in DATASETS.items() if data.files is not
 
 def get_dataset(name: str) -> DataSet:
     """The row of `--dataset name`; a UserError naming the choices for any other name."""
-    if name not in DATASETS:
-        raise UserError(f"--dataset: unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+    return lookup(DATASETS, name, "--dataset", "data set")
 
 
 def names_a_path(spec: str) -> bool:

@@ -67,12 +67,21 @@ def cache_dir() -> Path:
 
 @dataclass
 class Measured:
+    """What `fastest` found: the fastest candidate, each candidate's time, whether it was read from
+    the cache, and what was chosen (for `describe`)."""
+
     best: str
     timings_ms: dict[str, float] = field(default_factory=dict)  # per candidate
     cached: bool = False  # read from the cache rather than measured now
+    what: str = ""  # e.g. "attack schedule"
+
+    def describe(self) -> str:
+        """One log line: 'attack schedule: concat (measured: streams 500.0 ms, concat 100.0 ms)'."""
+        times = ", ".join(f"{name} {ms:.1f} ms" for name, ms in self.timings_ms.items())
+        return f"{self.what}: {self.best} ({'cached' if self.cached else 'measured'}: {times})"
 
 
-def fastest(key: str, measure: Callable[[str], float], candidates, cache_path: str | Path) -> Measured:
+def fastest(key: str, measure: Callable[[str], float], candidates, cache_path: str | Path, what: str = "") -> Measured:
     """The fastest candidate for `key`: from the cache, or measure(name) -> seconds for each, then cached.
 
     An unreadable cache is measured over and rewritten; it holds measurements, not settings.
@@ -81,12 +90,12 @@ def fastest(key: str, measure: Callable[[str], float], candidates, cache_path: s
     entries = _read_cache(path)
     entry = entries.get(key)
     if entry and entry.get("fastest") in candidates:
-        return Measured(entry["fastest"], dict(entry.get("timings_ms", {})), cached=True)
+        return Measured(entry["fastest"], dict(entry.get("timings_ms", {})), cached=True, what=what)
     timings_ms = {name: 1e3 * measure(name) for name in candidates}
     best = min(timings_ms, key=timings_ms.get)
     entries[key] = {"fastest": best, "timings_ms": timings_ms, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     _write_cache(path, entries)
-    return Measured(best, timings_ms, cached=False)
+    return Measured(best, timings_ms, cached=False, what=what)
 
 
 def _read_cache(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Number checks shared by the CLI, config files and the API objects, with one message format.
+"""Number and name checks shared by the CLI, config files and the API objects, with one message format.
 
 A radius, step size or weight that is NaN or infinite passes every `< 0` test and then trains
 nothing (a NaN radius never projects; an infinite weight skips every step), so each is checked
@@ -15,6 +15,16 @@ from .errors import UserError
 # Seeds (--seed of train and eval): what numpy's seed sequences and torch's generators both take,
 # with room for the per-rank offset. Larger or negative seeds are refused rather than wrapped.
 SEED_RANGE = {"at_least": 0, "at_most": 2**63 - 1}
+# ArgminPGD's momentum (--attack-momentum, L2PGD): above 1 the old gradients outgrow the new ones without bound.
+MOMENTUM_RANGE = {"at_least": 0, "at_most": 1}
+
+
+def lookup(rows: dict, name, flag: str, what: str):
+    """The row `name` of a table (choices.py, datasets.py); for any other name a UserError naming
+    the flag and the choices: "--arch: unknown architecture 'foo'; choose one of wrn34, ..."."""
+    if not isinstance(name, str) or name not in rows:
+        raise UserError(f"{flag}: unknown {what} {name!r}; choose one of {', '.join(rows)}")
+    return rows[name]
 
 
 def check_number(name: str, value, *, at_least: float | None = None, at_most: float | None = None,

@@ -17,7 +17,7 @@ import torch
 
 from ratio_fast.errors import UserError
 from ratio_fast.ops import native, pgd_step, pgd_step_ref, random_start, random_start_ref
-from ratio_fast.ops._common import NORMS
+from ratio_fast.ops import NORMS
 from conftest import no_host_sync
 from test_kernels_build import ROOT, cmake
 from test_ops import assert_close_to_oracle, make_inputs, pgd_oracle, require_backend

@@ -11,7 +11,7 @@ import torch
 from conftest import no_host_sync
 from ratio_fast.errors import UserError
 from ratio_fast.ops import interpreter, native, pgd_step, pgd_step_ref, random_start, random_start_ref, sample_ball
-from ratio_fast.ops._common import NORMS
+from ratio_fast.ops import NORMS
 
 ATOL = 2e-6
 # The radii make_inputs draws eps from (uniform in [0, scale)): in L2 the ball is active in some

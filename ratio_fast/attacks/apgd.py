@@ -42,7 +42,7 @@ from .pgd import attacking, check_attack_settings, check_images
 from .objectives import PerSampleLoss, resolve_objective, targeted_dlr
 from ..models import eval_mode
 from ..ops import pgd_step, sample_ball
-from ..ops._common import compute_dtype, per_sample, sample_layout
+from ..ops import compute_dtype, per_sample, sample_layout
 from ..validation import check_number
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)

@@ -26,15 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .objectives import PerSampleLoss, resolve_objective
-from ..models import eval_mode
-from ..ops import pgd_step, sample_ball
-from ..ops._common import per_sample
 from ..errors import UserError
-from ..validation import check_number
-
-# ArgminPGD's momentum: above 1 the old gradients outgrow the new ones without bound.
-MOMENTUM_RANGE = {"at_least": 0, "at_most": 1}
+from ..models import eval_mode
+from ..ops import per_sample, pgd_step, sample_ball
+from ..validation import MOMENTUM_RANGE, check_number
+from .objectives import PerSampleLoss, resolve_objective
 
 
 @dataclass

@@ -36,7 +36,7 @@ from ratio_fast.data.resident import DEVICE_RESIDENT_MAX_BYTES, ResidentLoader
 from ratio_fast.data.sources import ImageSource, as_source
 from ratio_fast.data.streaming import TorchLoader
 from ratio_fast.errors import UserError
-from ratio_fast.measure import Timer, cache_dir, device_timer, fastest, setting_key
+from ratio_fast.measure import Measured, Timer, cache_dir, device_timer, fastest, setting_key
 
 KIND_CLASSES: dict[str, type[Loader]] = {"gpu": ResidentLoader, "dali": DaliLoader, "torch": TorchLoader}
 check_builders(KIND_CLASSES, LOADER_KINDS, __name__)
@@ -58,12 +58,12 @@ def make_loader(choice: str, images: np.ndarray | torch.Tensor | ImageSource, la
 
 @dataclass
 class LoaderChoice:
-    """The loader kind to use, and what ``auto`` found: the rates it measured (now or in an
-    earlier run), the kinds it left out and why."""
+    """The loader kind to use, and what ``auto`` found: its measurement (now or in an earlier run),
+    the kinds it left out and why."""
 
     kind: str
-    images_per_s: dict[str, float] = field(default_factory=dict)  # per measured kind, on one rank
-    cached: bool = False  # read from the cache rather than measured now
+    measurement: Measured | None = None  # None: chosen without measuring (by name, or by rule)
+    batch: int = 0  # images per measured batch, on one rank
     cache_path: Path | None = None
     candidates: tuple[str, ...] = ()  # the kinds auto chose among; empty: --loader named the kind
     left_out: dict[str, str] = field(default_factory=dict)  # kind -> why auto did not consider it
@@ -71,7 +71,18 @@ class LoaderChoice:
 
     @property
     def measured(self) -> bool:
-        return bool(self.images_per_s)
+        return self.measurement is not None
+
+    @property
+    def cached(self) -> bool:
+        """The measurement was read from the cache rather than made now."""
+        return self.measured and self.measurement.cached
+
+    @property
+    def images_per_s(self) -> dict[str, float]:
+        """Per measured kind, on one rank."""
+        timings = self.measurement.timings_ms if self.measured else {}
+        return {kind: self.batch / (ms / 1e3) for kind, ms in timings.items()}
 
     def describe(self) -> str:
         """One line for the run log, or "" when there is nothing to say beyond the kind, e.g.
@@ -122,9 +133,9 @@ def choose_loader_kind(choice: str, images: np.ndarray | torch.Tensor | ImageSou
             loader.close()  # streaming loaders own worker processes
 
     path = Path(cache) if cache is not None else default_loader_cache_path()
-    found = fastest(_choice_key(source, device, spec, candidates, workers), seconds_per_batch, candidates, path)
-    rates = {name: spec.local_batch_size / (ms / 1e3) for name, ms in found.timings_ms.items()}
-    return LoaderChoice(found.best, rates, found.cached, path, candidates, left_out)
+    found = fastest(_choice_key(source, device, spec, candidates, workers), seconds_per_batch, candidates, path,
+                    what="loader auto")
+    return LoaderChoice(found.best, found, spec.local_batch_size, path, candidates, left_out)
 
 
 def auto_candidates(source: torch.Tensor | ImageSource, spec: BatchSpec) -> tuple[tuple[str, ...], dict[str, str]]:

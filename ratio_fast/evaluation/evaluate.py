@@ -41,7 +41,7 @@ from ..errors import Note, UserError
 from ..files import atomic_save
 from ..models import eval_mode
 from .ood import max_confidence, ood_metrics
-from ..ops._common import sample_layout
+from ..ops import sample_layout
 from ..progress import Progress
 from ..validation import SEED_RANGE, check_number
 

@@ -1,8 +1,15 @@
 """Helpers shared by the fused ops: argument normalization, backend and norm choice, and the
-Triton helpers both kernels use (the NaN rule of `pgd_step.pgd_step`, loads, the box constraint)."""
+Triton helpers both kernels use (the NaN rule of `pgd_step.pgd_step`, loads, the box constraint).
+The parts other packages use are exported by ops/__init__.py."""
 from __future__ import annotations
 
+import os
+
 import torch
+
+from .. import choices
+from ..errors import UserError
+from . import native
 
 try:
     import triton
@@ -10,9 +17,8 @@ try:
 except ImportError:  # the reference path works without Triton
     triton = None
 
-BACKENDS = ("auto", "triton", "native", "torch")
-# The threat models of the fused ops: the L2 ball and the L-infinity box around x.
-NORMS = ("l2", "linf")
+BACKENDS = tuple(choices.BACKENDS)  # --backend
+NORMS = tuple(choices.NORMS)  # the threat models: the L2 ball and the L-infinity box around x
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
@@ -20,11 +26,21 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
 
     'native' (kernels/, C++ or CUDA by x's device) is only ever chosen explicitly.
     """
-    if backend is None or backend == "auto":
-        return "triton" if x.is_cuda else "torch"
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend is None or choices.BACKENDS[backend].picks:
+        return "triton" if x.is_cuda else "torch"
     return backend
+
+
+def require_backend(backend: str, device: torch.device) -> None:
+    """A UserError now, in one line, where --backend `backend` cannot run on `device`, instead of
+    one at the first attack: Triton on a CPU without its interpreter, a native library not built."""
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
+                        "in Triton's interpreter on the CPU)")
+    if backend == "native":
+        native.load_library("cuda" if device.type == "cuda" else "cpu")
 
 
 def check_norm(norm: str) -> str:

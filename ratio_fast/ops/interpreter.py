@@ -4,7 +4,7 @@ can run the kernels with the installed triton and numpy.
 Triton before 3.7 converts a one-element array with int() when a kernel argument bounds a loop,
 which numpy 2.4 made a TypeError (triton-lang/triton#9171, fixed by #9172 in triton 3.7): every
 kernel here loops over its sample, so that combination fails them all. Compiled Triton (on a GPU,
-or ahead of time in aot.py) is not affected. The CPU launchers call `require_working_interpreter`,
+or ahead of time in bench/kernels_aot.py) is not affected. The CPU launchers call `require_working_interpreter`,
 so the failure is one line that says what to install; tests/conftest.py turns it into a skip
 with that reason.
 """

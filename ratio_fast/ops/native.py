@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..choices import NORMS, check_builders
 from ..errors import UserError
 
 ABI_VERSION = 3  # RATIO_FAST_ABI_VERSION in kernels/include/ratio_fast_kernels.h
@@ -25,8 +26,9 @@ NO_CUDA_ENV = "RATIO_FAST_NO_CUDA"  # set to 1: setup.py builds the CPU library 
 
 # rf_dtype codes: the storage types the kernels read for x and the gradient.
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# rf_norm codes: the threat model of an op (_common.NORMS).
+# rf_norm codes: the threat model of an op (choices.NORMS).
 NORM_CODES = {"l2": 0, "linf": 1}
+check_builders(NORM_CODES, NORMS, __name__)
 _ERRORS = {-1: "unsupported dtype", -2: "invalid argument"}  # rf_error codes
 
 _p, _i, _i64, _f = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
