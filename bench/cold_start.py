@@ -23,8 +23,9 @@ Batch B = 4 and 1/1 attack steps: with dynamic=False every batch size is a graph
 and the attack loop reuses its graphs, so the counts are those of 128 (256) and 10/20 steps;
 the seconds are this CPU's (Inductor's C++ code instead of Triton kernels). A row per variant:
 `compiled_graphs` and `backward_graphs`, `compile_s` (Dynamo, AOTAutograd and Inductor, forward
-and backward), `first_step_s`, `second_step_s` and `calls` (per model call that compiled: what
-it was, its graphs and seconds). `count_compiles` also gives the GPU benchmark's fast case its
+and backward), `first_step_s`, `second_step_s`, `calls` (per model call that compiled: what it
+was, its graphs and seconds) and the machine's 5-minute load average (`load_average_5min`, with
+`cpus`): the seconds are wall-clock, so on a shared machine they grow with the load. `count_compiles` also gives the GPU benchmark's fast case its
 `compiled_graphs`.
 """
 from __future__ import annotations
@@ -184,11 +185,13 @@ def main(argv=None) -> int:
         if done.returncode != 0:
             print(f"{variant}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
             return 1
-        row = {**common, **json.loads(done.stdout.splitlines()[-1])}
+        # The seconds are wall-clock: on a shared machine they say as much as the load beside them.
+        row = {**common, **json.loads(done.stdout.splitlines()[-1]), "cpus": os.cpu_count(),
+               "load_average_5min": round(os.getloadavg()[1], 1)}
         append_rows(path, [row])
         print(f"{variant:9} {row['compiled_graphs']:3} graphs + {row['backward_graphs']:2} backward, compile "
               f"{row['compile_s']:6.1f} s, first step {row['first_step_s']:6.1f} s, then {row['second_step_s']:.2f} s "
-              f"({row['schedule']})", flush=True)
+              f"({row['schedule']}; load {row['load_average_5min']} on {row['cpus']} CPUs)", flush=True)
     print(f"rows: {path}")
     return 0
 
