@@ -23,7 +23,7 @@ Batch B = 4 and 1/1 attack steps: with dynamic=False every batch size is a graph
 and the attack loop reuses its graphs, so the counts are those of 128 (256) and 10/20 steps;
 the seconds are this CPU's (Inductor's C++ code instead of Triton kernels). A row per variant:
 `compiled_graphs` and `backward_graphs`, `compile_s` (Dynamo, AOTAutograd and Inductor, forward
-and backward), `first_step_s`, `second_step_s`, `calls` (per model call that compiled: what it
+and backward) and `kernel_wait_s` (the part spent waiting for the kernels' compilers), `first_step_s`, `second_step_s`, `calls` (per model call that compiled: what it
 was, its graphs and seconds) and the machine's 5-minute load average (`load_average_5min`, with
 `cpus`): the seconds are wall-clock, so on a shared machine they grow with the load. `count_compiles` also gives the GPU benchmark's fast case its
 `compiled_graphs`.
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from torch._dynamo.utils import get_compilation_metrics, set_compilation_metrics_limit
+from torch._dynamo.utils import compilation_time_metrics, get_compilation_metrics, set_compilation_metrics_limit
 
 from gpu_check import append_rows, machine
 from ratio_fast import RatioTrainer, TrainConfig, create_model
@@ -58,14 +58,21 @@ METRICS_KEPT = 10_000  # torch keeps the last 64 compilations' metrics by defaul
 @contextlib.contextmanager
 def count_compiles() -> Iterator[dict]:
     """Inside: what torch.compile compiles is counted. After: {'compiled_graphs': forward graphs,
-    'backward_graphs': their compiled backwards, 'compile_s': seconds of both}."""
+    'backward_graphs': their compiled backwards, 'compile_s': seconds of both, 'kernel_wait_s': the
+    part of them spent waiting for the kernels' compilers (g++ here, Triton on a GPU), which run in
+    a pool of worker processes, one per CPU}."""
     set_compilation_metrics_limit(max(METRICS_KEPT, len(get_compilation_metrics())))
-    before = len(get_compilation_metrics())
+    before, waited = len(get_compilation_metrics()), kernel_wait_s()
     counts = {}
     try:
         yield counts
     finally:
-        counts.update(summary(get_compilation_metrics()[before:]))
+        counts.update(summary(get_compilation_metrics()[before:]), kernel_wait_s=round(kernel_wait_s() - waited, 1))
+
+
+def kernel_wait_s() -> float:
+    """Seconds Inductor has waited for its kernel compilers in this process so far."""
+    return sum(compilation_time_metrics.get("async_compile.wait", ()))
 
 
 def summary(metrics) -> dict:

@@ -87,8 +87,8 @@ class Stage:
 
 
 STAGES = (
-    Stage("native-build", 60, "nvcc for sm_90 and g++ on 3 + 3 sources: about 30 s on 2 cores, room for a second "
-                              "build without -Werror"),
+    Stage("native-build", 60, "nvcc for sm_90 and g++ on 3 + 3 sources: 30-50 s on 2 shared cores here, room for "
+                              "a second build without -Werror on the GPU machine's 16"),
     Stage("kernel-tests", 60, "86 small cases; each Triton specialization compiles once (about 1 s)",
           ("-m", "gpu", *KERNEL_TESTS)),
     Stage("pgd-step", 45, "12 memory-bound cases of 30 rounds; the 3 torch.compile cases (one small graph each) "
@@ -98,7 +98,7 @@ STAGES = (
           (f"{RATIO}::test_ratio_step_gpu_reference", *(f"{RATIO}::test_ratio_step_gpu[{case}]" for case in HEADLINE_CASES))),
     Stage("gpu-tests", 80, "24 cases, a few of which compile or capture a tiny model",
           ("-m", "gpu", "tests/", *(f"--deselect={test}" for test in KERNEL_TESTS))),
-    Stage("loaders", 20, "two loaders timed over a few batches",
+    Stage("loaders", 20, "6 cases (3 loaders x 2 augmentations; DALI skips there), 6 rounds of a few batches",
           ("bench/test_bench_loaders.py::test_loader_cuda",)),
     Stage("speed-switches", 35, "whatever time is left: 9 cases, each compiling its own variant; repeat them in a "
                                 "second call with --stages speed-switches",

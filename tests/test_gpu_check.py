@@ -300,6 +300,7 @@ def test_a_stage_at_its_deadline_is_code_3_and_the_next_stage_still_runs(tmp_pat
     assert rows["stuck"]["exit_code"] == 3 and rows["after"]["exit_code"] == 0 and rows["after"]["passed"] == 1
 
 
+@pytest.mark.slow
 def test_a_werror_failure_builds_again_without_it_and_fails_the_stage(tmp_path, monkeypatch, bench_module):
     """A warning (a macro defined twice) fails the -Werror build only; the libraries are still
     built, the stage fails and says why. A GPU in preflight.txt without a CUDA library fails it too."""
