@@ -23,10 +23,13 @@ Batch B = 4 and 1/1 attack steps: with dynamic=False every batch size is a graph
 and the attack loop reuses its graphs, so the counts are those of 128 (256) and 10/20 steps;
 the seconds are this CPU's (Inductor's C++ code instead of Triton kernels). A row per variant:
 `compiled_graphs` and `backward_graphs`, `compile_s` (Dynamo, AOTAutograd and Inductor, forward
-and backward) and `kernel_wait_s` (the part spent waiting for the kernels' compilers), `first_step_s`, `second_step_s`, `calls` (per model call that compiled: what it
-was, its graphs and seconds) and the machine's 5-minute load average (`load_average_5min`, with
-`cpus`): the seconds are wall-clock, so on a shared machine they grow with the load. `count_compiles` also gives the GPU benchmark's fast case its
-`compiled_graphs`.
+and backward) and `kernel_wait_s` (the part spent waiting for the kernels' compilers),
+`first_step_s`, `second_step_s`, `calls` (per model call that compiled: what it was, its graphs
+and seconds) and the machine's 5-minute load average (`load_average_5min`, with `cpus`): those
+seconds are wall-clock, so on a shared machine they grow with the load. The CPU seconds do not:
+`first_step_cpu_s` and `second_step_cpu_s` (this process: tracing, lowering and the step's own
+work) and `kernel_compile_cpu_s` (the kernel compilers' worker processes, g++ here).
+`count_compiles` also gives the GPU benchmark's fast case its `compiled_graphs`.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import contextlib
 import datetime
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +48,7 @@ from typing import Iterator
 
 import torch
 from torch._dynamo.utils import compilation_time_metrics, get_compilation_metrics, set_compilation_metrics_limit
+from torch._inductor.async_compile import shutdown_compile_workers
 
 from gpu_check import append_rows, machine
 from ratio_fast import RatioTrainer, TrainConfig, create_model
@@ -122,16 +127,24 @@ def measure(variant: str, batch: int = BATCH, steps: int = STEPS, arch: str = AR
                                schedule_cache=Path(cache) / "attack_schedule.json")
         calls = attribute_compiles(trainer.forward_model, trainer)
         with count_compiles() as counts:
-            began = time.perf_counter()
-            trainer.step(x, y, z)
-            first = time.perf_counter() - began
+            first, first_cpu = timed(lambda: trainer.step(x, y, z))
             calls.close()
-    began = time.perf_counter()
-    trainer.step(x, y, z)
-    second = time.perf_counter() - began
+    second, second_cpu = timed(lambda: trainer.step(x, y, z))
+    shutdown_compile_workers()  # reaped, their CPU time (and that of the g++ they ran) is counted below
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {"case": f"cold_start::{variant}", "variant": variant, "model": arch, "batch": f"{batch}+{batch}",
             "steps": f"{steps}/{steps}", "schedule": trainer.attack_schedule, **counts, "first_step_s": round(first, 1),
-            "second_step_s": round(second, 2), "calls": calls.compiled}
+            "second_step_s": round(second, 2), "first_step_cpu_s": round(first_cpu, 1),
+            "second_step_cpu_s": round(second_cpu, 2),
+            "kernel_compile_cpu_s": round(children.ru_utime + children.ru_stime, 1), "calls": calls.compiled}
+
+
+def timed(run) -> tuple[float, float]:
+    """(wall-clock seconds, this process's CPU seconds) of run(): the CPU seconds do not grow with
+    the machine's load, the wall-clock ones do."""
+    began, began_cpu = time.perf_counter(), time.process_time()
+    run()
+    return time.perf_counter() - began, time.process_time() - began_cpu
 
 
 def wall_clock(name, run) -> float:

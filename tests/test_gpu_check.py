@@ -91,7 +91,7 @@ def dry_run(tmp_path_factory, bench_module):
     done = subprocess.run(["bash", "-c", command], cwd=tree, env=env, capture_output=True, text=True,
                           timeout=CALL_TIMEOUT_S + 60)
     collected = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "tests/", "--collect-only", "-q",
-                                "-p", "no:cacheprovider"], cwd=tree, env=env, capture_output=True, text=True)
+                                "-p", "no:cacheprovider"], cwd=tree, env=env, capture_output=True, text=True, timeout=300)
     gpu_cases = int(re.search(r"(\d+)/\d+ tests collected", collected.stdout).group(1))
     return bench_module("gpu_check"), done, tree, out, hiding, gpu_cases
 
@@ -122,7 +122,7 @@ def test_the_dry_run_builds_collects_every_gpu_case_and_skips_each_with_a_reason
 
 
 @pytest.mark.slow
-def test_the_dry_run_leaves_four_files_in_out_and_nothing_running(dry_run):
+def test_the_dry_run_leaves_four_files_in_out_none_in_a_folder(dry_run):
     gpu_check, done, tree, out, hiding, gpu_cases = dry_run
     assert out_files(out) == ["RESULTS", "gpu_check.log", "preflight.txt", "rows.jsonl"]
     assert len(out_files(out)) <= MAX_OUT_FILES
