@@ -96,8 +96,8 @@ def compiling_blocks(model, **options):
     (compiled code is kept per code object, so the blocks of one shape share it); the model itself stays."""
     torch._dynamo.config.recompile_limit = 256  # 15 blocks of 6 shapes, times the call variants
     for module in model.modules():
-        if isinstance(module, BasicBlock):
-            module.compile(**options)
+        if isinstance(module, BasicBlock):  # what module.compile() does, which would call this function
+            module._compiled_call_impl = COMPILE(module._call_impl, **options)
     return model
 
 
@@ -109,12 +109,21 @@ def compiling_with_dynamic_batch(model, **options):
     return compiled
 
 
+COMPILERS = {"regional": compiling_blocks, "dynamic": compiling_with_dynamic_batch}  # default: torch.compile
+
+
 def measure(variant: str, batch: int = BATCH, steps: int = STEPS, arch: str = ARCH) -> dict:
-    """One variant's row, in this process (main() gives each a fresh one)."""
-    if variant == "regional":
-        torch.compile = compiling_blocks
-    elif variant == "dynamic":
-        torch.compile = compiling_with_dynamic_batch
+    """One variant's row. Compiles from scratch in this process (main() gives each variant a fresh
+    one, with an empty Inductor cache too)."""
+    torch._dynamo.reset()
+    previous, torch.compile = torch.compile, COMPILERS.get(variant, torch.compile)  # what the trainer calls
+    try:
+        return _measure(variant, batch, steps, arch)
+    finally:
+        torch.compile = previous
+
+
+def _measure(variant: str, batch: int, steps: int, arch: str) -> dict:
     schedule = variant if variant in ("concat", "streams") else "auto"
     cfg = TrainConfig(arch=arch, batch_size=batch, steps_in=steps, steps_out=steps, compile=True, amp=True,
                       channels_last=True, cuda_graphs=False, attack_schedule=schedule).validate()
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
                                            text=True, cwd=RESULTS).stdout.strip() or "unknown"
     common = {**machine(), "commit": commit, "date": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     path = Path(args.out) / f"{common['date'][:10]}-cold-start.jsonl"
+    path.unlink(missing_ok=True)  # this run's rows only
     for variant in args.variants.split(","):
         with tempfile.TemporaryDirectory(prefix="inductor-") as cache:  # a cold start: nothing compiled before
             done = subprocess.run([sys.executable, __file__, "--one", variant, "--batch", str(args.batch)],
