@@ -17,7 +17,9 @@ schedule) and their last forward without grad, the training forward and backward
     regional     'auto' with each residual block compiled on its own, the compiled code shared by
                  the blocks of the same shape (torch's "regional compilation")
     dynamic      'auto' with the batch dimension of the model's input marked dynamic
-                 (torch._dynamo.mark_dynamic) instead of dynamic=False: one graph for B and 2B
+                 (torch._dynamo.mark_dynamic) instead of dynamic=False: one graph for B and 2B.
+                 AOTAutograd compiles a backward whose saved tensors have symbolic sizes together
+                 with its forward, so `backward_graphs` is 0 here and `compile_s` holds both
 
 Batch B = 4 and 1/1 attack steps: with dynamic=False every batch size is a graph of its own
 and the attack loop reuses its graphs, so the counts are those of 128 (256) and 10/20 steps;
