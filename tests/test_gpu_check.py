@@ -234,7 +234,7 @@ def test_the_pgd_step_benchmark_runs_its_compiled_cases_last(bench_module):
                             cwd=ROOT, capture_output=True, text=True).stdout
     cases = re.findall(r"test_pgd_step_gpu\[(.*)\]", listed)
     compiled = [i for i, case in enumerate(cases) if "compiled" in case]
-    assert len(cases) == 12 and compiled == list(range(len(cases) - len(compiled), len(cases)))
+    assert len(cases) == 24 and compiled == list(range(len(cases) - len(compiled), len(cases)))
 
 
 # ---- failures, deadlines and kills -----------------------------------------------------------
