@@ -181,6 +181,10 @@ class TrainConfig:
     max_steps: int | None = setting(None, MODEL, "stop after this many optimizer steps in total (a limit of this "
                                     "invocation: --resume does not inherit it)", at_least=1)
     batch_size: int = setting(128, MODEL, "in-distribution batch (out-distribution: the same)", at_least=1)
+    bn_groups: int = setting(1, MODEL, "BatchNorm statistics over N equal slices of each process's batch, each with "
+                             "its share of in- and out-distribution images, running statistics from the first: the "
+                             "authors' nn.DataParallel on N GPUs (their run: 2); P processes without --sync-bn "
+                             "normalize over P x N slices", metavar="N", at_least=1)
     lr: float = setting(0.1, MODEL, "peak learning rate of SGD (Nesterov), cosine to 0 per step", above=0)
     momentum: float = setting(0.9, MODEL, "SGD momentum", has_flag=False, at_least=0)
     weight_decay: float = setting(5e-4, MODEL, "SGD weight decay", at_least=0)
@@ -231,6 +235,12 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
         check_settings(self)
+        if self.batch_size % self.bn_groups:
+            raise UserError(f"--batch-size {self.batch_size} must be divisible by --bn-groups {self.bn_groups} "
+                            "(each BatchNorm group holds an equal share of the batch)")
+        if self.bn_groups > 1 and self.sync_bn:
+            raise UserError(f"--bn-groups {self.bn_groups} and --sync-bn exclude each other: one normalizes over "
+                            "slices of the batch, the other over all processes' batches together")
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
         return self

@@ -96,6 +96,45 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     assert m_two["test_clean_acc"] == pytest.approx(m_one["test_clean_acc"], abs=0.02)
 
 
+def train_one_process(args):
+    """`ratio-fast train ARGS` in this process on one thread, as each torchrun rank runs
+    (OMP_NUM_THREADS=1): CPU kernels split their sums by thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_bn_groups_on_one_process_train_like_processes_without_sync_bn(tmp_path):
+    """--bn-groups 2 on one process is the authors' nn.DataParallel on 2 GPUs, and so is a 2-process
+    run without --sync-bn: each rank normalizes its slice, DDP keeps rank 0's running statistics.
+    One step: after it, DDP's other ranks attack with their own running statistics until the next
+    train forward hands them rank 0's (DataParallel's replicas always get the first device's)."""
+    run = [a for a in RUN if a != "--sync-bn"] + ["--max-steps", "1"]
+    torchrun(["-m", "ratio_fast.cli", *run, "--out", str(tmp_path / "two")])
+    train_one_process(run + ["--bn-groups", "2", "--out", str(tmp_path / "grouped")])
+    train_one_process(run + ["--out", str(tmp_path / "whole")])
+
+    two, grouped, whole = (torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["trainer"]
+                           for name in ("two", "grouped", "whole"))
+    assert two["steps_done"] == grouped["steps_done"] == 1
+    for key, value in grouped["model"].items():  # weights and the running statistics of rank 0's slice
+        torch.testing.assert_close(two["model"][key], value, atol=1e-6, rtol=1e-5, msg=key)
+    # after one step SGD's momentum buffer is the gradient plus weight decay
+    for (index, state), other in zip(grouped["optimizer"]["state"].items(), two["optimizer"]["state"].values()):
+        torch.testing.assert_close(other["momentum_buffer"], state["momentum_buffer"], atol=1e-6, rtol=1e-5,
+                                   msg=f"gradient of parameter {index}")
+    loss = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text())["loss"] for name in ("two", "grouped")}
+    assert loss["two"] == pytest.approx(loss["grouped"], rel=1e-5)
+    # the comparison can fail: normalizing over the whole batch trains other weights
+    differs = [key for key, value in whole["model"].items() if value.is_floating_point()
+               and not torch.allclose(value, grouped["model"][key], atol=1e-4, rtol=1e-3)]
+    assert any(key.endswith("running_mean") for key in differs) and any(key.endswith("weight") for key in differs)
+
+
 # --- exit codes under torchrun ------------------------------------------------------------------
 
 def test_the_launcher_exits_with_the_code_the_workers_chose():

@@ -62,9 +62,10 @@ class Run:
         self.stopped_by: str | None = None  # the signal that stopped fit() early, if one did
         self.copied_from: Path | None = None  # the run directory this run continues a copy of
         self.device = resolve_device(cfg.device, ctx)
-        if ctx.is_distributed and cfg.batch_size % ctx.world_size:
-            raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes "
-                            "(it is the global batch; each rank takes an equal slice)")
+        if ctx.is_distributed and cfg.batch_size % (ctx.world_size * cfg.bn_groups):
+            groups = f" x --bn-groups {cfg.bn_groups}" if cfg.bn_groups > 1 else ""
+            raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes"
+                            f"{groups} (it is the global batch; each rank takes an equal slice)")
         if cfg.backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                             "in Triton's interpreter on the CPU)")

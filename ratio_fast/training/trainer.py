@@ -6,7 +6,8 @@
 
 Per step: the in-distribution attack (maximize CE within eps_in) and the out-distribution
 attack (maximize KL(U || p) within eps_out) with the model in eval mode, then ONE train-mode
-forward on the joined batch (BatchNorm sees both) with the loss
+forward on the joined batch (BatchNorm sees both; with --bn-groups N, N slices of it, as the
+authors' nn.DataParallel on N GPUs: models/grouped_batchnorm.py) with the loss
 0.5 * CE(x_adv) + 0.5 * lam * KL(U || p(z_adv)), SGD-Nesterov, per-step cosine LR, EMA.
 Mode 'at' drops the out-distribution term (plain L2 adversarial training); mode 'plain' also
 drops the in-distribution attack (clean training). The loop below is the whole algorithm.
@@ -34,6 +35,7 @@ from .ema import ModelEMA
 from ..attacks.objectives import ratio_loss
 from ..measure import Timer
 from ..models import keep_first_conv_fp32
+from ..models.grouped_batchnorm import group_batchnorm, grouped_joint_batch, split_grouped_logits
 from ..models.precision import ieee_fp32_convolutions
 from .speed import resolve_speed, wants_channels_last
 
@@ -67,6 +69,7 @@ class RatioTrainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         if speed.fp32_first_conv:
             keep_first_conv_fp32(self.model)
+        group_batchnorm(self.model, config.bn_groups)  # --bn-groups: the authors' DataParallel BatchNorm
         # The attacks and the train forward call `forward_model`; EMA, state and DDP use `model`.
         self.forward_model = torch.compile(self.model, dynamic=False) if speed.compile else self.model
         if train_module is None:
@@ -147,11 +150,9 @@ class RatioTrainer:
 
         model.train()
         statistics_before = [b.clone() for b in self._running_buffers]
-        n_in = x_adv.shape[0]
         with self.autocast():
-            batch = x_adv if z_adv is None else torch.cat([x_adv, z_adv])
-            logits = self.train_module(batch)
-            logits_in, logits_out = logits[:n_in], (logits[n_in:] if z_adv is not None else None)
+            logits = self.train_module(grouped_joint_batch(x_adv, z_adv, cfg.bn_groups))
+            logits_in, logits_out = split_grouped_logits(logits, x_adv.shape[0], cfg.bn_groups)
             loss = ratio_loss(logits_in, y, logits_out, cfg.lam)
 
         lr = cosine_lr(cfg.lr, self.steps_done, self.total_steps)
