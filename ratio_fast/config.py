@@ -39,8 +39,8 @@ OOD = "out-of-distribution detection (max softmax confidence)"
 # data lies, and the speed switches that keep the math. Anything else would silently train
 # another run than the checkpoint's, so `--resume` refuses it.
 RESUME_MAY_CHANGE = frozenset({
-    "epochs", "max_steps", "checkpoint_every", "max_skipped_steps", "eval_samples", "data_dir", "device",
-    "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
+    "epochs", "max_steps", "checkpoint_every", "checkpoint_epochs", "keep_last", "max_skipped_steps", "eval_samples",
+    "data_dir", "device", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
     "fused_optimizer",
 })
 # What a resumed run may change where the change keeps the math: setting -> (saved, given config)
@@ -224,6 +224,11 @@ class TrainConfig:
     eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
                                            "the end of each epoch)", metavar="STEPS", at_least=1)
+    checkpoint_epochs: int | None = setting(None, RUN, "also keep a copy of the checkpoint every K epochs "
+                                            "(checkpoint-epoch-<E>.pt; default: none, or every epoch with "
+                                            "--keep-last)", metavar="K", at_least=1)
+    keep_last: int | None = setting(None, RUN, "keep only the N newest of those copies, older ones removed after "
+                                    "each new one is written (default: all)", metavar="N", at_least=1)
     max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "
                                      "gradient (they are skipped)", at_least=1)
 

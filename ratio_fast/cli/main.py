@@ -64,7 +64,9 @@ def _train_parser(sub, d: TrainConfig) -> None:
     g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<arch>-<mode>)")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the run in --out, or the one of CHECKPOINT (a file or its run directory), "
-                        "with the checkpoint's settings; flags that would change the computation are refused")
+                        "with the checkpoint's settings; flags that would change the computation are refused. "
+                        "--resume auto: continue the run in --out if it has a checkpoint, else start it (one "
+                        "command line for a job that may be requeued)")
     _add_settings(p, RUN, d, g)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of settings (e.g. a run's config.json); flags given here override it")
@@ -102,6 +104,8 @@ def _run_train(args) -> int:
 
     settings = {name: value for name, value in vars(args).items() if name in TRAIN_SETTINGS}
     resume_from = None
+    if args.resume == "auto":
+        args.resume = True if (Path(args.out or default_run_dir(settings)) / CHECKPOINT).is_file() else None
     if args.resume:
         # The checkpoint's settings, with only what was named here (flags, --config) on top;
         # Run refuses the changes that would make it another run.

@@ -2,7 +2,8 @@
 
 The run directory holds `config.json` (the resolved settings), `metrics.jsonl` (one line per
 epoch) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
-atomically after every epoch, every --checkpoint-every steps, and when the run stops early).
+atomically after every epoch, every --checkpoint-every steps, and when the run stops early;
+copies of it every --checkpoint-epochs, the --keep-last newest kept).
 Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
 where the checkpoint was taken.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,7 @@ from ..training.trainer import RatioTrainer, wants_channels_last
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+HISTORY = "checkpoint-epoch-{epoch}.pt"  # the copies of --checkpoint-epochs
 
 
 class Run:
@@ -245,6 +248,8 @@ class Run:
             self._save()
             if improved:
                 self._save(BEST)
+            if last.get("complete") and self.ctx.is_main:
+                self._keep_history(epoch + 1)
             if stop.stopped and trainer.steps_done < stop_at:
                 self.stopped_by = stop.signal_name
                 self._print(f"stopped by {stop.signal_name} after step {trainer.steps_done}; checkpoint "
@@ -378,6 +383,19 @@ class Run:
         if self.ctx.is_distributed:
             dist.barrier()
 
+    def _keep_history(self, epoch: int) -> None:
+        """--checkpoint-epochs / --keep-last: a copy of the checkpoint just written (its bytes, checksum
+        included) as checkpoint-epoch-<epoch>.pt; then the oldest copies beyond --keep-last are removed
+        (only files of that name, and only once the new copy is complete)."""
+        cfg = self.config
+        every = cfg.checkpoint_epochs or (1 if cfg.keep_last else None)
+        if every is None or epoch % every:
+            return
+        atomic_copy(history_checkpoint(self.run_dir, epoch), _chunks(self.run_dir / CHECKPOINT))
+        if cfg.keep_last:
+            for old in history_checkpoints(self.run_dir)[:-cfg.keep_last]:
+                old.unlink(missing_ok=True)
+
     def _restore_rng(self, saved) -> None:
         per_rank = saved if isinstance(saved, list) else [saved]  # one dict: single-process checkpoints
         if len(per_rank) == self.ctx.world_size:
@@ -389,6 +407,18 @@ class Run:
     def _print(self, line: str) -> None:
         if self.log is not None:
             print(line, file=self.log, flush=True)
+
+
+def history_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """The copy --checkpoint-epochs keeps of the checkpoint at the end of `epoch`."""
+    return Path(run_dir) / HISTORY.format(epoch=epoch)
+
+
+def history_checkpoints(run_dir: Path) -> list[Path]:
+    """The history copies in run_dir, oldest epoch first."""
+    found = [(int(m.group(1)), path) for path in Path(run_dir).iterdir()
+             if (m := re.fullmatch(HISTORY.format(epoch=r"(\d+)").replace(".", r"\."), path.name))]
+    return [path for _, path in sorted(found)]
 
 
 def non_finite_advice(precision: str) -> str:
