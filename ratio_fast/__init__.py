@@ -7,13 +7,18 @@ Public API:
     pgd_step              the bare fused projected L2 PGD step (ratio_fast.ops has the rest)
     RatioTrainer, TrainConfig
     create_model
+    load_run              a trained run: model (chosen weights), settings, metrics
+    evaluate              `ratio-fast eval`'s protocol on any nn.Module of [0, 1] images
 """
 from .attacks.apgd import APGD, APGDTargeted
 from .attacks.pgd import L2PGD, joint_l2_pgd, l2_pgd
 from .config import TrainConfig
+from .evaluation.evaluate import evaluate
+from .evaluation.load import load_run
 from .models import create_model
 from .ops import pgd_step
 from .training.trainer import RatioTrainer
 
-__all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model"]
+__all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model",
+           "evaluate", "load_run"]
 __version__ = "0.1.0"

@@ -25,7 +25,8 @@ EVAL_RESULTS = "eval.json"
 
 def _common(p) -> None:
     p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
-                                      f"(the authors' choice of weights), else its {CHECKPOINT}")
+                                      f"(the authors' choice of weights), else its {CHECKPOINT}; or what "
+                                      "`ratio-fast export` wrote (its folder, model.pt or model.safetensors)")
     p.add_argument("--weights", default="ema", choices=WEIGHTS, help="the EMA weights or the raw model's")
 
 
@@ -102,7 +103,6 @@ def _run_eval(args) -> int:
     from ..evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
     from ..evaluation.ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
-    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, channels_last = _load(args)
     attacks = _names("--attacks", args.attacks)
     settings = EvalSettings(
@@ -148,22 +148,13 @@ def _run_eval(args) -> int:
     return 0
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given; for a run directory its best.pt (the EMA weights of the best clean
-    test accuracy: what the authors evaluate), else its checkpoint.pt (the last epoch)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    for name in (BEST, CHECKPOINT):
-        if (path / name).is_file():
-            return path / name
-    raise UserError(f"{path}: a directory without {BEST} or {CHECKPOINT}; pass a checkpoint file")
-
-
 def describe_weights(path: str | Path, weights: str) -> str:
     """Which weights are evaluated: file, EMA or raw model, and the training progress they come from."""
+    from ..evaluation.load import export_files
     from ..training.checkpoint import load_checkpoint
 
+    if export_files(path) is not None:
+        return f"{path}: the weights `ratio-fast export` wrote"
     state = load_checkpoint(path)
     kind = "EMA weights" if weights == "ema" else "raw model weights (not the EMA)"
     best, step = state.get("best"), state["trainer"].get("steps_done")
@@ -179,7 +170,6 @@ def _run_counterfactuals(args) -> int:
 
     from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
 
-    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
     test = _test_split(config, args.data_dir or config.data_dir)
     indices = [_int("--images", v) for v in _names("--images", args.images)]
@@ -216,6 +206,7 @@ def _run_counterfactuals(args) -> int:
 
 def _run_export(args) -> int:
     from ..evaluation.export import export_checkpoint
+    from ..evaluation.load import resolve_checkpoint
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
@@ -225,15 +216,17 @@ def _run_export(args) -> int:
 
 
 def _load(args):
-    """(model on its device in eval mode, TrainConfig, device, channels_last) for a command's flags."""
+    """(model on its device in eval mode, TrainConfig, device, channels_last) for a command's flags;
+    args.checkpoint becomes the file read (a run directory's checkpoint, an export's model.safetensors)."""
     import torch
 
-    from ..evaluation.export import model_from_checkpoint
+    from ..evaluation.load import load_model
     from ..training.distributed import resolve_device
     from ..training.trainer import wants_channels_last
 
     device = resolve_device(args.device)
-    model, config = model_from_checkpoint(args.checkpoint, args.weights)
+    model, config, path = load_model(args.checkpoint, args.weights)
+    args.checkpoint = str(path)
     channels_last = wants_channels_last(config, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model, config, device, channels_last

@@ -128,10 +128,11 @@ class EvalState:
     first save), with a Note that says why.
     """
 
-    def __init__(self, path: str | Path, identity: dict, save_interval: float = 5.0):
-        self.path, self.identity, self.save_interval = Path(path), identity, save_interval
+    def __init__(self, path: str | Path | None, identity: dict, save_interval: float = 5.0):
+        """path None: kept in memory only (rf.evaluate)."""
+        self.path, self.identity, self.save_interval = path and Path(path), identity, save_interval
         self.parts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             try:
                 saved = load_torch(self.path)
             except DamagedFile as damaged:  # results that cannot be trusted are computed again
@@ -160,6 +161,8 @@ class EvalState:
             self.save()
 
     def save(self) -> None:
+        if self.path is None:
+            return
         atomic_save(self.path, {"what": "ratio-fast evaluation state", "identity": self.identity,
                                 "parts": self.parts})
         self._last_save = time.perf_counter()
@@ -385,6 +388,44 @@ def batch_source(images, labels, batch_size: int, device, channels_last: bool = 
     return ResidentLoader(first, None if labels is None else labels[:n], BatchSpec.in_order(batch_size, channels_last),
                           device)
 
+
+class TensorBatches(Loader):
+    """In-order batches of float (N, C, H, W) images in [0, 1] already in memory, moved to `device`
+    batch by batch (rf.evaluate's input)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device):
+        super().__init__(images.shape[0], labels, BatchSpec.in_order(batch_size), device, images.shape[-2:])
+        self.images, self.labels = images, labels
+
+    def first(self, n: int) -> "TensorBatches":
+        return TensorBatches(self.images[:n], None if self.labels is None else self.labels[:n],
+                             self.spec.batch_size, self.device)
+
+    def _make_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = slice(index * self.spec.batch_size, (index + 1) * self.spec.batch_size)
+        x = self.images[rows].to(self.device, torch.float32).contiguous()  # as batch_source's: the same numbers
+        return x, None if self.labels is None else self.labels[rows].to(self.device, torch.int64)
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             ood: dict[str, torch.Tensor] | None = None, **settings) -> dict:
+    """`ratio-fast eval`'s protocol on any classifier of [0, 1] images: clean and robust accuracy on
+    (x, y) (float (N, C, H, W) in [0, 1], labels (N,)), OOD detection against each set of `ood`
+    ({name: images}). `settings` are EvalSettings' fields (eps=0.5, attacks=("apgd-ce", "apgd-t"),
+    steps=100, targets=9, ood_eps=1.0, ood_steps=100, batch_size=256, seed=0, ...); returns the dict
+    `ratio-fast eval` writes to eval.json. Runs on the model's device; nothing is written."""
+    s = EvalSettings(**settings).validate()
+    if x.dim() != 4 or tuple(y.shape) != (x.shape[0],):
+        raise UserError(f"evaluate: x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    device = next(model.parameters()).device
+    with torch.no_grad(), eval_mode(model):
+        classes = model(x[:1].to(device, torch.float32)).shape[1]
+    if "apgd-t" in s.attacks and s.targets > classes - 1:
+        raise UserError(f"evaluate: targets={s.targets}, but a model of {classes} classes has {classes - 1} "
+                        "other classes to target")
+    test = TensorBatches(x, y, s.batch_size, device)
+    ood_sets = {name: TensorBatches(images, None, s.batch_size, device) for name, images in (ood or {}).items()}
+    return evaluate_model(model, test, ood_sets, s, EvalState(None, {}))
 
 
 def format_table(results: dict) -> str:
