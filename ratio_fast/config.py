@@ -40,6 +40,7 @@ OOD = "out-of-distribution detection (max softmax confidence)"
 # another run than the checkpoint's, so `--resume` refuses it.
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "max_steps", "checkpoint_every", "checkpoint_epochs", "keep_last", "max_skipped_steps", "eval_samples",
+    "log_every", "tensorboard",
     "data_dir", "device", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
     "fused_optimizer",
 })
@@ -229,6 +230,12 @@ class TrainConfig:
                                             "--keep-last)", metavar="K", at_least=1)
     keep_last: int | None = setting(None, RUN, "keep only the N newest of those copies, older ones removed after "
                                     "each new one is written (default: all)", metavar="N", at_least=1)
+    log_every: int | None = setting(None, RUN, "also log the mean step metrics (loss, in/out loss, accuracies, "
+                                    "out-confidence, lr, img/s, skipped steps) of every STEPS steps to metrics.jsonl "
+                                    "(rows of \"kind\": \"step\"; default: per epoch only)", metavar="STEPS",
+                                    at_least=1)
+    tensorboard: bool = setting(False, RUN, "also write the metrics as TensorBoard events to <run>/tensorboard (pip "
+                                "install tensorboard)", negatable=False)
     max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "
                                      "gradient (they are skipped)", at_least=1)
 

@@ -1,7 +1,8 @@
 """A whole training run: data, model, trainer, epochs, evaluation, logs and checkpoints.
 
 The run directory holds `config.json` (the resolved settings), `metrics.jsonl` (one line per
-epoch) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
+epoch, and with --log-every one per interval of steps), `train.log` (the console lines; these and
+TensorBoard's files: training/logs.py) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
 atomically after every epoch, every --checkpoint-every steps, and when the run stops early;
 copies of it every --checkpoint-epochs, the --keep-last newest kept).
 Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
@@ -42,6 +43,7 @@ from ..files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text,
 from ..evaluation.evaluate import clean_accuracy, robust_accuracy
 from ..models import create_model
 from ..progress import Progress
+from ..training.logs import ConsoleLog, StepScalars, TensorBoard, accumulate, check_tensorboard, means
 from ..training.stop import StopRequest
 from ..training.trainer import RatioTrainer, wants_channels_last
 
@@ -61,7 +63,8 @@ class Run:
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
-        self.log = (log if log is not None else sys.stdout) if ctx.is_main else None
+        self.log = ConsoleLog((log if log is not None else sys.stdout) if ctx.is_main else None)
+        self.tensorboard: TensorBoard | None = None
         self.stopped_by: str | None = None  # the signal that stopped fit() early, if one did
         self.copied_from: Path | None = None  # the run directory this run continues a copy of
         self.device = resolve_device(cfg.device, ctx)
@@ -72,6 +75,8 @@ class Run:
         if cfg.backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
                             "in Triton's interpreter on the CPU)")
+        if cfg.tensorboard and ctx.is_main:
+            check_tensorboard()
         if cfg.backend == "native":  # a missing build fails now, in one line, not at the first step
             from ..ops.native import load_library
 
@@ -213,6 +218,9 @@ class Run:
             for loader in (self.train_loader, self.out_loader):
                 if hasattr(loader, "close"):  # streaming loaders own worker processes
                     loader.close()
+            self.log.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if self._lock is not None:
                 self._lock.release(clean=True)  # a directory made for a run that had nothing to do goes again
             shutdown()
@@ -233,7 +241,12 @@ class Run:
         if self.ctx.is_main:  # the lock made the directory
             if self.copied_from is not None:
                 self._copy_history(trainer.steps_done)
+            elif trainer.steps_done:
+                self._drop_rows_after(trainer.steps_done)
             atomic_write_text(self.run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self.log.start(self.run_dir)
+            if cfg.tensorboard:
+                self.tensorboard = TensorBoard(self.run_dir, trainer.steps_done)
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
         ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
@@ -263,13 +276,15 @@ class Run:
         progress = Progress(end - start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                             stream=None if self.ctx.is_main else open(os.devnull, "w"))
         sums: dict[str, torch.Tensor] = {}
+        step_scalars = StepScalars(cfg.log_every, cfg.batch_size, self.ctx)
         began = time.perf_counter()
         stopped = False
         for index in range(start, end):
             x, y = self.train_loader.batch(epoch, index)
             z = self._out_batch(trainer.steps_done)
             metrics = trainer.step(x, y, z)
-            _accumulate(sums, metrics)
+            accumulate(sums, metrics)
+            step_scalars.add(metrics)
             self._watch_skipped_steps()
             # Reading metrics syncs with the GPU; do it only every 20 steps.
             postfix = None
@@ -278,8 +293,12 @@ class Run:
                 kept = max(float(sums["kept"]), 1.0)
                 postfix = f"loss {float(sums['loss']) / kept:.3f} adv-acc {100 * float(sums['adv_acc']) / kept:.1f}%"
             progress.update(1, postfix)
+            row = step_scalars.row(epoch + 1, trainer.steps_done, float(metrics["lr"]))
+            if row is not None:
+                self._record(row)
             if cfg.checkpoint_every and trainer.steps_done % cfg.checkpoint_every == 0 and index + 1 < end:
                 self._save()
+                step_scalars.restart_clock()
             if stop.at_step_boundary():
                 stopped, end = True, index + 1
                 break
@@ -287,19 +306,35 @@ class Run:
         seconds = time.perf_counter() - began
         steps = end - start
         sums = all_reduce_mean(sums, self.ctx)
-        record = {"epoch": epoch + 1, "step": trainer.steps_done, "steps": steps, "complete": end == self.steps_per_epoch}
-        kept = float(sums.pop("kept"))
-        record.update({key: float(value) / max(kept, 1.0) for key, value in sums.items()})
-        record["skipped_steps"] = round(steps - kept)
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": trainer.steps_done, "steps": steps,
+                  "complete": end == self.steps_per_epoch, **means(sums, steps)}
         record["lr"] = float(metrics["lr"])
         record["seconds"] = round(seconds, 2)
         record["images_per_s"] = round(steps * cfg.batch_size / seconds, 1)
         if not stopped:  # a preempted run has seconds left: checkpoint first, evaluate after resuming
             record.update(self._evaluate())
-        if self.ctx.is_main:
-            self._append_metrics(record)
+        self._record(record)
         self._print(_summary_line(record, cfg))
         return record
+
+    def _record(self, record: dict) -> None:
+        """A metrics row: into metrics.jsonl and TensorBoard (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        self._append_metrics(record)
+        if self.tensorboard is not None:
+            self.tensorboard.add(record)
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Resuming in place: the rows a crashed run logged after its checkpoint go (the resumed run
+        logs those steps again), so metrics.jsonl holds each step once."""
+        path = self.run_dir / METRICS
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) < len(lines):
+            atomic_write_text(path, "".join(kept))
 
     def _append_metrics(self, record: dict) -> None:
         path = self.run_dir / METRICS
@@ -405,8 +440,7 @@ class Run:
                         "the data order continues exactly, attack random starts are re-seeded")
 
     def _print(self, line: str) -> None:
-        if self.log is not None:
-            print(line, file=self.log, flush=True)
+        self.log.print(line)
 
 
 def history_checkpoint(run_dir: Path, epoch: int) -> Path:
@@ -431,19 +465,6 @@ def _loader_names(kinds: list[str]) -> str:
     if len(set(kinds)) == 1:
         return f"{LOADERS[kinds[0]].title} loader"
     return f"{LOADERS[kinds[0]].title} loader (in), {LOADERS[kinds[1]].title} loader (out)"
-
-
-def _accumulate(sums: dict, metrics: dict) -> None:
-    """Add one step's metrics to the epoch's sums, on the device (no sync).
-
-    A skipped step (non-finite loss or gradient) counts in "kept" as 0 and adds nothing, so the
-    epoch means are over the steps that trained.
-    """
-    kept = 1.0 - metrics["skipped"].float()
-    sums["kept"] = sums.get("kept", 0.0) + kept
-    for key, value in metrics.items():
-        if key not in ("skipped", "lr"):
-            sums[key] = sums.get(key, 0.0) + torch.where(kept > 0, value, torch.zeros_like(value))
 
 
 def _step_of(line: str) -> float:

@@ -32,7 +32,7 @@ from ..attacks.schedule import AttackPhase, ScheduleChoice
 from ..attacks.pgd import L2PGD
 from ..config import TrainConfig
 from .ema import ModelEMA
-from ..attacks.objectives import ratio_loss
+from ..attacks.objectives import cross_entropy, kl_to_uniform, ratio_loss
 from ..measure import Timer
 from ..models import keep_first_conv_fp32
 from ..models.grouped_batchnorm import group_batchnorm, grouped_joint_batch, split_grouped_logits
@@ -173,6 +173,7 @@ class RatioTrainer:
             adv_acc = (logits_in.argmax(1) == y).float().mean()
             metrics = {
                 "loss": loss.detach().float(),
+                "loss_in": cross_entropy(logits_in.float(), y).mean(),  # of the attacked batch
                 "adv_acc": adv_acc,
                 "clean_acc": adv_acc if clean_logits is None else (clean_logits.argmax(1) == y).float().mean(),
                 "lr": torch.tensor(lr),
@@ -180,6 +181,7 @@ class RatioTrainer:
             }
             if logits_out is not None:
                 metrics["out_conf"] = logits_out.float().softmax(1).amax(1).mean()
+                metrics["loss_out"] = kl_to_uniform(logits_out.float()).mean()
         return metrics
 
     def _not_finite(self, loss: torch.Tensor) -> torch.Tensor:
