@@ -19,6 +19,9 @@ from setuptools.command.develop import develop
 
 ROOT = Path(__file__).resolve().parent
 NATIVE_BUILD_DIR = ROOT / "build" / "native"
+# The version is the package's (`ratio_fast.__version__`, what `ratio-fast --version` prints),
+# read as text: importing the package here would need torch before it is installed.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "ratio_fast" / "__init__.py").read_text(), re.M).group(1)
 
 
 def build_native() -> None:
@@ -88,7 +91,15 @@ class BinaryDistribution(Distribution):
 
 setup(
     name="ratio-fast",
-    version="0.1.0",
+    version=VERSION,
+    # An SPDX expression (LICENSE holds the text); setuptools deprecates the "License ::" classifier beside it.
+    license="MIT",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     description="Fast RATIO training (L2 adversarial training + adversarial Outlier Exposure) "
     "with a fused L2 PGD attack",
     long_description=open("README.md", encoding="utf-8").read(),

@@ -40,7 +40,7 @@ OOD = "out-of-distribution detection (max softmax confidence)"
 # another run than the checkpoint's, so `--resume` refuses it.
 RESUME_MAY_CHANGE = frozenset({
     "epochs", "max_steps", "checkpoint_every", "checkpoint_epochs", "keep_last", "max_skipped_steps", "eval_samples",
-    "log_every", "tensorboard",
+    "log_every", "tensorboard", "workers",
     "data_dir", "device", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
     "fused_optimizer",
 })
@@ -170,6 +170,8 @@ class TrainConfig:
                                     "decoded (counted in a note) instead of stopping before the first step",
                                     negatable=False)
     loader: str = setting("auto", DATA, choices_help(LOADERS), choices=tuple(LOADERS))
+    workers: int | None = setting(None, DATA, "worker processes of each stream of the torch and dali loaders (0: in "
+                                  "the main process; default: one per CPU core, at most 4)", metavar="N", at_least=0)
     synthetic_size: int | None = setting(None, DATA, "training images of the synthetic set (default: 10240)",
                                          at_least=1)
     augment: str = setting("autoaugment_cutout", DATA, "of both batches. " + choices_help(AUGMENTATIONS),

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .. import __version__
 from ..config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
                      value_type)
 from .parser import ArgumentParser, HelpFormatter
@@ -143,6 +144,7 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
     """
     parser = ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
                             epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub, train_defaults or TrainConfig())
     sub.choices["train"].set_defaults(run=_run_train)

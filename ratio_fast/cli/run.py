@@ -110,7 +110,8 @@ class Run:
                          channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size)
         said: set[str] = set()  # the loader lines logged so far
         self.loader_kinds = [self._loader_kind(train.images, spec, said)]
-        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device)
+        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device,
+                                        workers=cfg.workers)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
         self.test_loader = make_loader("gpu", test.images, test.labels, BatchSpec.in_order(256, channels_last),
                                        self.device)
@@ -123,7 +124,8 @@ class Run:
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
             out_spec = dataclasses.replace(spec, seed=cfg.seed + 1)
             self.loader_kinds.append(self._loader_kind(out_images, out_spec, said))
-            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device)
+            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device,
+                                          workers=cfg.workers)
 
         self.steps_per_epoch = len(self.train_loader)
         model = create_model(cfg.arch, num_classes=train.num_classes, mean=data_set.mean, std=data_set.std)
@@ -154,7 +156,7 @@ class Run:
         """--loader for these images. Logged: auto's choice with its rates and what it left out (a
         measurement each time, a choice by rule once: the out-distribution's usually repeats the
         in-distribution's), and a kind asked for by name whose batches are not the reference's."""
-        choice = choose_loader_kind(self.config.loader, images, self.device, spec)
+        choice = choose_loader_kind(self.config.loader, images, self.device, spec, workers=self.config.workers)
         line = choice.describe()
         if line and (choice.measured or line not in said):
             self._print(line)
