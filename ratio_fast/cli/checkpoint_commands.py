@@ -21,6 +21,10 @@ from ..validation import check_number
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
+# eval --quick: a first look in about a tenth of the time (README: "Evaluate, explain, export").
+# Fewer images under attack (with their 95 % interval), fewer APGD steps and targets, smaller
+# OOD sets; the clean accuracy keeps every test image. A flag given with --quick wins.
+QUICK_EVAL = {"robust_samples": 500, "steps": 25, "targets": 3, "ood_samples": 500, "ood_steps": 25}
 
 
 def _common(p) -> None:
@@ -44,6 +48,10 @@ def add_eval(sub) -> None:
     p.add_argument("--out", default=None, help="results folder (default: <checkpoint folder>/eval); "
                                                "re-running with the same --out resumes")
     _device_flags(p)
+    p.add_argument("--quick", action="store_true",
+                   help="a first look in about a tenth of the time: " + " ".join(
+                       f"--{name.replace('_', '-')} {value}" for name, value in QUICK_EVAL.items())
+                   + " (flags given with it win)")
     g = p.add_argument_group("robust accuracy (L2)")
     g.add_argument("--eps", type=float, default=None, help="attack radius (default: the run's --eps-in)")
     g.add_argument("--attacks", default="apgd-ce,apgd-t",
@@ -103,6 +111,10 @@ def _run_eval(args) -> int:
     from ..evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
     from ..evaluation.ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
+    if args.quick:
+        for name, value in QUICK_EVAL.items():
+            if name not in getattr(args, "given", ()):
+                setattr(args, name, value)
     model, config, device, channels_last = _load(args)
     attacks = _names("--attacks", args.attacks)
     settings = EvalSettings(

@@ -139,8 +139,8 @@ SUBCOMMANDS = [add_eval, add_counterfactuals, add_export]
 def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = False) -> argparse.ArgumentParser:
     """The CLI; `train_defaults` (from --config FILE) replace the built-in defaults of `train`.
 
-    given_only: parsing leaves out every train setting not named on the command line (what a
-    resumed run compares with its checkpoint).
+    given_only: parsing leaves out every flag not named on the command line (what a resumed run
+    compares with its checkpoint, what eval --quick leaves as given).
     """
     parser = ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
                             epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
@@ -148,12 +148,13 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub, train_defaults or TrainConfig())
     sub.choices["train"].set_defaults(run=_run_train)
-    if given_only:  # (set_defaults would store SUPPRESS as a value for argparse to convert)
-        for action in sub.choices["train"]._actions:
-            if action.dest in TRAIN_SETTINGS:
-                action.default = argparse.SUPPRESS
     for add in SUBCOMMANDS:
         add(sub)
+    if given_only:  # (set_defaults would store SUPPRESS as a value for argparse to convert)
+        for subparser in sub.choices.values():
+            for action in subparser._actions:
+                if action.dest != "help":
+                    action.default = argparse.SUPPRESS
     return parser
 
 
@@ -177,9 +178,10 @@ def _main(argv: list[str]) -> int:
 
             file_settings = read_config_file(args.config)
             args = build_parser(TrainConfig(**file_settings)).parse_args(argv)
+        named = set(vars(build_parser(given_only=True).parse_args(argv)))  # the flags on the command line
+        args.given = named
         if args.command == "train":
-            named = vars(build_parser(given_only=True).parse_args(argv))
-            args.given_settings = set(file_settings) | (set(named) & TRAIN_SETTINGS)
+            args.given_settings = set(file_settings) | (named & TRAIN_SETTINGS)
         return args.run(args)
     except UserError as e:
         print(f"ratio-fast: error: {e}", file=sys.stderr)

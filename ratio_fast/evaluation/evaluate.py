@@ -189,28 +189,58 @@ def _changes(old, new: dict) -> str:
 Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator, slice], dict]
 
 
-def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed: int) -> dict:
+def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed: int,
+             progress: Progress | None = None, cost: int = 1) -> dict:
     """Measure every batch of a part not yet in `state`, saving as it goes; return all its results.
 
     The generator handed to `measure` is seeded by (seed, part, batch), so a batch gives the
-    same result whenever it is computed.
+    same result whenever it is computed. progress: the whole evaluation's, advanced by `cost`
+    per batch (a batch done before counts as done); None: one of the part's own.
     """
     todo = [b for b in range(len(source)) if not state.done(part, b)]
+    if progress is not None:
+        progress.skip(cost * (len(source) - len(todo)))
     if todo:
-        progress = Progress(len(todo), desc=part)
+        own = progress is None
+        progress = Progress(len(todo), desc=part) if own else progress
         try:
             for b in todo:
                 x, y = source.batch(0, b)
                 generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
                 rows = slice(b * source.spec.batch_size, b * source.spec.batch_size + x.shape[0])
                 state.put(part, b, measure(x, y, generator, rows))
-                progress.update(1)
+                progress.update(cost if not own else 1, None if own else part)
         except KeyboardInterrupt:  # Ctrl-C: keep every batch finished so far
             state.save()
             raise
-        progress.close()
+        if own:
+            progress.close()
         state.save()
     return state.collect(part, len(source))
+
+
+# The work of one batch of each part, in clean forwards (an attack step is a forward and a backward:
+# about 3), for the whole evaluation's ETA. Robust parts attack only the points still robust, so the
+# ETA starts high and comes down. AutoAttack's standard version: APGD-CE, APGD-T and FAB-T (about
+# APGD-T's work) and Square (5000 forward queries).
+ATTACK_STEP_COST = 3
+SQUARE_QUERIES = 5000
+
+
+def _costs(s: EvalSettings) -> dict[str, int]:
+    return {"clean": 1, "apgd-ce": ATTACK_STEP_COST * s.steps, "apgd-t": ATTACK_STEP_COST * s.steps * s.targets,
+            "autoattack": ATTACK_STEP_COST * s.steps * (1 + 2 * s.targets) + SQUARE_QUERIES,
+            "worst-case ood": ATTACK_STEP_COST * s.ood_steps}
+
+
+def _total_work(s: EvalSettings, test: Loader, ood_sets: dict[str, Loader]) -> int:
+    costs = _costs(s)
+    total = len(test) * costs["clean"]
+    if s.eps > 0 and (s.attacks or s.autoattack):
+        robust_batches = len(test.first(s.robust_samples)) if s.robust_samples else len(test)
+        total += robust_batches * sum(costs[a] for a in (*s.attacks, *(("autoattack",) if s.autoattack else ())))
+    worst = costs["worst-case ood"] if s.ood_steps > 0 and s.ood_eps > 0 else 0
+    return total + sum(len(source) * (costs["clean"] + worst) for source in ood_sets.values())
 
 
 def _batch_seed(seed: int, part: str, batch: int) -> int:
@@ -287,9 +317,11 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
         worst = calls("worst-case ood", worst_case_rows, x, start).best
         return {"conf": max_confidence(_no_grad(model, worst))}
 
+    costs = _costs(s)
+    progress = Progress(_total_work(s, test, ood_sets), desc="evaluation", unit="work")  # work: see _costs
     with eval_mode(model):
         results: dict = {"samples": test.num_samples, "test_images": test_images or test.num_samples}
-        clean_part = run_part(state, f"clean, {test.num_samples} images", test, clean, seed)
+        clean_part = run_part(state, f"clean, {test.num_samples} images", test, clean, seed, progress, costs["clean"])
         results["clean_accuracy"] = float(clean_part["correct"].double().mean())
         results["mean_max_conf_in"] = float(clean_part["conf"].double().mean())
 
@@ -301,7 +333,7 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
             for k, name in enumerate(s.attacks):
                 part = _robust_part_name(s.attacks[:k + 1], s, n)
                 measure = _surviving(still_robust, _fooled_by(name, model, s, calls))
-                still_robust = run_part(state, part, robust_set, measure, seed)["robust"]
+                still_robust = run_part(state, part, robust_set, measure, seed, progress, costs[name])["robust"]
                 robust[name] = float(still_robust.double().mean())  # after this attack and those before
             if s.autoattack:
                 from .autoattack_package import AutoAttackPackage
@@ -312,7 +344,8 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
                     return {"robust": reference.robust(model, x, y, seed=generator.initial_seed() % 2**31)}
 
                 part = f"{reference.description}, L2 {s.eps}, {n} images"
-                reference_robust = run_part(state, part, robust_set, autoattack, seed)["robust"]
+                reference_robust = run_part(state, part, robust_set, autoattack, seed, progress,
+                                            costs["autoattack"])["robust"]
                 robust["autoattack"] = float(reference_robust.double().mean())
                 robust["autoattack_version"] = reference.description
                 still_robust = still_robust & reference_robust
@@ -321,15 +354,17 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
 
         results["ood"] = {}
         for name, source in ood_sets.items():
-            conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed)["conf"]
+            conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed,
+                            progress, costs["clean"])["conf"]
             metrics = ood_metrics(clean_part["conf"], conf)
             if s.ood_steps > 0 and s.ood_eps > 0:
                 part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.num_samples} images"
-                worst = run_part(state, part, source, ood_worst, seed)["conf"]
+                worst = run_part(state, part, source, ood_worst, seed, progress, costs["worst-case ood"])["conf"]
                 metrics.update({f"worst_case_{k}": v for k, v in ood_metrics(clean_part["conf"], worst).items()})
                 metrics.update(worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
             metrics["samples"] = source.num_samples
             results["ood"][name] = metrics
+    progress.close()
     results["settings"] = {**asdict(s), "attacks": list(s.attacks)}
     return results
 
