@@ -120,7 +120,9 @@ setup(
         # `ratio-fast eval --autoattack` (AutoAttack itself, fra31's code as packaged on PyPI, MIT) and SVHN's .mat
         "eval": ["pyautoattack>=0.2", "scipy>=1.7"],
         "tensorboard": ["tensorboard>=2.10"],  # train --tensorboard
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pyautoattack>=0.2", "scipy>=1.7", "tensorboard>=2.10"],
+        "plots": ["matplotlib>=3.6"],  # curves.png of a run, ood.png of eval
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pyautoattack>=0.2", "scipy>=1.7", "tensorboard>=2.10",
+                "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["ratio-fast=ratio_fast.cli:main"]},
     package_data={"ratio_fast.ops": ["*.so", "*.dylib"]},  # the native libraries, when built

@@ -151,13 +151,31 @@ def _run_eval(args) -> int:
                         "command continues from there")
     evaluated = describe_weights(args.checkpoint, args.weights)
     print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
-    results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
+    scores = {}
+    results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test), scores=scores)
     results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "evaluated": evaluated,
                "arch": config.arch, "dataset": config.dataset, **results}
     atomic_write_text(out / EVAL_RESULTS, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"results: {out / EVAL_RESULTS}")
+    _draw_ood(scores, out)
     return 0
+
+
+def _draw_ood(scores: dict, out: Path) -> None:
+    """ood.png beside eval.json (plots.py), or the line that says why not."""
+    from .. import plots
+
+    sets = {name: {kind: None if t is None else t.numpy() for kind, t in value.items()}
+            for name, value in scores.items() if name != "in"}
+    if not sets:
+        return
+    why_not = plots.missing(plots.OOD_PICTURE)
+    if why_not:
+        print(why_not, file=sys.stderr)
+        return
+    plots.ood_pictures(scores["in"].numpy(), sets, out / plots.OOD_PICTURE)
+    print(f"ROC curves and confidence histograms: {out / plots.OOD_PICTURE}")
 
 
 def describe_weights(path: str | Path, weights: str) -> str:

@@ -42,6 +42,7 @@ from ..errors import TrainingStopped, UserError
 from ..files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
 from ..evaluation.evaluate import clean_accuracy, robust_accuracy
 from ..models import create_model
+from .. import plots
 from ..progress import Progress
 from ..training.logs import ConsoleLog, StepScalars, TensorBoard, accumulate, check_tensorboard, means
 from ..training.stop import StopRequest
@@ -251,6 +252,8 @@ class Run:
                 self.tensorboard = TensorBoard(self.run_dir, trainer.steps_done)
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
         ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
+        if plots.missing(plots.CURVES):
+            self._print(plots.missing(plots.CURVES))
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
                     f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device}{ranks}, "
                     f"{_loader_names(self.loader_kinds)} -> {self.run_dir}")
@@ -317,6 +320,8 @@ class Run:
             record.update(self._evaluate())
         self._record(record)
         self._print(_summary_line(record, cfg))
+        if self.ctx.is_main and plots.missing(plots.CURVES) is None:
+            plots.training_curves(_rows(self.run_dir / METRICS), self.run_dir / plots.CURVES)
         return record
 
     def _record(self, record: dict) -> None:
@@ -467,6 +472,17 @@ def _loader_names(kinds: list[str]) -> str:
     if len(set(kinds)) == 1:
         return f"{LOADERS[kinds[0]].title} loader"
     return f"{LOADERS[kinds[0]].title} loader (in), {LOADERS[kinds[1]].title} loader (out)"
+
+
+def _rows(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut by a crash is none)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _step_of(line: str) -> float:

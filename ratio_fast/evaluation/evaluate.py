@@ -286,12 +286,14 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loader],
-                   settings: EvalSettings, state: EvalState, test_images: int | None = None) -> dict:
+                   settings: EvalSettings, state: EvalState, test_images: int | None = None,
+                   scores: dict | None = None) -> dict:
     """Every metric of `settings` on `test` (labelled) and the unlabelled `ood_sets`; a JSON-ready dict.
 
     test_images: the size of the whole test split `test` is taken from (default: test.num_samples), so
     that accuracies on fewer images get a confidence interval. OOD sets are scored against the
-    clean in-distribution scores of all of `test`.
+    clean in-distribution scores of all of `test`. scores: filled with the max confidences behind
+    the OOD metrics, {"in": test's, name: {"clean": ..., "worst": ...}} (for the pictures).
     """
     s = settings
     seed = s.seed
@@ -357,6 +359,7 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
             conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed,
                             progress, costs["clean"])["conf"]
             metrics = ood_metrics(clean_part["conf"], conf)
+            worst = None
             if s.ood_steps > 0 and s.ood_eps > 0:
                 part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.num_samples} images"
                 worst = run_part(state, part, source, ood_worst, seed, progress, costs["worst-case ood"])["conf"]
@@ -364,6 +367,8 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
                 metrics.update(worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
             metrics["samples"] = source.num_samples
             results["ood"][name] = metrics
+            if scores is not None:
+                scores.update({"in": clean_part["conf"], name: {"clean": conf, "worst": worst}})
     progress.close()
     results["settings"] = {**asdict(s), "attacks": list(s.attacks)}
     return results
