@@ -2,9 +2,10 @@
 
 The run directory holds `config.json` (the resolved settings), `metrics.jsonl` (one line per
 epoch, and with --log-every one per interval of steps), `train.log` (the console lines; these and
-TensorBoard's files: training/logs.py) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
-atomically after every epoch, every --checkpoint-every steps, and when the run stops early;
-copies of it every --checkpoint-epochs, the --keep-last newest kept).
+TensorBoard's files: training/logs.py), `curves.png` (plots.py) and `checkpoint.pt` (model, EMA,
+optimizer, scaler, RNG and position, rewritten atomically after every epoch, every
+--checkpoint-every steps, and when the run stops early; copies of it every --checkpoint-epochs,
+the --keep-last newest kept).
 Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
 where the checkpoint was taken.
 
