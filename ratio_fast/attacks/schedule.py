@@ -15,15 +15,13 @@ without measuring. training/attack_phase.py runs the phase of each step under th
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..choices import SCHEDULE_KINDS, SCHEDULES
-from ..measure import cache_dir, fastest
+from ..measure import Measured, cache_dir, fastest
 from .pgd import L2PGD, joint_l2_pgd
 
 
@@ -55,22 +53,9 @@ def default_cache_path() -> Path:
     return cache_dir() / "attack_schedule.json"
 
 
-@dataclass
-class ScheduleChoice:
-    schedule: str
-    timings_ms: dict[str, float] = field(default_factory=dict)  # per candidate, per attack phase
-    key: str = ""
-    cached: bool = False  # read from the cache rather than measured now
-
-    def describe(self) -> str:
-        times = ", ".join(f"{name} {ms:.1f} ms" for name, ms in self.timings_ms.items())
-        origin = "cached" if self.cached else "measured"
-        return f"attack schedule: {self.schedule} ({origin}: {times})"
-
-
 def choose_schedule(key: str, measure: Callable[[str], float], candidates: tuple[str, ...],
-                    cache_path: str | Path | None = None) -> ScheduleChoice:
+                    cache_path: str | Path | None = None) -> Measured:
     """The fastest of `candidates` (choices.schedule_candidates of the attack) for `key`, measured
     once with measure(name) -> seconds, then cached."""
-    found = fastest(key, measure, candidates, cache_path if cache_path is not None else default_cache_path())
-    return ScheduleChoice(found.best, found.timings_ms, key, found.cached)
+    return fastest(key, measure, candidates, cache_path if cache_path is not None else default_cache_path(),
+                   what="attack schedule")

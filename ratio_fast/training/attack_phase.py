@@ -10,9 +10,9 @@ from typing import Callable
 import torch
 
 from ..attacks.cuda_graph import GraphedCall
-from ..attacks.schedule import ScheduleChoice, choose_schedule, run_attacks
+from ..attacks.schedule import choose_schedule, run_attacks
 from ..choices import SCHEDULES, SEQUENTIAL
-from ..measure import Timer, device_timer, setting_key
+from ..measure import Measured, Timer, device_timer, setting_key
 from ..models import eval_mode
 from .speed import SpeedSettings
 
@@ -39,7 +39,7 @@ class AttackPhase:
         self.attack_in, self.attack_out = attack_in, attack_out
         self.speed, self.device = speed, device
         self.schedule = speed.attack_schedule  # 'auto' until the first batch has chosen
-        self.choice: ScheduleChoice | None = None  # set when 'auto' has measured or read the cache
+        self.choice: Measured | None = None  # set when 'auto' has measured or read the cache
         self._timer, self._cache_path, self._log = timer, cache_path, log
         self._calls: dict[str, Callable] = {}  # schedule -> the phase under it (graphed or not)
         self._side_stream: torch.cuda.Stream | None = None
@@ -84,7 +84,7 @@ class AttackPhase:
 
         self.choice = choose_schedule(self._cache_key(x, z), seconds, self.speed.schedule_candidates,
                                       cache_path=self._cache_path)
-        self.schedule = self.choice.schedule
+        self.schedule = self.choice.best
         # Only the chosen schedule runs from now on: the other's CUDA graph would only hold memory.
         self._calls = {name: call for name, call in self._calls.items() if name == self.schedule}
         if self._log is not None:

@@ -30,10 +30,9 @@ import torch
 
 from ..attacks.named import build_attack
 from ..attacks.objectives import mode_loss
-from ..attacks.schedule import ScheduleChoice
 from ..choices import MODES
 from ..config import TrainConfig
-from ..measure import Timer
+from ..measure import Measured, Timer
 from ..models import keep_first_conv_fp32
 from ..models.grouped_batchnorm import group_batchnorm, grouped_joint_batch, split_grouped_logits
 from ..models.precision import ieee_fp32_convolutions
@@ -103,7 +102,7 @@ class RatioTrainer:
         return self.attack_phase.schedule
 
     @property
-    def schedule_choice(self) -> ScheduleChoice | None:
+    def schedule_choice(self) -> Measured | None:
         """What 'auto' measured (or read from the cache) on the first step; None otherwise."""
         return self.attack_phase.choice
 
