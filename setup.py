@@ -19,9 +19,9 @@ from setuptools.command.develop import develop
 
 ROOT = Path(__file__).resolve().parent
 NATIVE_BUILD_DIR = ROOT / "build" / "native"
-# The version is the package's (`ratio_fast.__version__`, what `ratio-fast --version` prints),
-# read as text: importing the package here would need torch before it is installed.
-VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "ratio_fast" / "__init__.py").read_text(), re.M).group(1)
+# The version is the package's (`ratio_fast.__version__`, from ratio_fast/version.py: what `ratio-fast
+# --version` prints), read as text: importing the package here would need torch before it is installed.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "ratio_fast" / "version.py").read_text(), re.M).group(1)
 
 
 def build_native() -> None:

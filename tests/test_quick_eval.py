@@ -4,8 +4,8 @@ import json
 import re
 
 from ratio_fast import TrainConfig
-from ratio_fast.cli.checkpoint_commands import QUICK_EVAL
 from ratio_fast.cli.main import main
+from ratio_fast.config import QUICK_EVAL, EvalConfig
 from ratio_fast.training.checkpoint import save_checkpoint
 
 
@@ -31,6 +31,15 @@ def test_quick_sets_the_preset_and_given_flags_win(trained_tiny, tmp_path, capsy
     err = capsys.readouterr().err
     done, total = map(int, re.search(r"^evaluation (\d+)/(\d+) \(100%\).*eta 0s", err, re.M).groups())
     assert done == total == 2 * 1 + 1 * (6 + 18) + 16 * (1 + 6)
+
+
+def test_quick_is_a_setting_whose_preset_yields_to_the_named_settings():
+    """EvalConfig.quickened, what eval --quick and rf.evaluate(quick=True) both apply."""
+    plain = EvalConfig(steps=7)
+    assert plain.quickened(set()) == plain  # without quick: as it is
+    quick = EvalConfig(quick=True, steps=7).quickened({"quick", "steps"})
+    assert quick.steps == 7 and quick.targets == QUICK_EVAL["targets"] != EvalConfig().targets
+    assert all(getattr(quick, name) == value for name, value in QUICK_EVAL.items() if name != "steps")
 
 
 def test_counterfactuals_show_progress_over_every_step(trained_tiny, tmp_path, capsys):

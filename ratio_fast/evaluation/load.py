@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ExportConfig, TrainConfig
 from ..datasets import get_dataset
 from ..digest import DamagedFile, verify
 from ..errors import UserError
@@ -35,7 +35,7 @@ class LoadedRun:
     checkpoint: Path
 
 
-def load_run(path: str | Path, weights: str = "ema") -> LoadedRun:
+def load_run(path: str | Path, weights: str = ExportConfig.weights) -> LoadedRun:
     """A run directory (its best.pt, else checkpoint.pt) or a checkpoint file, as a LoadedRun."""
     checkpoint = resolve_checkpoint(path)
     model, config = model_from_checkpoint(checkpoint, weights)
@@ -108,7 +108,7 @@ def model_from_export(path: str | Path) -> tuple[torch.nn.Module, TrainConfig]:
     return model.eval(), config
 
 
-def load_model(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, TrainConfig, Path]:
+def load_model(path: str | Path, weights: str = ExportConfig.weights) -> tuple[torch.nn.Module, TrainConfig, Path]:
     """(model on the CPU in eval mode, the run's settings, the file read) for a checkpoint, a run
     directory or an export."""
     exported = export_files(path)
