@@ -2,6 +2,7 @@
 type's formula, written out here from the authors' code (utils/train_types/) and TRADES'
 trades.py; every attack raises its objective; types without attacks run none."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from ratio_fast import RatioTrainer, TrainConfig, create_model
 from ratio_fast.choices import MODES
+from ratio_fast.cli.config_file import read_config_file
 from ratio_fast.errors import UserError
 from ratio_fast.training import trainer as trainer_module
 
@@ -148,3 +150,22 @@ def test_train_clean_is_refused_where_it_means_nothing():
     for mode in ("at", "trades", "plain"):
         with pytest.raises(UserError, match="--train-clean"):
             TrainConfig(mode=mode, train_clean=True)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_type_ships_a_cifar10_wrn34_config_with_the_authors_settings(mode):
+    """configs/<mode>-cifar10-wrn34.json: the authors' RATIO command (their README gives no other)
+    with --train_type <mode>, their run_file_helpers.py defaults for it (trades_weight and
+    od_trades_weight 6, od_weight 1)."""
+    config = TrainConfig(**read_config_file(CONFIGS / f"{mode}-cifar10-wrn34.json"))
+    ratio = TrainConfig(**read_config_file(CONFIGS / "ratio-cifar10-wrn34.json"))
+    assert config.mode == mode
+    shared = ("arch", "dataset", "augment", "epochs", "batch_size", "bn_groups", "lr", "momentum", "weight_decay",
+              "ema_decay", "eps_in", "eps_out", "steps_in", "steps_out", "step_size_in", "step_size_out", "lam")
+    assert {k: getattr(config, k) for k in shared} == {k: getattr(ratio, k) for k in shared}
+    assert config.trades_beta == config.trades_beta_out == 6.0 and not config.train_clean
+    assert (config.out_data is not None) == MODES[mode].uses_out_data
+    assert config.out_exclude == (ratio.out_exclude if MODES[mode].uses_out_data else [])
