@@ -222,6 +222,10 @@ class TrainConfig:
     backend: str = backend_setting(SPEED)
 
     eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
+    test_every: int = setting(1, RUN, "test the EMA (best.pt keeps the best clean accuracy among tested epochs) "
+                              "after epochs 1, N+1, 2N+1, ... and after every epoch that begins at 80 percent of "
+                              "--epochs or later, as the authors' --test_epochs N (their run: 10); 1: every epoch",
+                              metavar="N", at_least=1)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
                                            "the end of each epoch)", metavar="STEPS", at_least=1)
     max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "

@@ -23,11 +23,11 @@ SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "ratio-cifar10-wr
 #   --epochs 300 --ema True --ema_decay 0.999 --dataset cifar10 --schedule cosine --l2_eps 0.5
 #   --od_eps_factor 2   (defaults: --lr 0.1 --bs 128 --decay 5e-4 --momentum 0.9 --od_weight 1,
 #   ArgminPGD step 0.1 for both attacks, --od_dataset tinyImages --exclude_cifar True), and --gpu 0 1:
-#   nn.DataParallel on two GPUs, so BatchNorm over two groups
+#   nn.DataParallel on two GPUs, so BatchNorm over two groups; --test_epochs 10
 AUTHORS = dict(arch="wrn34", augment="autoaugment_cutout", steps_in=10, steps_out=20, mode="ratio", epochs=300,
                ema_decay=0.999, dataset="cifar10", eps_in=0.5, eps_out=1.0, lr=0.1, batch_size=128,
                weight_decay=5e-4, momentum=0.9, lam=1.0, attack="pgd", step_size_in=0.1, step_size_out=0.1,
-               bn_groups=2)
+               bn_groups=2, test_every=10)
 # Their _load_cifar_exclusion_idcs with exclude_cifar and exclude_cifar10_1: the Outlier Exposure
 # list (1-based, "- 1") and their own lists (0-based).
 AUTHORS_LISTS = {"80mn_cifar_idxs.txt": 1, "80mn_cifar10_test_idxs.txt": 0, "80mn_cifar100_test_idxs.txt": 0,
