@@ -334,3 +334,26 @@ OOD_SETS: dict[str, OodSet] = table(
     OodSet("permuted-pixels", "test images with shuffled pixels", default=True),
     OodSet("svhn", "SVHN's test split", default=False, file="test_32x32.mat"),
 )
+
+
+# ---- counterfactuals --start, --target --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterfactualChoice:
+    """A counterfactuals --start or --target value (evaluation/counterfactuals.py acts on each)."""
+
+    name: str
+    help: str
+
+
+COUNTERFACTUAL_STARTS: dict[str, CounterfactualChoice] = table(
+    CounterfactualChoice("random", "a random point on the sphere of each radius around the image, clipped to "
+                                   "[0,1], drawn from --seed (the authors' APGD)"),
+    CounterfactualChoice("image", "the image itself: no radius ends less confident in the target than the image"),
+)
+COUNTERFACTUAL_TARGETS: dict[str, CounterfactualChoice] = table(
+    CounterfactualChoice("runner-up", "per image, the most likely class but its label"),
+    CounterfactualChoice("true", "per image, its label (the authors' first row)"),
+    CounterfactualChoice("predicted", "per image, the model's prediction (the authors' second row)"),
+)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, EVAL_ATTACKS, LOADERS, MODES, OOD_SETS,
-                      SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help, same_batches)
+from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS,
+                      EVAL_ATTACKS, LOADERS, MODES, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help,
+                      same_batches)
 from .datasets import CIFAR_NAMES, DATASETS, get_dataset
 from .errors import UserError
 from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
@@ -322,8 +323,11 @@ class CounterfactualsConfig:
 
     weights: str = weights_setting()
     images: tuple[int, ...] = setting(tuple(range(8)), OPTIONS, "comma list of test-set indices")
-    target: int | None = setting(None, OPTIONS, "target class for every image (default: per image, the most likely "
-                                 "class but its own)")
+    target: str = setting("runner-up", OPTIONS, f"{choices_help(COUNTERFACTUAL_TARGETS)}; or a class number, for "
+                          "every image")
+    start: str = setting("random", OPTIONS, choices_help(COUNTERFACTUAL_STARTS), choices=tuple(COUNTERFACTUAL_STARTS),
+                         noun="start")
+    seed: int = setting(0, OPTIONS, "seeds the random start (0 to 2**63-1)", **SEED_RANGE)
     radii: tuple[float, ...] = setting((0.5, 1.0, 1.5, 2.0, 2.5, 3.0), OPTIONS, "comma list of L2 radii", above=0)
     steps: int = setting(500, OPTIONS, "APGD steps per radius", at_least=1)
     batch_size: int = setting(256, OPTIONS, "images x radii per attack batch", at_least=1)

@@ -16,7 +16,8 @@ from ..datasets import get_dataset
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_safetensors, atomic_write_text, make_directory
 from ..ops._common import BACKENDS
-from ..validation import check_number
+from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, choices_help
+from ..validation import SEED_RANGE, check_number, lookup
 
 FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
@@ -81,8 +82,10 @@ def add_counterfactuals(sub) -> None:
     _common(p)
     p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/counterfactuals)")
     p.add_argument("--images", default="0,1,2,3,4,5,6,7", help="comma list of test-set indices")
-    p.add_argument("--target", type=int, default=None,
-                   help="target class for every image (default: per image, the most likely class but its own)")
+    p.add_argument("--target", default="runner-up",
+                   help=f"{choices_help(COUNTERFACTUAL_TARGETS)}; or a class number, for every image")
+    p.add_argument("--start", default="random", help=choices_help(COUNTERFACTUAL_STARTS))
+    p.add_argument("--seed", type=int, default=0, help="seeds the random start (0 to 2**63-1)")
     p.add_argument("--radii", default="0.5,1,1.5,2,2.5,3", help="comma list of L2 radii")
     p.add_argument("--steps", type=int, default=500, help="APGD steps per radius")
     p.add_argument("--batch-size", type=int, default=256, help="images x radii per attack batch")
@@ -177,7 +180,7 @@ def _run_counterfactuals(args) -> int:
     import numpy as np
     import torch
 
-    from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+    from ..evaluation.counterfactuals import choose_targets, counterfactuals, save_grid, target_probability
 
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     model, config, device, _ = _load(args)
@@ -190,15 +193,16 @@ def _run_counterfactuals(args) -> int:
     for radius in radii:
         check_number("--radii", radius, above=0)
     check_number("--steps", args.steps, at_least=1, integer=True)
-    if args.target is not None and not 0 <= args.target < test.num_classes:
-        raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {args.target}")
+    check_counterfactual_target(args.target, test.num_classes)
+    lookup(COUNTERFACTUAL_STARTS, args.start, "--start", "start")
+    check_number("--seed", args.seed, integer=True, **SEED_RANGE)
 
     images = np.ascontiguousarray(test.images[indices])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
     labels = torch.as_tensor(test.labels[indices], dtype=torch.int64, device=device)
-    targets = runner_up(model, x, labels) if args.target is None else torch.full_like(labels, args.target)
+    targets = choose_targets(model, x, labels, args.target)
     adv, conf = counterfactuals(model, x, targets, radii, steps=args.steps, backend=args.backend,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, start=args.start, seed=args.seed)
     original_conf = target_probability(model, x, targets)
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
@@ -212,6 +216,14 @@ def _run_counterfactuals(args) -> int:
     print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
           f"({args.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
     return 0
+
+
+def check_counterfactual_target(target: str, num_classes: int) -> None:
+    """--target: a rule of COUNTERFACTUAL_TARGETS or a class of the model; UserError otherwise."""
+    if target in COUNTERFACTUAL_TARGETS or (target.isdigit() and int(target) < num_classes):
+        return
+    raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class in 0..{num_classes - 1}, "
+                    f"got {target!r}")
 
 
 def _run_export(args) -> int:
