@@ -152,7 +152,7 @@ def describe(benchmark, device: str, seconds: float, reference: float | None = N
 
 
 def engine_conv_precision(speed) -> str:
-    """'fp32 (ieee)', 'bf16, first conv fp32 (ieee)' or 'bf16': the engine turns TF32 off itself (train.py)."""
+    """'fp32 (ieee)', 'bf16, first conv fp32 (ieee)' or 'bf16': the engine turns TF32 off itself (training/trainer.py)."""
     fp32 = f"fp32 ({'ieee' if speed.ieee_fp32_convs else 'tf32'})"
     if speed.amp_dtype is None:
         return fp32

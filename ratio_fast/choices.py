@@ -10,7 +10,8 @@ without a row, fails at once.
 
 The tables follow the flow of a run: data (--augment, --loader), models (--arch), the threat
 model (norms), attacks (train --attack, eval --attacks), training (--mode, --attack-schedule,
---amp-dtype, --backend), evaluation (--weights, the built-in --ood sets).
+--amp-dtype, --backend), evaluation (--weights, the built-in --ood sets),
+counterfactuals (--start, --target).
 """
 from __future__ import annotations
 
@@ -340,20 +341,32 @@ OOD_SETS: dict[str, OodSet] = table(
 
 
 @dataclass(frozen=True)
-class CounterfactualChoice:
-    """A counterfactuals --start or --target value (evaluation/counterfactuals.py acts on each)."""
+class CounterfactualStart:
+    """A counterfactuals --start value: where APGD begins in each radius's ball."""
+
+    name: str
+    help: str
+    random: bool  # a random point on the radius's sphere, drawn from --seed; False: the image itself
+
+
+COUNTERFACTUAL_STARTS: dict[str, CounterfactualStart] = table(
+    CounterfactualStart("random", "a random point on the sphere of each radius around the image, clipped to "
+                                  "[0,1], drawn from --seed (the authors' APGD)", random=True),
+    CounterfactualStart("image", "the image itself: no radius ends less confident in the target than the image",
+                        random=False),
+)
+
+
+@dataclass(frozen=True)
+class CounterfactualTarget:
+    """A counterfactuals --target rule (evaluation/counterfactuals.py holds the code of each)."""
 
     name: str
     help: str
 
 
-COUNTERFACTUAL_STARTS: dict[str, CounterfactualChoice] = table(
-    CounterfactualChoice("random", "a random point on the sphere of each radius around the image, clipped to "
-                                   "[0,1], drawn from --seed (the authors' APGD)"),
-    CounterfactualChoice("image", "the image itself: no radius ends less confident in the target than the image"),
-)
-COUNTERFACTUAL_TARGETS: dict[str, CounterfactualChoice] = table(
-    CounterfactualChoice("runner-up", "per image, the most likely class but its label"),
-    CounterfactualChoice("true", "per image, its label (the authors' first row)"),
-    CounterfactualChoice("predicted", "per image, the model's prediction (the authors' second row)"),
+COUNTERFACTUAL_TARGETS: dict[str, CounterfactualTarget] = table(
+    CounterfactualTarget("runner-up", "per image, the most likely class but its label"),
+    CounterfactualTarget("true", "per image, its label (the authors' first row)"),
+    CounterfactualTarget("predicted", "per image, the model's prediction (the authors' second row)"),
 )

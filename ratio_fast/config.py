@@ -104,6 +104,11 @@ def about(field: dataclasses.Field) -> SettingInfo:
     return field.metadata["info"]
 
 
+def declared_default(field: dataclasses.Field):
+    """The default `setting` declared for a field."""
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
 def value_type(field: dataclasses.Field) -> tuple[str, bool]:
     """(the field's type as written, e.g. 'int' or 'tuple[float, ...]', and whether None (not set) is allowed)."""
     written = str(field.type)
@@ -337,6 +342,20 @@ class CounterfactualsConfig:
 
     def __post_init__(self):
         check_settings(self)
+        if self.target_class is None and self.target not in COUNTERFACTUAL_TARGETS:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class number, "
+                            f"got {self.target!r}")
+
+    @property
+    def target_class(self) -> int | None:
+        """The one class --target names for every image; None when it names a rule."""
+        return int(self.target) if self.target.isascii() and self.target.isdigit() else None
+
+    def check_target(self, num_classes: int) -> None:
+        """UserError unless --target is a rule or a class of a model of `num_classes` classes."""
+        if self.target_class is not None and self.target_class >= num_classes:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class in "
+                            f"0..{num_classes - 1}, got {self.target!r}")
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     (["--radii", "0.5,-1"], "--radii must be a finite number > 0, got -1.0"),
     (["--radii", "-1,2"], "--radii must be a finite number > 0, got -1.0"),  # a value, not an unknown flag -1,2
     (["--target", "10"], "--target must be runner-up, true, predicted or a class in 0..9, got '10'"),
-    (["--target", "best"], "--target must be runner-up, true, predicted or a class in 0..9, got 'best'"),
+    (["--target", "best"], "--target must be runner-up, true, predicted or a class number, got 'best'"),
+    (["--target", "-1"], "--target must be runner-up, true, predicted or a class number, got '-1'"),
     (["--start", "zero"], "--start: unknown start 'zero'; choose one of random, image"),
     (["--seed", "-1"], "--seed must be"),
 ])

@@ -85,7 +85,7 @@ def test_pgd_step_under_inductor():
 def test_ratio_step_amp_channels_last_on_cuda(amp_dtype):
     config = TrainConfig(arch="tiny", amp=True, amp_dtype=amp_dtype, steps_in=3, steps_out=3, batch_size=64)
     trainer = RatioTrainer(create_model("tiny"), config, total_steps=10, device="cuda")
-    assert trainer.uses_channels_last
+    assert trainer.speed.channels_last
     x = torch.rand(64, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
     z = torch.rand(64, 3, 32, 32, device="cuda")
@@ -182,8 +182,8 @@ def test_fast_defaults_train_and_keep_the_measured_schedule(tmp_path):
         metrics = trainer.step(x, y, z)
     assert torch.isfinite(metrics["loss"]) and metrics["skipped"] == 0
     choice = trainer.schedule_choice
-    assert choice.schedule in ("streams", "concat") and set(choice.timings_ms) == {"streams", "concat"}
-    assert lines == [choice.describe()] and trainer.attack_schedule == choice.schedule
+    assert choice.best in ("streams", "concat") and set(choice.timings_ms) == {"streams", "concat"}
+    assert lines == [choice.describe()] and trainer.attack_schedule == choice.best
     assert (tmp_path / "attack_schedule.json").exists()
 
 

@@ -1,11 +1,11 @@
 """Visual counterfactuals: how an image must change, within growing L2 radii, to become a target class.
 
 For each image and radius, APGD maximizes log p(target) inside the L2 ball around the image
-(the authors use 500 steps and radii 0.5 ... 3.0, and start at a random point of the ball). A robust model's counterfactuals show
-features of the target class; a non-robust one's show noise. All radii of an image run in
-one batch, with per-sample eps. Output: a PNG grid (rows = images; columns = the original,
-then each radius; the target's confidence under every tile) and the raw tensors (eval_cli writes
-both files).
+(the authors use 500 steps and radii 0.5 ... 3.0, and start at a random point of the ball). A
+robust model's counterfactuals show features of the target class; a non-robust one's show
+noise. All radii of an image run in one batch, with per-sample eps. Output: a PNG grid (rows =
+images; columns = the original, then each radius; the target's confidence under every tile) and
+the raw tensors (both files written by cli/checkpoint_commands.py).
 """
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ import torch
 
 from ..attacks.apgd import apgd_run
 from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, check_builders
+from ..config import CounterfactualsConfig
 from ..models import eval_mode
 
-RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+# The defaults of `counterfactuals`: the settings of `ratio-fast counterfactuals`, declared once.
+DEFAULTS = CounterfactualsConfig()
 
 
 def runner_up(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -49,23 +51,24 @@ def counterfactuals(
     model: torch.nn.Module,
     x: torch.Tensor,
     targets: torch.Tensor,
-    radii: Sequence[float] = RADII,
-    steps: int = 500,
-    backend: str = "auto",
-    batch_size: int = 256,
-    start: str = "random",
-    seed: int = 0,
+    radii: Sequence[float] = DEFAULTS.radii,
+    steps: int = DEFAULTS.steps,
+    backend: str = DEFAULTS.backend,
+    batch_size: int = DEFAULTS.batch_size,
+    start: str = DEFAULTS.start,
+    seed: int = DEFAULTS.seed,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactuals (N, R, C, H, W) of x (N, C, H, W) towards `targets` (N,) at each radius, and p(target) (N, R).
 
-    start "random": as the authors' APGD, from a random point on the sphere of each radius
-    (clipped to [0,1]), drawn from `seed` (the same call gives the same result); "image": from
-    the image, so no radius ends less confident in the target than the original.
-    `batch_size` bounds images x radii per APGD call.
+    start: a row of choices.COUNTERFACTUAL_STARTS. A random one, as the authors' APGD, begins at a
+    random point on the sphere of each radius (clipped to [0,1]), drawn from `seed` (the same call
+    gives the same result); "image" begins at the image, so no radius ends less confident in the
+    target than the original. `batch_size` bounds images x radii per APGD call.
     """
     if start not in COUNTERFACTUAL_STARTS:
         raise ValueError(f"start must be one of {', '.join(COUNTERFACTUAL_STARTS)}, got {start!r}")
-    generator = torch.Generator(x.device).manual_seed(seed) if start == "random" else None
+    random_start = COUNTERFACTUAL_STARTS[start].random
+    generator = torch.Generator(x.device).manual_seed(seed) if random_start else None
     n, r = x.shape[0], len(radii)
     radius = torch.tensor([float(v) for v in radii], device=x.device)
     per_call = max(1, batch_size // r)
@@ -74,7 +77,7 @@ def counterfactuals(
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
         adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                       random_start=start == "random", generator=generator, backend=backend).best
+                       random_start=random_start, generator=generator, backend=backend).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
     return torch.cat(images), torch.cat(confidence)
