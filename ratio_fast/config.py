@@ -17,8 +17,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, EVAL_ATTACKS, LOADERS, MODES, OOD_SETS,
-                      SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help, same_batches)
+from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS,
+                      EVAL_ATTACKS, LOADERS, MODES, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help,
+                      same_batches)
 from .datasets import CIFAR_NAMES, DATASETS, get_dataset
 from .errors import UserError
 from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
@@ -211,6 +212,13 @@ class TrainConfig:
     attack_momentum: float = setting(0.9, ATTACKS, "ArgminPGD's momentum on the L1-normalized gradient (0: plain "
                                      "PGD)", **MOMENTUM_RANGE)
     lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
+    trades_beta: float = setting(6.0, MODEL, "weight of TRADES' KL(p(x)||p(x_adv)) in the trades modes (TRADES' "
+                                 "paper and the authors' default: 6)", at_least=0)
+    trades_beta_out: float = setting(6.0, MODEL, "weight of the out-distribution KL(p(z)||p(z_adv)) in trades-ceda "
+                                     "(the authors' default: 6)", at_least=0)
+    train_clean: bool = setting(False, MODEL, "also CE on the clean x, weight 1 beside the adversarial term's (the "
+                                "authors' train_clean; --mode " + ", ".join(
+                                    name for name, row in MODES.items() if row.clean_in_optional) + ")", negatable=False)
 
     # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.
     device: str = device_setting(SPEED)
@@ -230,6 +238,10 @@ class TrainConfig:
     backend: str = backend_setting(SPEED)
 
     eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
+    test_every: int = setting(1, RUN, "test the EMA (best.pt keeps the best clean accuracy among tested epochs) "
+                              "after epochs 1, N+1, 2N+1, ... and after every epoch that begins at 80 percent of "
+                              "--epochs or later, as the authors' --test_epochs N (their run: 10); 1: every epoch",
+                              metavar="N", at_least=1)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
                                            "the end of each epoch)", metavar="STEPS", at_least=1)
     checkpoint_epochs: int | None = setting(None, RUN, "also keep a copy of the checkpoint every K epochs "
@@ -260,6 +272,9 @@ class TrainConfig:
         if self.bn_groups > 1 and self.sync_bn:
             raise UserError(f"--bn-groups {self.bn_groups} and --sync-bn exclude each other: one normalizes over "
                             "slices of the batch, the other over all processes' batches together")
+        if self.train_clean and not MODES[self.mode].clean_in_optional:
+            has_it = "it already trains on clean x" if MODES[self.mode].clean_in else "it has no such term"
+            raise UserError(f"--train-clean does not apply to --mode {self.mode}: {has_it}")
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
         return self
@@ -353,8 +368,11 @@ class CounterfactualsConfig:
 
     weights: str = weights_setting()
     images: tuple[int, ...] = setting(tuple(range(8)), OPTIONS, "comma list of test-set indices")
-    target: int | None = setting(None, OPTIONS, "target class for every image (default: per image, the most likely "
-                                 "class but its own)")
+    target: str = setting("runner-up", OPTIONS, f"{choices_help(COUNTERFACTUAL_TARGETS)}; or a class number, for "
+                          "every image")
+    start: str = setting("random", OPTIONS, choices_help(COUNTERFACTUAL_STARTS), choices=tuple(COUNTERFACTUAL_STARTS),
+                         noun="start")
+    seed: int = setting(0, OPTIONS, "seeds the random start (0 to 2**63-1)", **SEED_RANGE)
     radii: tuple[float, ...] = setting((0.5, 1.0, 1.5, 2.0, 2.5, 3.0), OPTIONS, "comma list of L2 radii", above=0)
     steps: int = setting(500, OPTIONS, "APGD steps per radius", at_least=1)
     batch_size: int = setting(256, OPTIONS, "images x radii per attack batch", at_least=1)
@@ -364,6 +382,20 @@ class CounterfactualsConfig:
 
     def __post_init__(self):
         check_settings(self)
+        if self.target_class is None and self.target not in COUNTERFACTUAL_TARGETS:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class number, "
+                            f"got {self.target!r}")
+
+    @property
+    def target_class(self) -> int | None:
+        """The one class --target names for every image; None when it names a rule."""
+        return int(self.target) if self.target.isascii() and self.target.isdigit() else None
+
+    def check_target(self, num_classes: int) -> None:
+        """UserError unless --target is a rule or a class of a model of `num_classes` classes."""
+        if self.target_class is not None and self.target_class >= num_classes:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class in "
+                            f"0..{num_classes - 1}, got {self.target!r}")
 
 
 @dataclass(frozen=True)

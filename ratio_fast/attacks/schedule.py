@@ -26,12 +26,14 @@ from .pgd import L2PGD, joint_l2_pgd
 
 
 def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2PGD,
-                side_stream: torch.cuda.Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one."""
+                side_stream: torch.cuda.Stream | None = None,
+                labels_z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one.
+    labels_z: z's labels where the out-distribution objective reads them (TRADES' p(z))."""
     if schedule not in SCHEDULE_KINDS:
         raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {schedule!r}")
     if SCHEDULES[schedule].one_batch:
-        return joint_l2_pgd(model, x, y, z, attack_in, attack_out)
+        return joint_l2_pgd(model, x, y, z, attack_in, attack_out, labels_z=labels_z)
     if SCHEDULES[schedule].concurrent and side_stream is not None:
         # Fork: the side stream starts once the main stream has produced z; join: the main
         # stream continues once the side stream is done. Every tensor the side stream touches is
@@ -41,11 +43,11 @@ def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2P
         main = torch.cuda.current_stream(x.device)
         side_stream.wait_stream(main)
         with torch.cuda.stream(side_stream):
-            z_adv = attack_out(model, z)
+            z_adv = attack_out(model, z, labels_z)
         x_adv = attack_in(model, x, y)
         main.wait_stream(side_stream)
         return x_adv, z_adv
-    return attack_in(model, x, y), attack_out(model, z)
+    return attack_in(model, x, y), attack_out(model, z, labels_z)
 
 
 def default_cache_path() -> Path:
