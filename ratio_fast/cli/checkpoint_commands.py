@@ -151,6 +151,8 @@ def _run_counterfactuals(args) -> int:
     if bad:
         raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
     settings.check_target(test.num_classes)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
+    make_directory(out)  # before the attacks: a bad --out costs nothing
 
     # The chosen images as the model takes them (NCHW in [0, 1]), by the loader of the evaluation.
     x, labels = batch_source(test.images[indices], test.labels[indices], len(indices), device).batch(0, 0)
@@ -159,8 +161,6 @@ def _run_counterfactuals(args) -> int:
                                 batch_size=settings.batch_size, start=settings.start, seed=settings.seed)
     original_conf = target_probability(model, x, targets)
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
-    make_directory(out)
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
         tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=get_dataset(config.dataset).class_names))
     tensors = dict(original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
