@@ -19,6 +19,9 @@ from setuptools.command.develop import develop
 
 ROOT = Path(__file__).resolve().parent
 NATIVE_BUILD_DIR = ROOT / "build" / "native"
+# The version is the package's (`ratio_fast.__version__`, from ratio_fast/version.py: what `ratio-fast
+# --version` prints), read as text: importing the package here would need torch before it is installed.
+VERSION = re.search(r'^__version__ = "([^"]+)"', (ROOT / "ratio_fast" / "version.py").read_text(), re.M).group(1)
 
 
 def build_native() -> None:
@@ -88,7 +91,15 @@ class BinaryDistribution(Distribution):
 
 setup(
     name="ratio-fast",
-    version="0.1.0",
+    version=VERSION,
+    # An SPDX expression (LICENSE holds the text); setuptools deprecates the "License ::" classifier beside it.
+    license="MIT",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     description="Fast RATIO training (L2 adversarial training + adversarial Outlier Exposure) "
     "with a fused L2 PGD attack",
     long_description=open("README.md", encoding="utf-8").read(),
@@ -108,7 +119,10 @@ setup(
     extras_require={
         # `ratio-fast eval --autoattack` (AutoAttack itself, fra31's code as packaged on PyPI, MIT) and SVHN's .mat
         "eval": ["pyautoattack>=0.2", "scipy>=1.7"],
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pyautoattack>=0.2", "scipy>=1.7"],
+        "tensorboard": ["tensorboard>=2.10"],  # train --tensorboard
+        "plots": ["matplotlib>=3.6"],  # curves.png of a run, ood.png of eval
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pyautoattack>=0.2", "scipy>=1.7", "tensorboard>=2.10",
+                "matplotlib>=3.6"],
     },
     entry_points={"console_scripts": ["ratio-fast=ratio_fast.cli:main"]},
     package_data={"ratio_fast.ops": ["*.so", "*.dylib"]},  # the native libraries, when built

@@ -7,6 +7,8 @@ Public API:
     pgd_step              the bare fused projected L2 PGD step (ratio_fast.ops has the rest)
     RatioTrainer, TrainConfig
     create_model
+    load_run              a trained run: model (chosen weights), settings, metrics
+    evaluate              `ratio-fast eval`'s protocol on any nn.Module of [0, 1] images
 """
 from .attacks.apgd import APGD, APGDTargeted
 from .attacks.pgd import L2PGD, joint_l2_pgd, l2_pgd
@@ -14,6 +16,19 @@ from .config import TrainConfig
 from .models import create_model
 from .ops import pgd_step
 from .training.trainer import RatioTrainer
+from .version import __version__
 
-__all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model"]
-__version__ = "0.1.0"
+__all__ = ["APGD", "APGDTargeted", "L2PGD", "joint_l2_pgd", "l2_pgd", "pgd_step", "RatioTrainer", "TrainConfig", "create_model",
+           "evaluate", "load_run"]
+
+
+def __getattr__(name: str):
+    """rf.evaluate and rf.load_run, imported on first use: the evaluation stack loads the data
+    package, which `import ratio_fast` leaves alone (tests/test_choices.py)."""
+    if name == "evaluate":
+        from .evaluation.evaluate import evaluate
+        return evaluate
+    if name == "load_run":
+        from .evaluation.load import load_run
+        return load_run
+    raise AttributeError(f"module 'ratio_fast' has no attribute {name!r}")

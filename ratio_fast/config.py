@@ -40,8 +40,9 @@ OOD = "out-of-distribution detection (max softmax confidence)"
 # data lies, and the speed switches that keep the math. Anything else would silently train
 # another run than the checkpoint's, so `--resume` refuses it.
 RESUME_MAY_CHANGE = frozenset({
-    "epochs", "max_steps", "checkpoint_every", "max_skipped_steps", "eval_samples", "data_dir", "device",
-    "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
+    "epochs", "max_steps", "checkpoint_every", "checkpoint_epochs", "keep_last", "max_skipped_steps", "eval_samples",
+    "log_every", "tensorboard", "workers",
+    "data_dir", "device", "backend", "channels_last", "attack_schedule", "cuda_graphs", "compile", "input_grad_only",
     "fused_optimizer",
 })
 # What a resumed run may change where the change keeps the math: setting -> (saved, given config)
@@ -175,6 +176,8 @@ class TrainConfig:
                                     "decoded (counted in a note) instead of stopping before the first step",
                                     negatable=False)
     loader: str = setting("auto", DATA, choices_help(LOADERS), choices=tuple(LOADERS))
+    workers: int | None = setting(None, DATA, "worker processes of each stream of the torch and dali loaders (0: in "
+                                  "the main process; default: one per CPU core, at most 4)", metavar="N", at_least=0)
     synthetic_size: int | None = setting(None, DATA, "training images of the synthetic set (default: 10240)",
                                          at_least=1)
     augment: str = setting("autoaugment_cutout", DATA, "of both batches. " + choices_help(AUGMENTATIONS),
@@ -241,6 +244,17 @@ class TrainConfig:
                               metavar="N", at_least=1)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
                                            "the end of each epoch)", metavar="STEPS", at_least=1)
+    checkpoint_epochs: int | None = setting(None, RUN, "also keep a copy of the checkpoint every K epochs "
+                                            "(checkpoint-epoch-<E>.pt; default: none, or every epoch with "
+                                            "--keep-last)", metavar="K", at_least=1)
+    keep_last: int | None = setting(None, RUN, "keep only the N newest of those copies, older ones removed after "
+                                    "each new one is written (default: all)", metavar="N", at_least=1)
+    log_every: int | None = setting(None, RUN, "also log the mean step metrics (loss, in/out loss, accuracies, "
+                                    "out-confidence, lr, img/s, skipped steps) of every STEPS steps to metrics.jsonl "
+                                    "(rows of \"kind\": \"step\"; default: per epoch only)", metavar="STEPS",
+                                    at_least=1)
+    tensorboard: bool = setting(False, RUN, "also write the metrics as TensorBoard events to <run>/tensorboard (pip "
+                                "install tensorboard)", negatable=False)
     max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "
                                      "gradient (they are skipped)", at_least=1)
 
@@ -279,6 +293,12 @@ class TrainConfig:
         return cls(**{k: v for k, v in upgrade_legacy_settings(values, "checkpoint settings").items() if k in known})
 
 
+# eval --quick: a first look in about a tenth of the time (README: "Evaluate, explain, export").
+# Fewer images under attack (with their 95 % interval), fewer APGD steps and targets, smaller
+# OOD sets; the clean accuracy keeps every test image. A setting given with --quick wins.
+QUICK_EVAL = {"robust_samples": 500, "steps": 25, "targets": 3, "ood_samples": 500, "ood_steps": 25}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What `ratio-fast eval` measures and how (evaluation.evaluate.evaluate_model reads it); the
@@ -288,6 +308,9 @@ class EvalConfig:
     data_dir: str | None = run_data_dir_setting()
     device: str = device_setting(OPTIONS)
     backend: str = backend_setting(OPTIONS)
+    quick: bool = setting(False, OPTIONS, "a first look in about a tenth of the time: " + " ".join(
+        f"{flag_name(name)} {value}" for name, value in QUICK_EVAL.items()) + " (flags given with it win)",
+        negatable=False)
 
     eps: float | None = setting(None, ROBUST, "attack radius (default: the run's --eps-in)", at_least=0)
     attacks: tuple[str, ...] = setting(tuple(EVAL_ATTACKS), ROBUST, "comma list, run in this order, each on the "
@@ -323,6 +346,13 @@ class EvalConfig:
         if len(set(self.attacks)) < len(self.attacks):
             raise UserError(f"--attacks: {','.join(self.attacks)} names an attack twice")
         return self
+
+    def quickened(self, given) -> "EvalConfig":
+        """With --quick, QUICK_EVAL's values for the settings not named in `given` (a flag or an
+        argument the user gave wins); without it, as it is."""
+        if not self.quick:
+            return self
+        return dataclasses.replace(self, **{name: value for name, value in QUICK_EVAL.items() if name not in given})
 
     def radius(self, run: TrainConfig | None = None) -> float:
         """--eps, else the radius the model was trained at: `run`'s --eps-in (without a run, its default)."""

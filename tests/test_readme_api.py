@@ -17,9 +17,18 @@ def api_block() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_api_block_runs_and_does_what_its_comments_say(trained_tiny, synthetic_split):
+def test_the_readme_api_block_runs_and_does_what_its_comments_say(trained_tiny, synthetic_split, tmp_path):
+    from ratio_fast import TrainConfig
+    from ratio_fast.training.checkpoint import save_checkpoint
+
+    # the run directory of the block: a checkpoint of the tiny model
+    state = trained_tiny.state_dict()
+    save_checkpoint(tmp_path / "checkpoint.pt", {"config": TrainConfig(arch="tiny", dataset="synthetic").to_dict(),
+                                                 "trainer": {"model": state, "ema": {"model": state}, "steps_done": 1}})
     code = api_block().replace('create_model("wrn34")', 'create_model("tiny")').replace('device="cuda"', 'device="cpu"')
-    assert code.count('"tiny"') == 1 and code.count('"cpu"') == 1  # the two swaps found their words
+    code = code.replace('"runs/ratio-wrn34"', repr(str(tmp_path)))
+    assert code.count('"tiny"') == 1 and code.count('"cpu"') == 1  # the swaps found their words
+    assert code.count(repr(str(tmp_path))) == 1
     x, y = synthetic_split["test"]
     x, y, z = x[:16], y[:16], synthetic_split["out"][:16]
     delta, v = torch.zeros_like(x), torch.zeros_like(x)
@@ -33,6 +42,12 @@ def test_the_readme_api_block_runs_and_does_what_its_comments_say(trained_tiny, 
     assert names["trainer"].steps_done == 1
     assert {"loss", "adv_acc", "clean_acc", "out_conf"} <= set(names["metrics"])
     assert torch.isfinite(names["metrics"]["loss"])
+    assert names["run"].config.arch == "tiny" and names["run"].metrics == []
+    results = names["results"]
+    assert results["samples"] == 16 and results["robust"]["steps"] == 10 and results["ood"]["noise"]["worst_case_steps"] == 10 and set(results["ood"]) == {"noise"}
+    assert 0 <= results["robust"]["all"] <= results["clean_accuracy"] and 0 <= results["ood"]["noise"]["auroc"] <= 1
+
+
 
 
 def test_every_path_and_module_the_readme_names_exists():

@@ -88,7 +88,8 @@ def random_start_point(x: torch.Tensor, eps: float | torch.Tensor, generator: to
 def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | torch.Tensor,
              steps: int, objective: str | PerSampleLoss = "ce", start: torch.Tensor | None = None,
              random_start: bool = True, count_misclassified: bool = False, backend: str = "auto",
-             generator: torch.Generator | None = None, check_inputs: bool = True) -> APGDResult:
+             generator: torch.Generator | None = None, check_inputs: bool = True,
+             on_step: Callable[[], None] | None = None) -> APGDResult:
     """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
 
     eps: a float or per-sample (N,) tensor. objective: a name in losses.OBJECTIVES or a callable
@@ -96,6 +97,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     box), instead of a random one (`random_start`, drawn from `generator`) or x itself.
     count_misclassified: also track AutoAttack's success, argmax != y at some iterate.
     check_inputs: refuse x outside [0,1] (one host synchronization; pgd.py says when not to).
+    on_step: called on the host after each step's launches (a progress line; it must not sync).
     Returned points are detached, in x's dtype and memory layout.
     """
     if check_inputs:
@@ -139,6 +141,8 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
 
             last = k + 1 == steps  # the final iterate needs its loss, not its gradient
             loss, new_grad, wrong = _evaluate(model, loss_fn, x_k, y, count_misclassified, with_grad=not last)
+            if on_step is not None:
+                on_step()
             if count_misclassified:
                 fooled = fooled | wrong
                 adversarial = _select(wrong, x_k, adversarial)

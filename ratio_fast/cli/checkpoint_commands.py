@@ -23,12 +23,15 @@ EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
 
 
-def _checkpoint_command(sub, name: str, config_class, help: str, out_help: str, run, interrupted: str) -> None:
-    """A subcommand that takes a checkpoint: its positional argument, --out, and the flags of
-    `config_class`'s settings (config.py) in their groups; `run(args)` runs it."""
+def _checkpoint_command(sub, name: str, config_class, help: str, out_help: str, run, interrupted: str,
+                        takes_exports: bool = False) -> None:
+    """A subcommand that takes a checkpoint (with `takes_exports`, also what `export` wrote): its
+    positional argument, --out, and the flags of `config_class`'s settings (config.py) in their
+    groups; `run(args)` runs it."""
     p = sub.add_parser(name, formatter_class=HelpFormatter, help=help)
+    exports = "; or what `ratio-fast export` wrote (its folder, model.pt or model.safetensors)" if takes_exports else ""
     p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
-                                      f"(the authors' choice of weights), else its {CHECKPOINT}")
+                                      f"(the authors' choice of weights), else its {CHECKPOINT}{exports}")
     add_settings(p, config_class, OPTIONS, only=("weights",))
     p.add_argument("--out", default=None, help=out_help)
     add_settings(p, config_class, OPTIONS, skip=("weights",))
@@ -42,14 +45,14 @@ def add_eval(sub) -> None:
     _checkpoint_command(sub, "eval", EvalConfig,
                         "clean and robust accuracy, OOD detection (clean and worst case) of a checkpoint",
                         "results folder (default: <checkpoint folder>/eval); re-running with the same --out resumes",
-                        _run_eval, "interrupted; nothing was evaluated yet")
+                        _run_eval, "interrupted; nothing was evaluated yet", takes_exports=True)
 
 
 def add_counterfactuals(sub) -> None:
     _checkpoint_command(sub, "counterfactuals", CounterfactualsConfig,
                         "targeted attacks at growing radii, shown as a PNG grid: what makes an image class T",
                         "output folder (default: <checkpoint folder>/counterfactuals)", _run_counterfactuals,
-                        "interrupted; nothing was written")
+                        "interrupted; nothing was written", takes_exports=True)
 
 
 def add_export(sub) -> None:
@@ -63,9 +66,8 @@ def _run_eval(args) -> int:
     from ..evaluation.evaluate import EvalState, batch_source, evaluate_model, format_table
     from ..evaluation.ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
-    settings = config_from_args(EvalConfig, args)
-    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
-    model, config, device, channels_last = _load(args.checkpoint, settings)
+    settings = config_from_args(EvalConfig, args).quickened(getattr(args, "given", ()))
+    model, config, device, channels_last, args.checkpoint = _load(args.checkpoint, settings)
     settings = dataclasses.replace(settings, eps=settings.radius(config))
     classes = get_dataset(config.dataset).num_classes
     if any(EVAL_ATTACKS[name].targeted for name in settings.attacks) and settings.targets > classes - 1:
@@ -92,31 +94,40 @@ def _run_eval(args) -> int:
                         "command continues from there")
     evaluated = describe_weights(args.checkpoint, settings.weights)
     print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
-    results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
+    scores = {}
+    results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test), scores=scores)
     results = {"checkpoint": str(args.checkpoint), "weights": settings.weights, "evaluated": evaluated,
                "arch": config.arch, "dataset": config.dataset, **results}
     atomic_write_text(out / EVAL_RESULTS, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"results: {out / EVAL_RESULTS}")
+    _draw_ood(scores, out)
     return 0
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given; for a run directory its best.pt (the EMA weights of the best clean
-    test accuracy: what the authors evaluate), else its checkpoint.pt (the last epoch)."""
-    path = Path(path)
-    if not path.is_dir():
-        return path
-    for name in (BEST, CHECKPOINT):
-        if (path / name).is_file():
-            return path / name
-    raise UserError(f"{path}: a directory without {BEST} or {CHECKPOINT}; pass a checkpoint file")
+def _draw_ood(scores: dict, out: Path) -> None:
+    """ood.png beside eval.json (plots.py), or the line that says why not."""
+    from .. import plots
+
+    sets = {name: {kind: None if t is None else t.numpy() for kind, t in value.items()}
+            for name, value in scores.items() if name != "in"}
+    if not sets:
+        return
+    why_not = plots.missing(plots.OOD_PICTURE)
+    if why_not:
+        print(why_not, file=sys.stderr)
+        return
+    plots.ood_pictures(scores["in"].numpy(), sets, out / plots.OOD_PICTURE)
+    print(f"ROC curves and confidence histograms: {out / plots.OOD_PICTURE}")
 
 
 def describe_weights(path: str | Path, weights: str) -> str:
     """Which weights are evaluated: file, EMA or raw model, and the training progress they come from."""
+    from ..evaluation.load import export_files
     from ..training.checkpoint import load_checkpoint
 
+    if export_files(path) is not None:
+        return f"{path}: the weights `ratio-fast export` wrote"
     state = load_checkpoint(path)
     kind = WEIGHTS[weights].title
     best, step = state.get("best"), state["trainer"].get("steps_done")
@@ -133,14 +144,15 @@ def _run_counterfactuals(args) -> int:
     from ..evaluation.evaluate import batch_source
 
     settings = config_from_args(CounterfactualsConfig, args)
-    args.checkpoint = str(resolve_checkpoint(args.checkpoint))
-    model, config, device, _ = _load(args.checkpoint, settings)
+    model, config, device, _, args.checkpoint = _load(args.checkpoint, settings)
     test = _test_split(config, settings.data_dir or config.data_dir)
     indices, radii = list(settings.images), list(settings.radii)
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
     settings.check_target(test.num_classes)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
+    make_directory(out)  # before the attacks: a bad --out costs nothing
 
     # The chosen images as the model takes them (NCHW in [0, 1]), by the loader of the evaluation.
     x, labels = batch_source(test.images[indices], test.labels[indices], len(indices), device).batch(0, 0)
@@ -149,8 +161,6 @@ def _run_counterfactuals(args) -> int:
                                 batch_size=settings.batch_size, start=settings.start, seed=settings.seed)
     original_conf = target_probability(model, x, targets)
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
-    make_directory(out)
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
         tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=get_dataset(config.dataset).class_names))
     tensors = dict(original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
@@ -164,6 +174,7 @@ def _run_counterfactuals(args) -> int:
 
 def _run_export(args) -> int:
     from ..evaluation.export import export_checkpoint
+    from ..evaluation.load import resolve_checkpoint
 
     settings = config_from_args(ExportConfig, args)
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -174,20 +185,21 @@ def _run_export(args) -> int:
 
 
 def _load(checkpoint: str, settings):
-    """(model on its device in eval mode, the run's TrainConfig, device, channels_last) for a
-    command's settings (their weights and device)."""
+    """(model on its device in eval mode, the run's TrainConfig, device, channels_last, the file read:
+    a run directory's checkpoint, an export's model.safetensors) for a command's settings (their
+    weights and device)."""
     import torch
 
-    from ..evaluation.export import model_from_checkpoint
+    from ..evaluation.load import load_model
     from ..training.distributed import resolve_device
     from ..training.speed import wants_channels_last
 
     device = resolve_device(settings.device)
     require_backend(settings.backend, device)
-    model, config = model_from_checkpoint(checkpoint, settings.weights)
+    model, config, path = load_model(checkpoint, settings.weights)
     channels_last = wants_channels_last(config, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    return model, config, device, channels_last
+    return model, config, device, channels_last, str(path)
 
 
 def _test_split(config, data_dir):

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..version import __version__
 from ..config import ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig
 from .parser import ArgumentParser, HelpFormatter, add_settings
 from ..errors import Note, TrainingStopped, UserError
@@ -54,7 +55,9 @@ def _train_parser(sub, d: TrainConfig) -> None:
     g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<arch>-<mode>)")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the run in --out, or the one of CHECKPOINT (a file or its run directory), "
-                        "with the checkpoint's settings; flags that would change the computation are refused")
+                        "with the checkpoint's settings; flags that would change the computation are refused. "
+                        "--resume auto: continue the run in --out if it has a checkpoint, else start it (one "
+                        "command line for a job that may be requeued)")
     add_settings(p, TrainConfig, RUN, d, g)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of settings (e.g. a run's config.json); flags given here override it")
@@ -68,6 +71,8 @@ def _run_train(args) -> int:
 
     settings = {name: value for name, value in vars(args).items() if name in TRAIN_SETTINGS}
     resume_from = None
+    if args.resume == "auto":
+        args.resume = True if (Path(args.out or default_run_dir(settings)) / CHECKPOINT).is_file() else None
     if args.resume:
         # The checkpoint's settings, with only what was named here (flags, --config) on top;
         # Run refuses the changes that would make it another run.
@@ -100,20 +105,22 @@ SUBCOMMANDS = [add_eval, add_counterfactuals, add_export]
 def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = False) -> argparse.ArgumentParser:
     """The CLI; `train_defaults` (from --config FILE) replace the built-in defaults of `train`.
 
-    given_only: parsing leaves out every train setting not named on the command line (what a
-    resumed run compares with its checkpoint).
+    given_only: parsing leaves out every flag not named on the command line (what a resumed run
+    compares with its checkpoint, what eval --quick leaves as given).
     """
     parser = ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
                             epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub, train_defaults or TrainConfig())
     sub.choices["train"].set_defaults(run=_run_train)
-    if given_only:  # (set_defaults would store SUPPRESS as a value for argparse to convert)
-        for action in sub.choices["train"]._actions:
-            if action.dest in TRAIN_SETTINGS:
-                action.default = argparse.SUPPRESS
     for add in SUBCOMMANDS:
         add(sub)
+    if given_only:  # (set_defaults would store SUPPRESS as a value for argparse to convert)
+        for subparser in sub.choices.values():
+            for action in subparser._actions:
+                if action.dest != "help":
+                    action.default = argparse.SUPPRESS
     return parser
 
 
@@ -137,9 +144,10 @@ def _main(argv: list[str]) -> int:
 
             file_settings = read_config_file(args.config)
             args = build_parser(TrainConfig(**file_settings)).parse_args(argv)
+        named = set(vars(build_parser(given_only=True).parse_args(argv)))  # the flags on the command line
+        args.given = named
         if args.command == "train":
-            named = vars(build_parser(given_only=True).parse_args(argv))
-            args.given_settings = set(file_settings) | (set(named) & TRAIN_SETTINGS)
+            args.given_settings = set(file_settings) | (named & TRAIN_SETTINGS)
         return args.run(args)
     except UserError as e:
         print(f"ratio-fast: error: {e}", file=sys.stderr)

@@ -39,6 +39,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             # The default of a switch is whether the flag's effect is on without the flag.
             return f"{help_text} (default: {'on' if action.default == action.const else 'off'})"
+        if isinstance(action.default, (list, tuple)):  # as the flag takes it: "a,b", or "none" for no values
+            shown = ",".join(str(value) for value in action.default) or "none"
+            return f"{help_text} (default: {shown.replace('%', '%%')})"
         return f"{help_text} (default: %(default)s)"
 
 

@@ -1,8 +1,11 @@
 """A whole training run: data, model, trainer, epochs, evaluation, logs and checkpoints.
 
 The run directory holds `config.json` (the resolved settings), `metrics.jsonl` (one line per
-epoch) and `checkpoint.pt` (model, EMA, optimizer, scaler, RNG and position, rewritten
-atomically after every epoch, every --checkpoint-every steps, and when the run stops early).
+epoch, and with --log-every one per interval of steps), `train.log` (the console lines; these and
+TensorBoard's files: training/logs.py), `curves.png` (plots.py) and `checkpoint.pt` (model, EMA,
+optimizer, scaler, RNG and position, rewritten atomically after every epoch, every
+--checkpoint-every steps, and when the run stops early; copies of it every --checkpoint-epochs,
+the --keep-last newest kept).
 Batch b of epoch e is a pure function of (seed, e, b), so a resumed run continues exactly
 where the checkpoint was taken.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,14 +43,17 @@ from ..errors import TrainingStopped, UserError
 from ..files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
 from ..evaluation.evaluate import clean_accuracy, robust_accuracy
 from ..models import create_model
+from .. import plots
 from ..ops import require_backend
 from ..progress import Progress
+from ..training.logs import ConsoleLog, StepScalars, TensorBoard, accumulate, check_tensorboard, means
 from ..training.stop import StopRequest
 from ..training.speed import wants_channels_last
 from ..training.trainer import RatioTrainer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
+HISTORY = "checkpoint-epoch-{epoch}.pt"  # the copies of --checkpoint-epochs
 
 
 class Run:
@@ -60,7 +67,8 @@ class Run:
         self.config = cfg = config.validate()
         self.run_dir = Path(run_dir)
         self.ctx = ctx = dist_context or context_from_env()
-        self.log = (log if log is not None else sys.stdout) if ctx.is_main else None
+        self.log = ConsoleLog((log if log is not None else sys.stdout) if ctx.is_main else None)
+        self.tensorboard: TensorBoard | None = None
         self.stopped_by: str | None = None  # the signal that stopped fit() early, if one did
         self.copied_from: Path | None = None  # the run directory this run continues a copy of
         self.device = resolve_device(cfg.device, ctx)
@@ -69,6 +77,8 @@ class Run:
             raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes"
                             f"{groups} (it is the global batch; each rank takes an equal slice)")
         require_backend(cfg.backend, self.device)  # a backend that cannot run fails now, in one line
+        if cfg.tensorboard and ctx.is_main:
+            check_tensorboard()
         # One writer per run directory (rank 0 writes everything), held until fit() ends.
         self._lock = RunDirectoryLock(self.run_dir).acquire() if ctx.is_main else None
         try:
@@ -98,7 +108,8 @@ class Run:
                          channels_last=channels_last, rank=ctx.rank, world_size=ctx.world_size)
         said: set[str] = set()  # the loader lines logged so far
         self.loader_kinds = [self._loader_kind(train.images, spec, said)]
-        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device)
+        self.train_loader = make_loader(self.loader_kinds[0], train.images, train.labels, spec, self.device,
+                                        workers=cfg.workers)
         # Evaluation restarts at batch 0 every epoch: the resident loader does that for free.
         self.test_loader = make_loader("gpu", test.images, test.labels, BatchSpec.in_order(256, channels_last),
                                        self.device)
@@ -111,7 +122,8 @@ class Run:
             # A seed of its own, so the out-distribution stream does not mirror the in-distribution one.
             out_spec = dataclasses.replace(spec, seed=cfg.seed + 1)
             self.loader_kinds.append(self._loader_kind(out_images, out_spec, said))
-            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device)
+            self.out_loader = make_loader(self.loader_kinds[1], out_images, None, out_spec, self.device,
+                                          workers=cfg.workers)
 
         self.steps_per_epoch = len(self.train_loader)
         model = create_model(cfg.arch, num_classes=train.num_classes, mean=data_set.mean, std=data_set.std)
@@ -144,7 +156,7 @@ class Run:
         """--loader for these images. Logged: auto's choice with its rates and what it left out (a
         measurement each time, a choice by rule once: the out-distribution's usually repeats the
         in-distribution's), and a kind asked for by name whose batches are not the reference's."""
-        choice = choose_loader_kind(self.config.loader, images, self.device, spec)
+        choice = choose_loader_kind(self.config.loader, images, self.device, spec, workers=self.config.workers)
         line = choice.describe()
         if line and (choice.measured or line not in said):
             self._print(line)
@@ -208,6 +220,9 @@ class Run:
             for loader in (self.train_loader, self.out_loader):
                 if hasattr(loader, "close"):  # streaming loaders own worker processes
                     loader.close()
+            self.log.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
             if self._lock is not None:
                 self._lock.release(clean=True)  # a directory made for a run that had nothing to do goes again
             shutdown()
@@ -228,9 +243,16 @@ class Run:
         if self.ctx.is_main:  # the lock made the directory
             if self.copied_from is not None:
                 self._copy_history(trainer.steps_done)
+            elif trainer.steps_done:
+                self._drop_rows_after(trainer.steps_done)
             atomic_write_text(self.run_dir / CONFIG, json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self.log.start(self.run_dir)
+            if cfg.tensorboard:
+                self.tensorboard = TensorBoard(self.run_dir, trainer.steps_done)
         opening = f"resuming at step {trainer.steps_done}" if trainer.steps_done else "starting"
         ranks = f" x {self.ctx.world_size} processes" if self.ctx.is_distributed else ""
+        if plots.missing(plots.CURVES):
+            self._print(plots.missing(plots.CURVES))
         self._print(f"{opening}: {cfg.mode} training of {cfg.arch} on {cfg.dataset} "
                     f"({self.steps_per_epoch} steps/epoch, {stop_at} steps) on {self.device}{ranks}, "
                     f"{_loader_names(self.loader_kinds)} -> {self.run_dir}")
@@ -243,6 +265,8 @@ class Run:
             self._save()
             if improved:
                 self._save(BEST)
+            if last.get("complete") and self.ctx.is_main:
+                self._keep_history(epoch + 1)
             if stop.stopped and trainer.steps_done < stop_at:
                 self.stopped_by = stop.signal_name
                 self._print(f"stopped by {stop.signal_name} after step {trainer.steps_done}; checkpoint "
@@ -256,13 +280,15 @@ class Run:
         progress = Progress(end - start, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                             stream=None if self.ctx.is_main else open(os.devnull, "w"))
         sums: dict[str, torch.Tensor] = {}
+        step_scalars = StepScalars(cfg.log_every, cfg.batch_size, self.ctx)
         began = time.perf_counter()
         stopped = False
         for index in range(start, end):
             x, y = self.train_loader.batch(epoch, index)
             z = self._out_batch(trainer.steps_done)
             metrics = trainer.step(x, y, z)
-            _accumulate(sums, metrics)
+            accumulate(sums, metrics)
+            step_scalars.add(metrics)
             self._watch_skipped_steps()
             # Reading metrics syncs with the GPU; do it only every 20 steps.
             postfix = None
@@ -271,8 +297,12 @@ class Run:
                 kept = max(float(sums["kept"]), 1.0)
                 postfix = f"loss {float(sums['loss']) / kept:.3f} adv-acc {100 * float(sums['adv_acc']) / kept:.1f}%"
             progress.update(1, postfix)
+            row = step_scalars.row(epoch + 1, trainer.steps_done, float(metrics["lr"]))
+            if row is not None:
+                self._record(row)
             if cfg.checkpoint_every and trainer.steps_done % cfg.checkpoint_every == 0 and index + 1 < end:
                 self._save()
+                step_scalars.restart_clock()
             if stop.at_step_boundary():
                 stopped, end = True, index + 1
                 break
@@ -280,20 +310,38 @@ class Run:
         seconds = time.perf_counter() - began
         steps = end - start
         sums = all_reduce_mean(sums, self.ctx)
-        record = {"epoch": epoch + 1, "step": trainer.steps_done, "steps": steps, "complete": end == self.steps_per_epoch}
-        kept = float(sums.pop("kept"))
-        record.update({key: float(value) / max(kept, 1.0) for key, value in sums.items()})
-        record["skipped_steps"] = round(steps - kept)
+        record = {"kind": "epoch", "epoch": epoch + 1, "step": trainer.steps_done, "steps": steps,
+                  "complete": end == self.steps_per_epoch, **means(sums, steps)}
         record["lr"] = float(metrics["lr"])
         record["seconds"] = round(seconds, 2)
         record["images_per_s"] = round(steps * cfg.batch_size / seconds, 1)
         # A preempted run has seconds left: checkpoint first, evaluate after resuming.
         if not stopped and is_test_epoch(epoch + 1, cfg.epochs, cfg.test_every):
             record.update(self._evaluate())
-        if self.ctx.is_main:
-            self._append_metrics(record)
+        self._record(record)
         self._print(_summary_line(record, cfg))
+        if self.ctx.is_main and plots.missing(plots.CURVES) is None:
+            plots.training_curves(_rows(self.run_dir / METRICS), self.run_dir / plots.CURVES)
         return record
+
+    def _record(self, record: dict) -> None:
+        """A metrics row: into metrics.jsonl and TensorBoard (rank 0)."""
+        if not self.ctx.is_main:
+            return
+        self._append_metrics(record)
+        if self.tensorboard is not None:
+            self.tensorboard.add(record)
+
+    def _drop_rows_after(self, step: int) -> None:
+        """Resuming in place: the rows a crashed run logged after its checkpoint go (the resumed run
+        logs those steps again), so metrics.jsonl holds each step once."""
+        path = self.run_dir / METRICS
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) <= step]
+        if len(kept) < len(lines):
+            atomic_write_text(path, "".join(kept))
 
     def _append_metrics(self, record: dict) -> None:
         path = self.run_dir / METRICS
@@ -377,6 +425,19 @@ class Run:
         if self.ctx.is_distributed:
             dist.barrier()
 
+    def _keep_history(self, epoch: int) -> None:
+        """--checkpoint-epochs / --keep-last: a copy of the checkpoint just written (its bytes, checksum
+        included) as checkpoint-epoch-<epoch>.pt; then the oldest copies beyond --keep-last are removed
+        (only files of that name, and only once the new copy is complete)."""
+        cfg = self.config
+        every = cfg.checkpoint_epochs or (1 if cfg.keep_last else None)
+        if every is None or epoch % every:
+            return
+        atomic_copy(history_checkpoint(self.run_dir, epoch), _chunks(self.run_dir / CHECKPOINT))
+        if cfg.keep_last:
+            for old in history_checkpoints(self.run_dir)[:-cfg.keep_last]:
+                old.unlink(missing_ok=True)
+
     def _restore_rng(self, saved) -> None:
         per_rank = saved if isinstance(saved, list) else [saved]  # one dict: single-process checkpoints
         if len(per_rank) == self.ctx.world_size:
@@ -386,8 +447,19 @@ class Run:
                         "the data order continues exactly, attack random starts are re-seeded")
 
     def _print(self, line: str) -> None:
-        if self.log is not None:
-            print(line, file=self.log, flush=True)
+        self.log.print(line)
+
+
+def history_checkpoint(run_dir: Path, epoch: int) -> Path:
+    """The copy --checkpoint-epochs keeps of the checkpoint at the end of `epoch`."""
+    return Path(run_dir) / HISTORY.format(epoch=epoch)
+
+
+def history_checkpoints(run_dir: Path) -> list[Path]:
+    """The history copies in run_dir, oldest epoch first."""
+    found = [(int(m.group(1)), path) for path in Path(run_dir).iterdir()
+             if (m := re.fullmatch(HISTORY.format(epoch=r"(\d+)").replace(".", r"\."), path.name))]
+    return [path for _, path in sorted(found)]
 
 
 def is_test_epoch(epoch: int, epochs: int, every: int) -> bool:
@@ -410,17 +482,15 @@ def _loader_names(kinds: list[str]) -> str:
     return f"{LOADERS[kinds[0]].title} loader (in), {LOADERS[kinds[1]].title} loader (out)"
 
 
-def _accumulate(sums: dict, metrics: dict) -> None:
-    """Add one step's metrics to the epoch's sums, on the device (no sync).
-
-    A skipped step (non-finite loss or gradient) counts in "kept" as 0 and adds nothing, so the
-    epoch means are over the steps that trained.
-    """
-    kept = 1.0 - metrics["skipped"].float()
-    sums["kept"] = sums.get("kept", 0.0) + kept
-    for key, value in metrics.items():
-        if key not in ("skipped", "lr"):
-            sums[key] = sums.get(key, 0.0) + torch.where(kept > 0, value, torch.zeros_like(value))
+def _rows(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (a line cut by a crash is none)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def _step_of(line: str) -> float:

@@ -18,6 +18,7 @@ from ..attacks.apgd import apgd_run
 from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, check_builders
 from ..config import CounterfactualsConfig
 from ..models import eval_mode
+from ..progress import Progress
 
 # The defaults of `counterfactuals`: the settings of `ratio-fast counterfactuals`, declared once.
 DEFAULTS = CounterfactualsConfig()
@@ -72,14 +73,18 @@ def counterfactuals(
     n, r = x.shape[0], len(radii)
     radius = torch.tensor([float(v) for v in radii], device=x.device)
     per_call = max(1, batch_size // r)
+    calls = range(0, n, per_call)
+    progress = Progress(len(calls) * steps, desc="counterfactuals", unit="step")  # every APGD step of every call
     images, confidence = [], []
-    for lo in range(0, n, per_call):
+    for lo in calls:
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
         adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                       random_start=random_start, generator=generator, backend=backend).best
+                       random_start=random_start, generator=generator, backend=backend,
+                       on_step=progress.update).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
+    progress.close()
     return torch.cat(images), torch.cat(confidence)
 
 

@@ -94,10 +94,11 @@ class EvalState:
     first save), with a Note that says why.
     """
 
-    def __init__(self, path: str | Path, identity: dict, save_interval: float = 5.0):
-        self.path, self.identity, self.save_interval = Path(path), identity, save_interval
+    def __init__(self, path: str | Path | None, identity: dict, save_interval: float = 5.0):
+        """path None: kept in memory only (rf.evaluate)."""
+        self.path, self.identity, self.save_interval = path and Path(path), identity, save_interval
         self.parts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-        if self.path.exists():
+        if self.path is not None and self.path.exists():
             try:
                 saved = load_torch(self.path)
             except DamagedFile as damaged:  # results that cannot be trusted are computed again
@@ -126,6 +127,8 @@ class EvalState:
             self.save()
 
     def save(self) -> None:
+        if self.path is None:
+            return
         atomic_save(self.path, {"what": "ratio-fast evaluation state", "identity": self.identity,
                                 "parts": self.parts})
         self._last_save = time.perf_counter()
@@ -152,28 +155,61 @@ def _changes(old, new: dict) -> str:
 Measure = Callable[[torch.Tensor, torch.Tensor | None, torch.Generator, slice], dict]
 
 
-def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed: int) -> dict:
+def run_part(state: EvalState, part: str, source: Loader, measure: Measure, seed: int,
+             progress: Progress | None = None, cost: int = 1) -> dict:
     """Measure every batch of a part not yet in `state`, saving as it goes; return all its results.
 
     The generator handed to `measure` is seeded by (seed, part, batch), so a batch gives the
-    same result whenever it is computed.
+    same result whenever it is computed. progress: the whole evaluation's, advanced by `cost`
+    per batch (a batch done before counts as done); None: one of the part's own.
     """
     todo = [b for b in range(len(source)) if not state.done(part, b)]
+    if progress is not None:
+        progress.skip(cost * (len(source) - len(todo)))
     if todo:
-        progress = Progress(len(todo), desc=part)
+        own = progress is None
+        progress = Progress(len(todo), desc=part) if own else progress
         try:
             for b in todo:
                 x, y = source.batch(0, b)
                 generator = torch.Generator(device=x.device).manual_seed(_batch_seed(seed, part, b))
                 rows = slice(b * source.spec.batch_size, b * source.spec.batch_size + x.shape[0])
                 state.put(part, b, measure(x, y, generator, rows))
-                progress.update(1)
+                progress.update(cost if not own else 1, None if own else part)
         except KeyboardInterrupt:  # Ctrl-C: keep every batch finished so far
             state.save()
             raise
-        progress.close()
+        if own:
+            progress.close()
         state.save()
     return state.collect(part, len(source))
+
+
+# The work of one batch of each part, in clean forwards (an attack step is a forward and a backward:
+# about 3), for the whole evaluation's ETA. Robust parts attack only the points still robust, so the
+# ETA starts high and comes down. AutoAttack's standard version: APGD-CE, APGD-T and FAB-T (about
+# APGD-T's work) and Square (5000 forward queries).
+ATTACK_STEP_COST = 3
+SQUARE_QUERIES = 5000
+
+
+def _costs(s: EvalConfig) -> dict[str, int]:
+    """The work of one batch of each part: "clean", each eval attack (a targeted one per target
+    class), "autoattack", "worst-case ood"."""
+    attacks = {name: ATTACK_STEP_COST * s.steps * (s.targets if row.targeted else 1)
+               for name, row in EVAL_ATTACKS.items()}
+    return {"clean": 1, **attacks, "autoattack": ATTACK_STEP_COST * s.steps * (1 + 2 * s.targets) + SQUARE_QUERIES,
+            "worst-case ood": ATTACK_STEP_COST * s.ood_steps}
+
+
+def _total_work(s: EvalConfig, test: Loader, ood_sets: dict[str, Loader]) -> int:
+    costs = _costs(s)
+    total = len(test) * costs["clean"]
+    if s.eps > 0 and (s.attacks or s.autoattack):
+        robust_batches = len(test.first(s.robust_samples)) if s.robust_samples else len(test)
+        total += robust_batches * sum(costs[a] for a in (*s.attacks, *(("autoattack",) if s.autoattack else ())))
+    worst = costs["worst-case ood"] if s.ood_steps > 0 and s.ood_eps > 0 else 0
+    return total + sum(len(source) * (costs["clean"] + worst) for source in ood_sets.values())
 
 
 def _batch_seed(seed: int, part: str, batch: int) -> int:
@@ -219,12 +255,14 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loader],
-                   settings: EvalConfig, state: EvalState, test_images: int | None = None) -> dict:
+                   settings: EvalConfig, state: EvalState, test_images: int | None = None,
+                   scores: dict | None = None) -> dict:
     """Every metric of `settings` on `test` (labelled) and the unlabelled `ood_sets`; a JSON-ready dict.
 
     test_images: the size of the whole test split `test` is taken from (default: test.num_samples), so
     that accuracies on fewer images get a confidence interval. OOD sets are scored against the
-    clean in-distribution scores of all of `test`.
+    clean in-distribution scores of all of `test`. scores: filled with the max confidences behind
+    the OOD metrics, {"in": test's, name: {"clean": ..., "worst": ...}} (for the pictures).
     """
     s = settings if settings.eps is not None else replace(settings, eps=settings.radius())
     seed = s.seed
@@ -250,9 +288,11 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
         worst = calls("worst-case ood", worst_case_rows, x, start).best
         return {"conf": max_confidence(_no_grad(model, worst))}
 
+    costs = _costs(s)
+    progress = Progress(_total_work(s, test, ood_sets), desc="evaluation", unit="work")  # work: see _costs
     with eval_mode(model):
         results: dict = {"samples": test.num_samples, "test_images": test_images or test.num_samples}
-        clean_part = run_part(state, f"clean, {test.num_samples} images", test, clean, seed)
+        clean_part = run_part(state, f"clean, {test.num_samples} images", test, clean, seed, progress, costs["clean"])
         results["clean_accuracy"] = float(clean_part["correct"].double().mean())
         results["mean_max_conf_in"] = float(clean_part["conf"].double().mean())
 
@@ -264,7 +304,7 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
             for k, name in enumerate(s.attacks):
                 part = _robust_part_name(s.attacks[:k + 1], s, n)
                 measure = _surviving(still_robust, _fooled_by(name, model, s, calls))
-                still_robust = run_part(state, part, robust_set, measure, seed)["robust"]
+                still_robust = run_part(state, part, robust_set, measure, seed, progress, costs[name])["robust"]
                 robust[name] = float(still_robust.double().mean())  # after this attack and those before
             if s.autoattack:
                 from .autoattack_package import AutoAttackPackage
@@ -275,7 +315,8 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
                     return {"robust": reference.robust(model, x, y, seed=generator.initial_seed() % 2**31)}
 
                 part = f"{reference.description}, L2 {s.eps}, {n} images"
-                reference_robust = run_part(state, part, robust_set, autoattack, seed)["robust"]
+                reference_robust = run_part(state, part, robust_set, autoattack, seed, progress,
+                                            costs["autoattack"])["robust"]
                 robust["autoattack"] = float(reference_robust.double().mean())
                 robust["autoattack_version"] = reference.description
                 still_robust = still_robust & reference_robust
@@ -284,15 +325,20 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
 
         results["ood"] = {}
         for name, source in ood_sets.items():
-            conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed)["conf"]
+            conf = run_part(state, f"ood {name}, clean, {source.num_samples} images", source, ood_clean, seed,
+                            progress, costs["clean"])["conf"]
             metrics = ood_metrics(clean_part["conf"], conf)
+            worst = None
             if s.ood_steps > 0 and s.ood_eps > 0:
                 part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.num_samples} images"
-                worst = run_part(state, part, source, ood_worst, seed)["conf"]
+                worst = run_part(state, part, source, ood_worst, seed, progress, costs["worst-case ood"])["conf"]
                 metrics.update({f"worst_case_{k}": v for k, v in ood_metrics(clean_part["conf"], worst).items()})
                 metrics.update(worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
             metrics["samples"] = source.num_samples
             results["ood"][name] = metrics
+            if scores is not None:
+                scores.update({"in": clean_part["conf"], name: {"clean": conf, "worst": worst}})
+    progress.close()
     results["settings"] = {**asdict(s), "attacks": list(s.attacks)}
     return results
 
@@ -363,6 +409,45 @@ def batch_source(images, labels, batch_size: int, device, channels_last: bool = 
     return ResidentLoader(first, None if labels is None else labels[:n], BatchSpec.in_order(batch_size, channels_last),
                           device)
 
+
+class TensorBatches(Loader):
+    """In-order batches of float (N, C, H, W) images in [0, 1] already in memory, moved to `device`
+    batch by batch (rf.evaluate's input)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int, device):
+        super().__init__(images.shape[0], labels, BatchSpec.in_order(batch_size), device, images.shape[-2:])
+        self.images, self.labels = images, labels
+
+    def first(self, n: int) -> "TensorBatches":
+        return TensorBatches(self.images[:n], None if self.labels is None else self.labels[:n],
+                             self.spec.batch_size, self.device)
+
+    def _make_batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = slice(index * self.spec.batch_size, (index + 1) * self.spec.batch_size)
+        x = self.images[rows].to(self.device, torch.float32).contiguous()  # as batch_source's: the same numbers
+        return x, None if self.labels is None else self.labels[rows].to(self.device, torch.int64)
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+             ood: dict[str, torch.Tensor] | None = None, **settings) -> dict:
+    """`ratio-fast eval`'s protocol on any classifier of [0, 1] images: clean and robust accuracy on
+    (x, y) (float (N, C, H, W) in [0, 1], labels (N,)), OOD detection against each set of `ood`
+    ({name: images}). `settings` are EvalConfig's fields, `ratio-fast eval`'s flags (eps=0.5,
+    attacks=("apgd-ce", "apgd-t"), steps=100, targets=9, ood_eps=1.0, ood_steps=100, batch_size=256,
+    seed=0, quick=True, ...; the run's settings, weights and data are the caller's); returns the dict
+    `ratio-fast eval` writes to eval.json. Runs on the model's device; nothing is written."""
+    s = EvalConfig(**settings).quickened(settings)
+    if x.dim() != 4 or tuple(y.shape) != (x.shape[0],):
+        raise UserError(f"evaluate: x must be (N, C, H, W) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+    device = next(model.parameters()).device
+    with torch.no_grad(), eval_mode(model):
+        classes = model(x[:1].to(device, torch.float32)).shape[1]
+    if any(EVAL_ATTACKS[name].targeted for name in s.attacks) and s.targets > classes - 1:
+        raise UserError(f"evaluate: targets={s.targets}, but a model of {classes} classes has {classes - 1} "
+                        "other classes to target")
+    test = TensorBatches(x, y, s.batch_size, device)
+    ood_sets = {name: TensorBatches(images, None, s.batch_size, device) for name, images in (ood or {}).items()}
+    return evaluate_model(model, test, ood_sets, s, EvalState(None, {}))
 
 
 def format_table(results: dict) -> str:

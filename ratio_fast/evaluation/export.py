@@ -5,11 +5,13 @@ and counterfactuals. `export_checkpoint` writes what RobustBench and plain-PyTor
 `model.pt`, a plain state_dict (no `module.` / `_orig_mod.` prefixes, the `mu`/`sigma`
 normalization buffers included; our WideResNet's names are RobustBench's, key for key, so it
 loads into `Augustin2020AdversarialWideNet` with strict=True), and `model.safetensors`, the
-same tensors with the architecture in the metadata. Both carry a SHA-256 of their bytes, the
+same tensors with the architecture and the run's settings in the metadata (`ratio-fast eval`
+takes the pair, evaluation/load.py). Both carry a SHA-256 of their bytes, the
 formats unchanged (digest.py), and get the file mode a plain open() gives (0666 less the umask).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,6 +26,8 @@ from ..models import create_model
 
 # Prefixes wrappers add to parameter names: DistributedDataParallel / DataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# The pair `export` writes: the plain state_dict, and the same tensors with what rebuilds the model.
+EXPORT_PT, EXPORT_SAFETENSORS = "model.pt", "model.safetensors"
 
 
 def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,9 +98,10 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = Expo
     tensors = clean_state_dict(model.state_dict())
     out_dir = Path(out_dir)
     make_directory(out_dir)
-    pt_path, st_path = out_dir / "model.pt", out_dir / "model.safetensors"
+    pt_path, st_path = out_dir / EXPORT_PT, out_dir / EXPORT_SAFETENSORS
     atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
-                "num_classes": str(get_dataset(config.dataset).num_classes), "input": "NCHW RGB in [0,1]"}
+                "num_classes": str(get_dataset(config.dataset).num_classes), "input": "NCHW RGB in [0,1]",
+                "config": json.dumps(config.to_dict())}  # the run's settings: `ratio-fast eval` of the export
     atomic_write_safetensors(st_path, tensors, metadata)
     return pt_path, st_path

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from ..attacks.named import build_attack
-from ..attacks.objectives import OBJECTIVES, TrainLogits, mode_loss
+from ..attacks.objectives import OBJECTIVES, TrainLogits, cross_entropy, kl_to_uniform, mode_loss
 from ..choices import MODES, SEQUENTIAL
 from ..config import TrainConfig
 from ..measure import Measured, Timer
@@ -192,6 +192,9 @@ class RatioTrainer:
                 clean_logits = train_logits.clean_in if train_logits.clean_in is not None else in_logits
             metrics = {
                 "loss": loss.detach().float(),
+                # unweighted terms: CE of the in-distribution images trained on (adversarial where
+                # the row attacks them), KL(U || p) of the out-distribution ones
+                "loss_in": cross_entropy(in_logits, y).mean(),
                 "adv_acc": adv_acc,
                 "clean_acc": (clean_logits.argmax(1) == y).float().mean(),
                 "lr": torch.tensor(lr),
@@ -200,6 +203,7 @@ class RatioTrainer:
             logits_out = train_logits.adversarial_out if z_adv is not None else train_logits.clean_out
             if logits_out is not None:
                 metrics["out_conf"] = logits_out.float().softmax(1).amax(1).mean()
+                metrics["loss_out"] = kl_to_uniform(logits_out).mean()
         return metrics
 
     def _not_finite(self, loss: torch.Tensor) -> torch.Tensor:
