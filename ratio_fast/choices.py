@@ -409,4 +409,6 @@ COUNTERFACTUAL_TARGETS: dict[str, CounterfactualTarget] = table(
     CounterfactualTarget("runner-up", "per image, the most likely class but its label"),
     CounterfactualTarget("true", "per image, its label (the authors' first row)"),
     CounterfactualTarget("predicted", "per image, the model's prediction (the authors' second row)"),
+    CounterfactualTarget("spread", "the i-th image towards its label + 1 + (i mod (classes - 1)), modulo the "
+                                   "classes: never its own class, and every class in turn (a demo across classes)"),
 )

@@ -376,6 +376,8 @@ class CounterfactualsConfig:
     radii: tuple[float, ...] = setting((0.5, 1.0, 1.5, 2.0, 2.5, 3.0), OPTIONS, "comma list of L2 radii", above=0)
     steps: int = setting(500, OPTIONS, "APGD steps per radius", at_least=1)
     batch_size: int = setting(256, OPTIONS, "images x radii per attack batch", at_least=1)
+    differences: bool = setting(False, OPTIONS, "add under each image a row of |counterfactual - original|, each "
+                                "tile stretched to its own maximum")
     data_dir: str | None = run_data_dir_setting()
     device: str = device_setting(OPTIONS)
     backend: str = backend_setting(OPTIONS)

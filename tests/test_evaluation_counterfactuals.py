@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from ratio_fast.training.checkpoint import save_checkpoint
 from ratio_fast.cli.main import main
 from ratio_fast.config import TrainConfig
-from ratio_fast.evaluation.counterfactuals import (choose_targets, counterfactuals, runner_up, save_grid,
-                                                  target_probability)
+from ratio_fast.evaluation.counterfactuals import (choose_targets, counterfactuals, prediction, runner_up,
+                                                  save_grid, target_probability, tile_captions)
 
 
 def test_counterfactuals_stay_in_each_radius_and_raise_the_target(trained_tiny, synthetic_split):
@@ -67,6 +67,18 @@ def test_each_target_rule_picks_its_class(trained_tiny, synthetic_split):
         others = [c for c in range(10) if c != labels[i]]
         assert int(runner[i]) == max(others, key=lambda c: float(logits[i, c]))
     assert torch.equal(choose_targets(trained_tiny, x, labels, "4"), torch.full_like(labels, 4))
+    spread = choose_targets(trained_tiny, x, labels, "spread")
+    assert (spread != labels).all()
+    assert torch.equal(spread, (labels + 1 + torch.arange(16) % 9) % 10)
+
+
+def test_spread_targets_every_class_where_runner_up_does_not(trained_tiny, synthetic_split):
+    """The issue's demo: 8 images of few classes; runner-up may pick one class for most of them."""
+    x, y = synthetic_split["test"]
+    same = y == y[0]
+    x, labels = x[same][:9], y[same][:9]  # nine images of one class
+    spread = choose_targets(trained_tiny, x, labels, "spread")
+    assert set(spread.tolist()) == set(range(10)) - {int(labels[0])}, "the nine other classes, once each"
 
 
 def test_grid_png_is_written_and_opens(tmp_path, synthetic_split):
@@ -75,7 +87,7 @@ def test_grid_png_is_written_and_opens(tmp_path, synthetic_split):
     adv = x[:, None].repeat(1, 3, 1, 1, 1)
     path = tmp_path / "grid.png"
     save_grid(path, x, adv, torch.rand(2, 3), torch.rand(2), (0.5, 1.0, 2.0), torch.tensor([3, 5]),
-              torch.tensor([5, 3]), class_names=("a",) * 10, scale=4)
+              torch.tensor([5, 3]), torch.randint(10, (2, 4)), torch.rand(2, 4), class_names=("a",) * 10, scale=4)
     with Image.open(path) as img:
         img.load()
         width, height = img.size
@@ -87,6 +99,38 @@ def test_grid_png_is_written_and_opens(tmp_path, synthetic_split):
     expected = (x[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
     pixels = torch.from_numpy(np.array(tile)).reshape(32, 4, 32, 4, 3)[:, 0, :, 0]
     assert torch.equal(pixels, expected)
+
+
+def test_captions_name_the_prediction_and_the_target_under_every_tile():
+    names = ("plane", "car", "bird")
+    captions = tile_captions(0, 2, [0, 0, 2], [0.9, 0.6, 0.75], [0.01, 0.2, 0.7], lambda c: names[c])
+    assert captions == [["plane -> bird", "pred plane 0.90", "p(bird) = 0.010"],
+                        ["pred plane 0.60", "p(bird) = 0.200"],
+                        ["pred bird 0.75", "p(bird) = 0.700"]]
+
+
+def test_difference_rows_show_each_change_stretched_to_its_maximum(tmp_path, synthetic_split):
+    x, _ = synthetic_split["test"]
+    x = x[:2]
+    change = torch.zeros_like(x)
+    change[:, :, :16] = 0.01  # a faint change in the top half: invisible as it is, white once stretched
+    adv = torch.stack([x, (x + change).clamp(0, 1)], 1)
+    args = (adv, torch.rand(2, 2), torch.rand(2), (0.5, 1.0), torch.tensor([3, 5]), torch.tensor([5, 3]),
+            torch.randint(10, (2, 3)), torch.rand(2, 3))
+    save_grid(tmp_path / "plain.png", x, *args)
+    save_grid(tmp_path / "diff.png", x, *args, differences=True)
+    with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "diff.png") as diff:
+        plain_size, pixels = plain.size, np.array(diff.convert("RGB"))
+        assert diff.size[0] == plain_size[0] and diff.size[1] > 1.9 * plain_size[1] - 22
+    header, row_height = 22, (diff.size[1] - 22) // 4  # rows: image 0, its differences, image 1, ...
+    top, left = header + row_height, 6 + 2 * (128 + 6)  # the differences of image 0 at radius 1.0
+    stretched = pixels[top:top + 128, left:left + 128].astype(int)
+    changed = (adv[0, 1] - x[0]).abs().amax(0) > 0  # where the clamp left a change
+    assert changed[:16].any()
+    assert (stretched[:64].max(-1)[changed[:16].repeat_interleave(4, 0).repeat_interleave(4, 1).numpy()] > 0).all()
+    assert (stretched[64:] == 0).all(), "no change, black"
+    untouched = pixels[top:top + 128, 6 + 134:6 + 134 + 128]  # radius 0.5: the image itself, all black
+    assert (untouched == 0).all()
 
 
 def write_checkpoint(path, model):
@@ -110,6 +154,9 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     assert torch.equal(saved["indices"], torch.tensor([0, 3, 7]))
     assert torch.allclose(saved["radii"], torch.tensor([0.5, 2.0]))
     assert (saved["target_confidence"] >= saved["original_target_confidence"][:, None] - 1e-6).all()
+    with_original = torch.cat([saved["original"][:, None], saved["counterfactuals"]], 1)
+    assert torch.equal(saved["predicted"], prediction(trained_tiny, with_original)[0])
+    assert saved["predicted"].shape == saved["predicted_confidence"].shape == (3, 3)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -117,9 +164,9 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     (["--images", "a"], "--images: 'a' is not an integer"),
     (["--radii", "0.5,-1"], "--radii must be a finite number > 0, got -1.0"),
     (["--radii", "-1,2"], "--radii must be a finite number > 0, got -1.0"),  # a value, not an unknown flag -1,2
-    (["--target", "10"], "--target must be runner-up, true, predicted or a class in 0..9, got '10'"),
-    (["--target", "best"], "--target must be runner-up, true, predicted or a class number, got 'best'"),
-    (["--target", "-1"], "--target must be runner-up, true, predicted or a class number, got '-1'"),
+    (["--target", "10"], "--target must be runner-up, true, predicted, spread or a class in 0..9, got '10'"),
+    (["--target", "best"], "--target must be runner-up, true, predicted, spread or a class number, got 'best'"),
+    (["--target", "-1"], "--target must be runner-up, true, predicted, spread or a class number, got '-1'"),
     (["--start", "zero"], "--start: unknown start 'zero'; choose one of random, image"),
     (["--seed", "-1"], "--seed must be"),
 ])

@@ -140,7 +140,8 @@ def describe_weights(path: str | Path, weights: str) -> str:
 def _run_counterfactuals(args) -> int:
     import torch
 
-    from ..evaluation.counterfactuals import choose_targets, counterfactuals, save_grid, target_probability
+    from ..evaluation.counterfactuals import (choose_targets, counterfactuals, prediction, save_grid,
+                                              target_probability)
     from ..evaluation.evaluate import batch_source
 
     settings = config_from_args(CounterfactualsConfig, args)
@@ -160,11 +161,14 @@ def _run_counterfactuals(args) -> int:
     adv, conf = counterfactuals(model, x, targets, radii, steps=settings.steps, backend=settings.backend,
                                 batch_size=settings.batch_size, start=settings.start, seed=settings.seed)
     original_conf = target_probability(model, x, targets)
+    predicted, predicted_conf = prediction(model, torch.cat([x[:, None], adv], 1))  # (N, R + 1), the original first
 
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
-        tmp, x, adv, conf, original_conf, radii, labels, targets, class_names=get_dataset(config.dataset).class_names))
+        tmp, x, adv, conf, original_conf, radii, labels, targets, predicted, predicted_conf,
+        class_names=get_dataset(config.dataset).class_names, differences=settings.differences))
     tensors = dict(original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
-                   radii=torch.tensor(radii), labels=labels, targets=targets, indices=torch.tensor(indices))
+                   predicted=predicted, predicted_confidence=predicted_conf, radii=torch.tensor(radii),
+                   labels=labels, targets=targets, indices=torch.tensor(indices))
     atomic_write_safetensors(out / "counterfactuals.safetensors",
                              {name: t.detach().cpu().contiguous() for name, t in tensors.items()})
     print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "

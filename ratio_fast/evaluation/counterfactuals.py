@@ -4,8 +4,9 @@ For each image and radius, APGD maximizes log p(target) inside the L2 ball aroun
 (the authors use 500 steps and radii 0.5 ... 3.0, and start at a random point of the ball). A
 robust model's counterfactuals show features of the target class; a non-robust one's show
 noise. All radii of an image run in one batch, with per-sample eps. Output: a PNG grid (rows =
-images; columns = the original, then each radius; the target's confidence under every tile) and
-the raw tensors (both files written by cli/checkpoint_commands.py).
+images; columns = the original, then each radius; under every tile the predicted class and the
+target's confidence; optionally a row of differences) and the raw tensors (both files written
+by cli/checkpoint_commands.py).
 """
 from __future__ import annotations
 
@@ -36,8 +37,18 @@ def predicted(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> 
         return model(x).float().argmax(1)
 
 
+def spread(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The i-th image towards (label + 1 + i mod (classes - 1)) mod classes: never its own class,
+    and targets across the classes even where one class is every image's runner-up."""
+    with eval_mode(model), torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    shift = 1 + torch.arange(len(labels), device=labels.device) % (classes - 1)
+    return (labels + shift) % classes
+
+
 # --target's rules (choices.COUNTERFACTUAL_TARGETS): (model, x, labels) -> the target class of each image
-TARGET_RULES = {"runner-up": runner_up, "true": lambda model, x, labels: labels, "predicted": predicted}
+TARGET_RULES = {"runner-up": runner_up, "true": lambda model, x, labels: labels, "predicted": predicted,
+                "spread": spread}
 check_builders(TARGET_RULES, COUNTERFACTUAL_TARGETS, "counterfactuals.TARGET_RULES")
 
 
@@ -93,6 +104,23 @@ def target_probability(model: torch.nn.Module, x: torch.Tensor, targets: torch.T
         return model(x).float().softmax(1).gather(1, targets[:, None]).squeeze(1)
 
 
+def prediction(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, its probability) of each image of x (..., C, H, W), shaped as x's leading dims."""
+    with eval_mode(model), torch.no_grad():
+        p = model(x.flatten(0, -4)).float().softmax(1).max(1)
+    return p.indices.view(x.shape[:-3]), p.values.view(x.shape[:-3])
+
+
+def tile_captions(label: int, target: int, predicted: Sequence[int], predicted_confidence: Sequence[float],
+                  target_confidence: Sequence[float], name) -> list[list[str]]:
+    """The caption lines under each tile of one row (the original first, then each radius)."""
+    captions = []
+    for col, (c, p_c, p_t) in enumerate(zip(predicted, predicted_confidence, target_confidence)):
+        lines = [f"{name(label)} -> {name(target)}"] if col == 0 else []
+        captions.append(lines + [f"pred {name(int(c))} {float(p_c):.2f}", f"p({name(target)}) = {float(p_t):.3f}"])
+    return captions
+
+
 def save_grid(
     path: str | Path,
     original: torch.Tensor,
@@ -102,40 +130,59 @@ def save_grid(
     radii: Sequence[float],
     labels: torch.Tensor,
     targets: torch.Tensor,
+    predicted: torch.Tensor,
+    predicted_confidence: torch.Tensor,
     class_names: Sequence[str] | None = None,
+    differences: bool = False,
     scale: int = 4,
 ) -> None:
     """Write the PNG grid: a title row, then per image the original and one tile per radius.
 
     Tiles are upscaled `scale` times with nearest-neighbour (32x32 becomes readable, pixels stay
-    pixels). Under the original: "label -> target"; under every tile: p(target) at that image.
+    pixels). Under the original: "label -> target"; under every tile: the predicted class with
+    its probability and p(target). predicted / predicted_confidence: (N, R + 1), the original
+    first. differences: under each row, |counterfactual - original| per tile, each stretched to
+    its own maximum (printed under it), so that small changes show.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     n, r = adversarial.shape[:2]
     h, w = original.shape[-2] * scale, original.shape[-1] * scale
-    gap, header, caption = 6, 22, 34
+    gap, header, line = 6, 22, 14
+    caption = 3 * line + 4
+    rows_per_image = 2 if differences else 1
     font = ImageFont.load_default()
-    grid = Image.new("RGB", (gap + (r + 1) * (w + gap), header + n * (h + caption + gap)), "white")
+    grid = Image.new("RGB", (gap + (r + 1) * (w + gap), header + n * rows_per_image * (h + caption + gap)), "white")
     draw = ImageDraw.Draw(grid)
 
     def name(c: int) -> str:
         return class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
 
+    def tile(image: torch.Tensor, left: int, top: int, lines: list[str]) -> None:
+        grid.paste(_to_pil(image).resize((w, h), Image.NEAREST), (left, top))
+        for k, text in enumerate(lines):
+            draw.text((left, top + h + 3 + k * line), text, fill="black" if k < len(lines) - 1 else (170, 0, 0),
+                      font=font)
+
     titles = ["original"] + [f"L2 radius {float(v):g}" for v in radii]
     for col, title in enumerate(titles):
         draw.text((gap + col * (w + gap), 5), title, fill="black", font=font)
     for row in range(n):
-        top = header + row * (h + caption + gap)
+        top = header + row * rows_per_image * (h + caption + gap)
         tiles = [original[row]] + [adversarial[row, j] for j in range(r)]
-        t = int(targets[row])
-        confidences = [float(original_confidence[row])] + [float(confidence[row, j]) for j in range(r)]
-        for col, (tile, p) in enumerate(zip(tiles, confidences)):
-            left = gap + col * (w + gap)
-            grid.paste(_to_pil(tile).resize((w, h), Image.NEAREST), (left, top))
-            if col == 0:
-                draw.text((left, top + h + 3), f"{name(int(labels[row]))} -> {name(t)}", fill="black", font=font)
-            draw.text((left, top + h + 17), f"p({name(t)}) = {p:.3f}", fill=(170, 0, 0), font=font)
+        captions = tile_captions(int(labels[row]), int(targets[row]), predicted[row].tolist(),
+                                 predicted_confidence[row].tolist(),
+                                 [float(original_confidence[row])] + confidence[row].tolist(), name)
+        for col, (image, lines) in enumerate(zip(tiles, captions)):
+            tile(image, gap + col * (w + gap), top, lines)
+        if differences:
+            top += h + caption + gap
+            for k, text in enumerate(("|difference|, each", "tile stretched to", "its own maximum")):
+                draw.text((gap, top + 3 + k * line), text, fill="black", font=font)
+            for j in range(r):
+                change = (adversarial[row, j] - original[row]).abs()
+                peak = float(change.max())
+                tile(change / max(peak, 1e-12), gap + (j + 1) * (w + gap), top, [f"max {peak:.3f}"])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")  # by name, not by suffix: callers may write to a temporary file
 
