@@ -23,7 +23,8 @@ import torch
 
 from ratio_fast import create_model
 from ratio_fast.attacks.apgd import APGDTargeted, apgd_run, random_start_point
-from ratio_fast.evaluation.evaluate import AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model
+from ratio_fast.config import EvalConfig
+from ratio_fast.evaluation.evaluate import AttackCalls, EvalState, batch_source, evaluate_model
 
 EPS, STEPS, TARGETS = 0.5, 100, 9
 CPU_IMAGES = 64
@@ -61,7 +62,7 @@ def test_eval_cpu(benchmark, tmp_path):
 
     model, images, labels = trained_tiny_and_points(CPU_IMAGES)
     source = batch_source(images, labels, batch_size=CPU_IMAGES, device="cpu")
-    settings = EvalSettings(eps=EPS, steps=STEPS, targets=TARGETS, ood_steps=0, batch_size=CPU_IMAGES)
+    settings = EvalConfig(eps=EPS, steps=STEPS, targets=TARGETS, ood_steps=0, batch_size=CPU_IMAGES)
     rounds = iter(range(1000))
 
     def ours():  # a fresh state each round: nothing is resumed

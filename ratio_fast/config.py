@@ -103,6 +103,11 @@ def about(field: dataclasses.Field) -> SettingInfo:
     return field.metadata["info"]
 
 
+def declared_default(field: dataclasses.Field):
+    """The default `setting` declared for a field."""
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
 def value_type(field: dataclasses.Field) -> tuple[str, bool]:
     """(the field's type as written, e.g. 'int' or 'tuple[float, ...]', and whether None (not set) is allowed)."""
     written = str(field.type)

@@ -9,13 +9,13 @@ from torch import nn
 from ratio_fast import RatioTrainer, TrainConfig, create_model
 from ratio_fast.cli import main
 from ratio_fast.config import resume_differences
-from ratio_fast.cuda_graph import GraphedCall
-from ratio_fast.distributed import DistContext
+from ratio_fast.attacks.cuda_graph import GraphedCall
+from ratio_fast.training.distributed import DistContext
 from ratio_fast.errors import UserError
-from ratio_fast.losses import ratio_loss
+from ratio_fast.attacks.objectives import ratio_loss
 from ratio_fast.models.grouped_batchnorm import (GroupedBatchNorm2d, group_batchnorm, grouped_joint_batch,
                                                  split_grouped_logits)
-from ratio_fast.run import Run
+from ratio_fast.cli.run import Run
 from conftest import no_host_sync
 
 CHANNELS = 3

@@ -191,7 +191,7 @@ def test_unmeasured_choice_names_what_it_left_out(tmp_path):
 def test_run_logs_the_measured_choice_and_passes_the_augmentation(tmp_path, monkeypatch):
     """Run wiring: the measured choice is logged; --augment reaches both training loaders (filled
     with the in-distribution's mean colour), the test loader stays in order and unaugmented."""
-    from ratio_fast import run as run_module
+    from ratio_fast.cli import run as run_module
 
     timer = FakeTimer({"gpu": 0.04, "dali": 0.08, "torch": 0.02})
     monkeypatch.setattr(run_module, "choose_loader_kind", functools.partial(

@@ -9,7 +9,8 @@ import torch
 
 from ratio_fast import create_model
 from ratio_fast.attacks.apgd import APGDTargeted, apgd_run, random_start_point
-from ratio_fast.evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model
+from ratio_fast.config import EvalConfig
+from ratio_fast.evaluation.evaluate import EvalState, batch_source, evaluate_model
 from conftest import no_host_sync
 
 pytestmark = pytest.mark.gpu
@@ -44,7 +45,7 @@ def test_graphed_evaluation_gives_the_eager_numbers(tmp_path):
     ood = {"noise": batch_source(images[::-1].copy(), None, batch_size=32, device="cuda")}
     results = {}
     for graphs in (False, True):
-        settings = EvalSettings(eps=0.1, steps=5, targets=3, ood_steps=5, batch_size=32, cuda_graphs=graphs)
+        settings = EvalConfig(eps=0.1, steps=5, targets=3, ood_steps=5, batch_size=32, cuda_graphs=graphs)
         results[graphs] = evaluate_model(model, test, ood, settings, EvalState(tmp_path / f"{graphs}.pt", {}))
     eager, graphed = results[False], results[True]
     for key in ("apgd-ce", "apgd-t"):

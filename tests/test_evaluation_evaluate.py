@@ -12,9 +12,9 @@ import torch
 
 from ratio_fast.training.checkpoint import save_checkpoint
 from ratio_fast.cli.main import main
-from ratio_fast.config import TrainConfig
+from ratio_fast.config import EvalConfig, TrainConfig
 from ratio_fast.errors import Note, UserError
-from ratio_fast.evaluation.evaluate import (AttackCalls, EvalSettings, EvalState, batch_source, evaluate_model,
+from ratio_fast.evaluation.evaluate import (AttackCalls, EvalState, batch_source, evaluate_model,
                                  format_table, run_part, wilson_interval)
 from ratio_fast.evaluation.ood import auroc, fpr_at_tpr, max_confidence, ood_metrics
 
@@ -81,7 +81,7 @@ def sources(synthetic_split):
     return test, {"blobs": ood}
 
 
-SMALL = EvalSettings(eps=0.5, steps=3, targets=2, robust_samples=64, ood_eps=1.0, ood_steps=3, batch_size=32)
+SMALL = EvalConfig(eps=0.5, steps=3, targets=2, robust_samples=64, ood_eps=1.0, ood_steps=3, batch_size=32)
 
 
 def test_batch_source_batches_and_prefix(sources):
@@ -129,7 +129,7 @@ def test_later_attacks_only_see_the_points_still_robust(trained_tiny, sources, t
         return count
 
     monkeypatch.setattr(ev, "_fooled_by", counting)
-    settings = EvalSettings(eps=1.0, steps=3, targets=2, ood_steps=0, batch_size=32)
+    settings = EvalConfig(eps=1.0, steps=3, targets=2, ood_steps=0, batch_size=32)
     results = evaluate_model(trained_tiny, test, {}, settings, EvalState(tmp_path / "s.pt", {}))
     n = test.num_samples
     assert seen["apgd-ce"] == round(results["clean_accuracy"] * n)
@@ -173,7 +173,7 @@ def test_killed_evaluation_resumes_with_the_same_numbers(trained_tiny, sources, 
     import ratio_fast.evaluation.evaluate as ev
 
     test, ood = sources
-    settings = EvalSettings(eps=1.0, steps=3, attacks=("apgd-ce",), ood_steps=2, batch_size=32)
+    settings = EvalConfig(eps=1.0, steps=3, attacks=("apgd-ce",), ood_steps=2, batch_size=32)
     whole = evaluate_model(trained_tiny, test, ood, settings, EvalState(tmp_path / "a.pt", {"id": 1}))
 
     attacked = []  # one entry per attacked batch actually computed
@@ -243,11 +243,11 @@ def test_run_part_seeds_each_batch_independently_of_order(sources, tmp_path):
 
 def test_settings_validation():
     with pytest.raises(UserError, match="--attacks"):
-        EvalSettings(attacks=("fgsm",)).validate()
+        EvalConfig(attacks=("fgsm",)).validate()
     with pytest.raises(UserError, match="--eps"):
-        EvalSettings(eps=-1).validate()
+        EvalConfig(eps=-1).validate()
     with pytest.raises(UserError, match="--batch-size"):
-        EvalSettings(batch_size=0).validate()
+        EvalConfig(batch_size=0).validate()
 
 
 # --- AutoAttack itself: the registry's pyautoattack (or fra31's autoattack) -----------------------
@@ -256,7 +256,7 @@ def test_autoattack_missing_gives_install_hint(trained_tiny, sources, tmp_path, 
     for name in ("pyautoattack", "autoattack"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
     test, _ = sources
-    settings = EvalSettings(attacks=(), autoattack=True, batch_size=32)
+    settings = EvalConfig(attacks=(), autoattack=True, batch_size=32)
     with pytest.raises(UserError, match=re.escape('pip install "ratio-fast[eval]"')):
         evaluate_model(trained_tiny, test, {}, settings, EvalState(tmp_path / "s.pt", {}))
 
@@ -288,7 +288,7 @@ def test_autoattack_is_driven_through_either_package(trained_tiny, sources, tmp_
     for other in ("pyautoattack", "autoattack"):
         monkeypatch.setitem(sys.modules, other, fake_autoattack_module(other, seen) if other == name else None)
     test, _ = sources
-    settings = EvalSettings(eps=0.5, attacks=(), autoattack=True, robust_samples=64, batch_size=32)
+    settings = EvalConfig(eps=0.5, attacks=(), autoattack=True, robust_samples=64, batch_size=32)
     results = evaluate_model(trained_tiny, test, {}, settings, EvalState(tmp_path / "s.pt", {}))
     assert seen[0] == ("L2", 0.5, "standard") and seen[1] == ("apgd-ce", "apgd-t", "fab-t", "square")
     with torch.no_grad():
@@ -314,7 +314,7 @@ def test_own_apgd_is_at_least_as_strong_as_autoattacks_apgd(trained_tiny, source
 
     test, _ = sources
     points = test.first(16)
-    settings = EvalSettings(eps=1.0, steps=100, attacks=("apgd-ce", "apgd-t"), ood_steps=0, batch_size=16)
+    settings = EvalConfig(eps=1.0, steps=100, attacks=("apgd-ce", "apgd-t"), ood_steps=0, batch_size=16)
     ours = evaluate_model(trained_tiny, points, {}, settings, EvalState(tmp_path / "s.pt", {}))["robust"]["all"]
     x, y = points.batch(0, 0)
     theirs = AutoAttackPackage(1.0, attacks=("apgd-ce", "apgd-t")).robust(trained_tiny, x, y, seed=0)
@@ -443,7 +443,7 @@ def test_ctrl_c_during_eval_keeps_the_finished_batches_and_says_how_to_go_on(tra
     (["--seed", "-1"], "--seed must be an integer >= 0 and <= 9223372036854775807, got -1"),
     (["--attacks", "apgd-ce,apgd-ce"], "names an attack twice"),
     (["--ood", "uniform-noise,nope"], "--ood: 'nope'"),
-    (["--samples", "-1"], "--samples must be >= 0"),
+    (["--samples", "-1"], "--samples must be an integer >= 0"),
     (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
 ])
 def test_eval_command_bad_flags(trained_tiny, tmp_path, capsys, extra, message):

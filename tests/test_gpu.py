@@ -85,7 +85,7 @@ def test_pgd_step_under_inductor():
 def test_ratio_step_amp_channels_last_on_cuda(amp_dtype):
     config = TrainConfig(arch="tiny", amp=True, amp_dtype=amp_dtype, steps_in=3, steps_out=3, batch_size=64)
     trainer = RatioTrainer(create_model("tiny"), config, total_steps=10, device="cuda")
-    assert trainer.uses_channels_last
+    assert trainer.speed.channels_last
     x = torch.rand(64, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (64,), device="cuda")
     z = torch.rand(64, 3, 32, 32, device="cuda")

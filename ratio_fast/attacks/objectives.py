@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..choices import MODES, Mode
+
 # loss(logits, labels) -> per-sample loss (N,); labels may be None where the loss ignores them
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -116,11 +118,19 @@ def resolve_objective(objective: str | PerSampleLoss) -> Objective:
     return OBJECTIVES[objective]
 
 
+def mode_loss(mode: Mode, logits_in: torch.Tensor, labels: torch.Tensor, logits_out: torch.Tensor | None,
+              lam: float) -> torch.Tensor:
+    """The training loss of --mode `mode` (a row of choices.MODES): in_weight * mean in-objective
+    + out_weight * lam * mean out-objective, the second term only with an out-distribution batch."""
+    loss_in = OBJECTIVES[mode.in_objective].loss(logits_in, labels).mean()
+    if logits_out is None:
+        return loss_in if mode.in_weight == 1.0 else mode.in_weight * loss_in
+    loss_out = OBJECTIVES[mode.out_objective].loss(logits_out, None).mean()
+    return mode.in_weight * loss_in + mode.out_weight * lam * loss_out
+
+
 def ratio_loss(
     logits_in: torch.Tensor, labels: torch.Tensor, logits_out: torch.Tensor | None, lam: float
 ) -> torch.Tensor:
     """0.5 * CE(in) + 0.5 * lam * KL(U || p(out)); plain CE when there is no out-distribution batch."""
-    ce = cross_entropy(logits_in, labels).mean()
-    if logits_out is None:
-        return ce
-    return 0.5 * ce + 0.5 * lam * kl_to_uniform(logits_out).mean()
+    return mode_loss(MODES["ratio"] if logits_out is not None else MODES["at"], logits_in, labels, logits_out, lam)

@@ -5,142 +5,95 @@ stack are imported only when a command runs.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from ..training.checkpoint import BEST, CHECKPOINT, WEIGHTS
-from .parser import HelpFormatter
+from ..training.checkpoint import BEST, CHECKPOINT
+from .parser import HelpFormatter, add_settings, config_from_args, setting_groups
+from ..choices import EVAL_ATTACKS, WEIGHTS
+from ..config import OPTIONS, CounterfactualsConfig, EvalConfig, ExportConfig
 from ..datasets import get_dataset
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_safetensors, atomic_write_text, make_directory
-from ..ops._common import BACKENDS
-from ..validation import check_number
+from ..ops import require_backend
 
-FORMATTER = HelpFormatter
 EVAL_STATE = "eval_state.pt"
 EVAL_RESULTS = "eval.json"
 
 
-def _common(p) -> None:
+def _checkpoint_command(sub, name: str, config_class, help: str, out_help: str, run, interrupted: str) -> None:
+    """A subcommand that takes a checkpoint: its positional argument, --out, and the flags of
+    `config_class`'s settings (config.py) in their groups; `run(args)` runs it."""
+    p = sub.add_parser(name, formatter_class=HelpFormatter, help=help)
     p.add_argument("checkpoint", help=f"a ratio-fast checkpoint file, or a run directory: its {BEST} "
                                       f"(the authors' choice of weights), else its {CHECKPOINT}")
-    p.add_argument("--weights", default="ema", choices=WEIGHTS, help="the EMA weights or the raw model's")
-
-
-def _device_flags(p) -> None:
-    p.add_argument("--data-dir", default=None, help="where the data sets are (default: the training run's --data-dir)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="fused attack step: auto (Triton on CUDA, torch on CPU), triton, native or torch")
+    add_settings(p, config_class, OPTIONS, only=("weights",))
+    p.add_argument("--out", default=None, help=out_help)
+    add_settings(p, config_class, OPTIONS, skip=("weights",))
+    for group in setting_groups(config_class):
+        if group != OPTIONS:
+            add_settings(p, config_class, group)
+    p.set_defaults(run=run, interrupted=interrupted)
 
 
 def add_eval(sub) -> None:
-    p = sub.add_parser("eval", formatter_class=FORMATTER,
-                       help="clean and robust accuracy, OOD detection (clean and worst case) of a checkpoint")
-    _common(p)
-    p.add_argument("--out", default=None, help="results folder (default: <checkpoint folder>/eval); "
-                                               "re-running with the same --out resumes")
-    _device_flags(p)
-    g = p.add_argument_group("robust accuracy (L2)")
-    g.add_argument("--eps", type=float, default=None, help="attack radius (default: the run's --eps-in)")
-    g.add_argument("--attacks", default="apgd-ce,apgd-t",
-                   help="comma list of apgd-ce (APGD on cross-entropy) and apgd-t (APGD, targeted DLR), or none")
-    g.add_argument("--steps", type=int, default=100, help="APGD steps per attack (per target class for apgd-t)")
-    g.add_argument("--targets", type=int, default=9, help="apgd-t target classes, most likely first (at most "
-                                                         "the model's classes but one)")
-    g.add_argument("--autoattack", action="store_true",
-                   help='also AutoAttack\'s standard L2 version, run by its package (pip install "ratio-fast[eval]")')
-    g.add_argument("--robust-samples", type=int, default=0,
-                   help="first test images under attack (0: all, the authors' protocol; fewer get a 95%% CI)")
-    g = p.add_argument_group("out-of-distribution detection (max softmax confidence)")
-    g.add_argument("--ood", default=None,
-                   help="comma list of out-distribution sets: uniform-noise, smooth-noise, permuted-pixels (built in), "
-                        "cifar10, cifar100 (test splits), svhn (<data-dir>/test_32x32.mat) or a .mat path, synthetic, "
-                        ".npy files, image directories; none to skip (default: the other CIFAR (synthetic for "
-                        "synthetic runs) and the built-in sets, minus the run's training out-distribution)")
-    g.add_argument("--ood-samples", type=int, default=1000, help="images per out-distribution set (0: all)")
-    g.add_argument("--skip-bad-images", action="store_true",
-                   help="leave out the images of --ood folders that cannot be decoded (counted in a note) "
-                        "instead of stopping")
-    g.add_argument("--ood-eps", type=float, default=1.0, help="radius of the worst-case attack (maximizes confidence)")
-    g.add_argument("--ood-steps", type=int, default=100, help="APGD steps of the worst-case attack (0: skip it)")
-    g = p.add_argument_group("run")
-    g.add_argument("--samples", type=int, default=0, help="test images for clean accuracy and OOD (0: all)")
-    g.add_argument("--batch-size", type=int, default=256, help="images per forward; attacks run in pieces of this size")
-    g.add_argument("--seed", type=int, default=0, help="seeds the attacks' random starts (0 to 2**63-1)")
-    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay the attack calls from CUDA graphs (default: on for CUDA, off for CPU)")
-    p.set_defaults(run=_run_eval, interrupted="interrupted; nothing was evaluated yet")
+    _checkpoint_command(sub, "eval", EvalConfig,
+                        "clean and robust accuracy, OOD detection (clean and worst case) of a checkpoint",
+                        "results folder (default: <checkpoint folder>/eval); re-running with the same --out resumes",
+                        _run_eval, "interrupted; nothing was evaluated yet")
 
 
 def add_counterfactuals(sub) -> None:
-    p = sub.add_parser("counterfactuals", formatter_class=FORMATTER,
-                       help="targeted attacks at growing radii, shown as a PNG grid: what makes an image class T")
-    _common(p)
-    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/counterfactuals)")
-    p.add_argument("--images", default="0,1,2,3,4,5,6,7", help="comma list of test-set indices")
-    p.add_argument("--target", type=int, default=None,
-                   help="target class for every image (default: per image, the most likely class but its own)")
-    p.add_argument("--radii", default="0.5,1,1.5,2,2.5,3", help="comma list of L2 radii")
-    p.add_argument("--steps", type=int, default=500, help="APGD steps per radius")
-    p.add_argument("--batch-size", type=int, default=256, help="images x radii per attack batch")
-    _device_flags(p)
-    p.set_defaults(run=_run_counterfactuals, interrupted="interrupted; nothing was written")
+    _checkpoint_command(sub, "counterfactuals", CounterfactualsConfig,
+                        "targeted attacks at growing radii, shown as a PNG grid: what makes an image class T",
+                        "output folder (default: <checkpoint folder>/counterfactuals)", _run_counterfactuals,
+                        "interrupted; nothing was written")
 
 
 def add_export(sub) -> None:
-    p = sub.add_parser("export", formatter_class=FORMATTER,
-                       help="write model.pt (plain state_dict, RobustBench names) and model.safetensors")
-    _common(p)
-    p.add_argument("--out", default=None, help="output folder (default: <checkpoint folder>/export)")
-    p.set_defaults(run=_run_export, interrupted="interrupted; nothing was written")
+    _checkpoint_command(sub, "export", ExportConfig,
+                        "write model.pt (plain state_dict, RobustBench names) and model.safetensors",
+                        "output folder (default: <checkpoint folder>/export)", _run_export,
+                        "interrupted; nothing was written")
 
 
 def _run_eval(args) -> int:
-    from ..evaluation.evaluate import EvalSettings, EvalState, batch_source, evaluate_model, format_table
+    from ..evaluation.evaluate import EvalState, batch_source, evaluate_model, format_table
     from ..evaluation.ood_sets import choose_ood_sets, load_ood_set, training_out_distribution
 
+    settings = config_from_args(EvalConfig, args)
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
-    model, config, device, channels_last = _load(args)
-    attacks = _names("--attacks", args.attacks)
-    settings = EvalSettings(
-        eps=config.eps_in if args.eps is None else args.eps, steps=args.steps, attacks=tuple(attacks),
-        targets=args.targets, robust_samples=args.robust_samples, autoattack=args.autoattack,
-        ood_eps=args.ood_eps, ood_steps=args.ood_steps, batch_size=args.batch_size, seed=args.seed,
-        backend=args.backend, cuda_graphs=args.cuda_graphs,
-    ).validate()
-    for flag, value in (("--samples", args.samples), ("--ood-samples", args.ood_samples)):
-        if value < 0:
-            raise UserError(f"{flag} must be >= 0, got {value}")
+    model, config, device, channels_last = _load(args.checkpoint, settings)
+    settings = dataclasses.replace(settings, eps=settings.radius(config))
     classes = get_dataset(config.dataset).num_classes
-    if "apgd-t" in attacks and settings.targets > classes - 1:
+    if any(EVAL_ATTACKS[name].targeted for name in settings.attacks) and settings.targets > classes - 1:
         raise UserError(f"--targets {settings.targets}: a model of {classes} classes has {classes - 1} other "
                         f"classes to target; use --targets {classes - 1} or fewer")
-    data_dir = args.data_dir or config.data_dir
+    data_dir = settings.data_dir or config.data_dir
     test = _test_split(config, data_dir)
     source = dict(batch_size=settings.batch_size, device=device, channels_last=channels_last)
-    test_set = batch_source(test.images, test.labels, limit=args.samples, **source)
-    requested = _names("--ood", args.ood) if args.ood is not None else None
+    test_set = batch_source(test.images, test.labels, limit=settings.samples, **source)
+    requested = list(settings.ood) if settings.ood is not None else None
     ood_specs, notes = choose_ood_sets(requested, config.dataset, training_out_distribution(config))
     for line in notes:
         print(line, file=sys.stderr)
     ood_sets = {spec: batch_source(load_ood_set(spec, dataset=config.dataset, test_images=test.images,
-                                                data_dir=data_dir, samples=args.ood_samples, seed=config.seed,
-                                                skip_bad_images=args.skip_bad_images),
-                                   None, limit=args.ood_samples, **source)
+                                                data_dir=data_dir, samples=settings.ood_samples, seed=config.seed,
+                                                skip_bad_images=settings.skip_bad_images),
+                                   None, limit=settings.ood_samples, **source)
                 for spec in ood_specs}
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval"
     make_directory(out)
-    state = EvalState(out / EVAL_STATE, _identity(args, data_dir))
+    state = EvalState(out / EVAL_STATE, _identity(args.checkpoint, settings, data_dir))
     args.interrupted = (f"interrupted; the batches evaluated so far are kept in {out / EVAL_STATE}: the same "
                         "command continues from there")
-    evaluated = describe_weights(args.checkpoint, args.weights)
+    evaluated = describe_weights(args.checkpoint, settings.weights)
     print(f"evaluating {config.arch}, {evaluated}, on {device} -> {out}", flush=True)
     results = evaluate_model(model, test_set, ood_sets, settings, state, test_images=len(test))
-    results = {"checkpoint": str(args.checkpoint), "weights": args.weights, "evaluated": evaluated,
+    results = {"checkpoint": str(args.checkpoint), "weights": settings.weights, "evaluated": evaluated,
                "arch": config.arch, "dataset": config.dataset, **results}
     atomic_write_text(out / EVAL_RESULTS, json.dumps(results, indent=2) + "\n")
     print(format_table(results))
@@ -165,7 +118,7 @@ def describe_weights(path: str | Path, weights: str) -> str:
     from ..training.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
-    kind = "EMA weights" if weights == "ema" else "raw model weights (not the EMA)"
+    kind = WEIGHTS[weights].title
     best, step = state.get("best"), state["trainer"].get("steps_done")
     if isinstance(best, dict) and best.get("step") == step:  # best.pt (or a last checkpoint that was the best)
         return (f"{path}: {kind}, epoch {best['epoch']} of {state['config'].get('epochs')} "
@@ -179,26 +132,23 @@ def _run_counterfactuals(args) -> int:
 
     from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
 
+    settings = config_from_args(CounterfactualsConfig, args)
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
-    model, config, device, _ = _load(args)
-    test = _test_split(config, args.data_dir or config.data_dir)
-    indices = [_int("--images", v) for v in _names("--images", args.images)]
+    model, config, device, _ = _load(args.checkpoint, settings)
+    test = _test_split(config, settings.data_dir or config.data_dir)
+    indices, radii = list(settings.images), list(settings.radii)
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
-    radii = [_float("--radii", v) for v in _names("--radii", args.radii)]
-    for radius in radii:
-        check_number("--radii", radius, above=0)
-    check_number("--steps", args.steps, at_least=1, integer=True)
-    if args.target is not None and not 0 <= args.target < test.num_classes:
-        raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {args.target}")
+    if settings.target is not None and not 0 <= settings.target < test.num_classes:
+        raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {settings.target}")
 
     images = np.ascontiguousarray(test.images[indices])
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
     labels = torch.as_tensor(test.labels[indices], dtype=torch.int64, device=device)
-    targets = runner_up(model, x, labels) if args.target is None else torch.full_like(labels, args.target)
-    adv, conf = counterfactuals(model, x, targets, radii, steps=args.steps, backend=args.backend,
-                                batch_size=args.batch_size)
+    targets = runner_up(model, x, labels) if settings.target is None else torch.full_like(labels, settings.target)
+    adv, conf = counterfactuals(model, x, targets, radii, steps=settings.steps, backend=settings.backend,
+                                batch_size=settings.batch_size)
     original_conf = target_probability(model, x, targets)
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"
@@ -210,30 +160,33 @@ def _run_counterfactuals(args) -> int:
     atomic_write_safetensors(out / "counterfactuals.safetensors",
                              {name: t.detach().cpu().contiguous() for name, t in tensors.items()})
     print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
-          f"({args.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
+          f"({settings.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
     return 0
 
 
 def _run_export(args) -> int:
     from ..evaluation.export import export_checkpoint
 
+    settings = config_from_args(ExportConfig, args)
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
-    pt_path, st_path = export_checkpoint(args.checkpoint, out, args.weights)
-    print(f"exported {args.weights} weights: {pt_path}, {st_path}")
+    pt_path, st_path = export_checkpoint(args.checkpoint, out, settings.weights)
+    print(f"exported {settings.weights} weights: {pt_path}, {st_path}")
     return 0
 
 
-def _load(args):
-    """(model on its device in eval mode, TrainConfig, device, channels_last) for a command's flags."""
+def _load(checkpoint: str, settings):
+    """(model on its device in eval mode, the run's TrainConfig, device, channels_last) for a
+    command's settings (their weights and device)."""
     import torch
 
     from ..evaluation.export import model_from_checkpoint
     from ..training.distributed import resolve_device
-    from ..training.trainer import wants_channels_last
+    from ..training.speed import wants_channels_last
 
-    device = resolve_device(args.device)
-    model, config = model_from_checkpoint(args.checkpoint, args.weights)
+    device = resolve_device(settings.device)
+    require_backend(settings.backend, device)
+    model, config = model_from_checkpoint(checkpoint, settings.weights)
     channels_last = wants_channels_last(config, device)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     return model, config, device, channels_last
@@ -245,37 +198,14 @@ def _test_split(config, data_dir):
     return load_in_distribution(config.dataset, data_dir, train=False, seed=config.seed)
 
 
-def _identity(args, data_dir) -> dict:
+def _identity(checkpoint: str, settings, data_dir) -> dict:
     """What must not change between a run and its resumption: the weights (the checkpoint's file and
     content: its SHA-256, or for a file written before checksums its size and time), data,
     batching, seed."""
     from ..digest import verify
 
-    path = Path(args.checkpoint)
+    path = Path(checkpoint)
     stat = path.stat()
     content = verify(path) or f"{stat.st_size} bytes, modified {stat.st_mtime_ns}"
-    return {"checkpoint": str(path.resolve()), "content": content, "weights": args.weights,
-            "data_dir": str(data_dir), "batch_size": args.batch_size, "seed": args.seed}
-
-
-def _names(flag: str, text: str) -> list[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if items == ["none"]:
-        return []
-    if not items:
-        raise UserError(f"{flag}: empty list")
-    return items
-
-
-def _int(flag: str, text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"{flag}: {text!r} is not an integer") from None
-
-
-def _float(flag: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise UserError(f"{flag}: {text!r} is not a number") from None
+    return {"checkpoint": str(path.resolve()), "content": content, "weights": settings.weights,
+            "data_dir": str(data_dir), "batch_size": settings.batch_size, "seed": settings.seed}

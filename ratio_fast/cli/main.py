@@ -7,9 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..config import (ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig, about, flag_name,
-                     value_type)
-from .parser import ArgumentParser, HelpFormatter
+from ..config import ATTACKS, DATA, MODEL, MULTI_GPU, PER_INVOCATION, RUN, SPEED, TrainConfig
+from .parser import ArgumentParser, HelpFormatter, add_settings
 from ..errors import Note, TrainingStopped, UserError
 from .checkpoint_commands import add_counterfactuals, add_eval, add_export
 
@@ -31,15 +30,6 @@ EXIT_CODES = {
 EXIT_CODES_HELP = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
 
 
-class _Lists(argparse.Action):
-    """A repeatable flag whose values replace its default (e.g. the list from --config) rather than extend it."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        items = getattr(namespace, self.dest, None)
-        items = [] if items is None or items is self.default else list(items)
-        setattr(namespace, self.dest, items + [values])
-
-
 class _Replaced(argparse.Action):
     """Flags of earlier versions: say what replaced them."""
 
@@ -49,51 +39,27 @@ class _Replaced(argparse.Action):
 
 
 def _train_parser(sub, d: TrainConfig) -> None:
-    """The train flags: each TrainConfig setting's (see `_add_settings`), with the flags that are not
+    """The train flags: each TrainConfig setting's (see parser.add_settings), with the flags that are not
     settings placed among them: --out, --resume and --config, and the replaced --no-augment/--cutout."""
     p = sub.add_parser("train", help="RATIO training (or plain adversarial / clean training with --mode)",
                        formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP)
     p.set_defaults(interrupted="interrupted; the last checkpoint written is kept")
-    g = _add_settings(p, DATA, d)
+    g = add_settings(p, TrainConfig, DATA, d)
     g.add_argument("--no-augment", "--cutout", dest="replaced_flag", nargs=0, action=_Replaced, help=argparse.SUPPRESS)
-    _add_settings(p, MODEL, d)
-    _add_settings(p, ATTACKS, d)
-    _add_settings(p, SPEED, d)
+    add_settings(p, TrainConfig, MODEL, d)
+    add_settings(p, TrainConfig, ATTACKS, d)
+    add_settings(p, TrainConfig, SPEED, d)
 
     g = p.add_argument_group(RUN)
     g.add_argument("--out", default=None, help="run directory (default runs/<dataset>-<arch>-<mode>)")
     g.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue the run in --out, or the one of CHECKPOINT (a file or its run directory), "
                         "with the checkpoint's settings; flags that would change the computation are refused")
-    _add_settings(p, RUN, d, g)
+    add_settings(p, TrainConfig, RUN, d, g)
     g.add_argument("--config", default=None, metavar="FILE",
                    help="JSON file of settings (e.g. a run's config.json); flags given here override it")
 
-    _add_settings(p, MULTI_GPU, d)
-
-
-def _add_settings(p, group: str, d: TrainConfig, g=None):
-    """Add the flags of the settings in `group` (to `g`, or a new argument group), in TrainConfig's
-    order, with the defaults `d`; returns the argument group."""
-    g = g or p.add_argument_group(group)
-    for field in dataclasses.fields(TrainConfig):
-        info = about(field)
-        if info.group != group or not info.has_flag:
-            continue
-        kind, may_be_unset = value_type(field)
-        options = dict(default=getattr(d, field.name), help=info.help, metavar=info.metavar, choices=info.choices)
-        if kind == "bool" and not info.negatable:
-            options.update(action="store_true")
-        elif kind == "bool":
-            options.update(action=argparse.BooleanOptionalAction)
-            if may_be_unset:  # None: the fast choice for the device, decided when the run knows its device
-                options.update(help=info.help + " (default: on for CUDA, off for CPU)")
-        elif kind == "list[str]":
-            options.update(action=_Lists)
-        else:
-            options.update(type={"int": int, "float": float, "str": None}[kind])
-        g.add_argument(flag_name(field.name), **{key: value for key, value in options.items() if value is not None})
-    return g
+    add_settings(p, TrainConfig, MULTI_GPU, d)
 
 
 def _run_train(args) -> int:

@@ -27,9 +27,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..attacks.pgd import L2PGD
+from ..attacks.named import build_attack
 from ..training.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
-from ..choices import LOADERS
+from ..choices import LOADERS, MODES
 from ..config import TrainConfig, resume_differences
 from ..data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from ..datasets import get_dataset
@@ -39,9 +39,11 @@ from ..errors import TrainingStopped, UserError
 from ..files import LOCK_FILE, RunDirectoryLock, atomic_copy, atomic_write_text, file_error
 from ..evaluation.evaluate import clean_accuracy, robust_accuracy
 from ..models import create_model
+from ..ops import require_backend
 from ..progress import Progress
 from ..training.stop import StopRequest
-from ..training.trainer import RatioTrainer, wants_channels_last
+from ..training.speed import wants_channels_last
+from ..training.trainer import RatioTrainer
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -66,13 +68,7 @@ class Run:
             groups = f" x --bn-groups {cfg.bn_groups}" if cfg.bn_groups > 1 else ""
             raise UserError(f"--batch-size {cfg.batch_size} must be divisible by the {ctx.world_size} processes"
                             f"{groups} (it is the global batch; each rank takes an equal slice)")
-        if cfg.backend == "triton" and self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise UserError("--backend triton needs a CUDA device (or TRITON_INTERPRET=1 to run the kernels "
-                            "in Triton's interpreter on the CPU)")
-        if cfg.backend == "native":  # a missing build fails now, in one line, not at the first step
-            from ..ops.native import load_library
-
-            load_library("cuda" if self.device.type == "cuda" else "cpu")
+        require_backend(cfg.backend, self.device)  # a backend that cannot run fails now, in one line
         # One writer per run directory (rank 0 writes everything), held until fit() ends.
         self._lock = RunDirectoryLock(self.run_dir).acquire() if ctx.is_main else None
         try:
@@ -107,7 +103,7 @@ class Run:
         self.test_loader = make_loader("gpu", test.images, test.labels, BatchSpec.in_order(256, channels_last),
                                        self.device)
         self.out_loader = None
-        if cfg.mode == "ratio":
+        if MODES[cfg.mode].uses_out_data:
             out_images = load_out_distribution(cfg.out_distribution, cfg.data_dir, in_name=cfg.dataset, seed=cfg.seed,
                                                exclude=cfg.out_exclude, skip_bad_images=cfg.skip_bad_images)
             if len(out_images) < cfg.batch_size:
@@ -139,8 +135,10 @@ class Run:
         # kept on the device by every step and read only where the host syncs anyway.
         self._gave_up_at = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._step_on_device = torch.full((), self.trainer.steps_done, dtype=torch.int64, device=self.device)
-        self.eval_attack = L2PGD(cfg.eps_in, cfg.steps_in, cfg.step_size_in, momentum=cfg.attack_momentum,
-                                 keep_best=True, backend=cfg.backend, check_inputs=False)  # loader images
+        # The per-epoch robust accuracy: the in-distribution attack of --attack (loader images: no input check).
+        self.eval_attack = build_attack(cfg.attack, eps=cfg.eps_in, steps=cfg.steps_in, step_size=cfg.step_size_in,
+                                        momentum=cfg.attack_momentum, objective="ce", backend=cfg.backend,
+                                        check_inputs=False)
 
     def _loader_kind(self, images, spec: BatchSpec, said: set[str]) -> str:
         """--loader for these images. Logged: auto's choice with its rates and what it left out (a
@@ -456,7 +454,7 @@ def _set_rng_state(state: dict) -> None:
 def _summary_line(r: dict, cfg: TrainConfig) -> str:
     parts = [f"epoch {r['epoch']}/{cfg.epochs}", f"loss {r['loss']:.4f}",
              f"train clean {100 * r['clean_acc']:.1f}%"]
-    if cfg.mode != "plain":
+    if MODES[cfg.mode].attacks_in:
         parts.append(f"adv {100 * r['adv_acc']:.1f}%")
     if "out_conf" in r:
         parts.append(f"out-conf {r['out_conf']:.3f}")

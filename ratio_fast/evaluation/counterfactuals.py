@@ -4,8 +4,8 @@ For each image and radius, APGD maximizes log p(target) inside the L2 ball aroun
 (the authors use 500 steps and radii 0.5 ... 3.0). A robust model's counterfactuals show
 features of the target class; a non-robust one's show noise. All radii of an image run in
 one batch, with per-sample eps. Output: a PNG grid (rows = images; columns = the original,
-then each radius; the target's confidence under every tile) and the raw tensors (eval_cli writes
-both files).
+then each radius; the target's confidence under every tile) and the raw tensors (both files
+written by cli/checkpoint_commands.py).
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from ..attacks.apgd import apgd_run
+from ..config import CounterfactualsConfig
 from ..models import eval_mode
 
-RADII = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+# The defaults of `counterfactuals`: the settings of `ratio-fast counterfactuals`, declared once.
+DEFAULTS = CounterfactualsConfig()
 
 
 def runner_up(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -31,10 +33,10 @@ def counterfactuals(
     model: torch.nn.Module,
     x: torch.Tensor,
     targets: torch.Tensor,
-    radii: Sequence[float] = RADII,
-    steps: int = 500,
-    backend: str = "auto",
-    batch_size: int = 256,
+    radii: Sequence[float] = DEFAULTS.radii,
+    steps: int = DEFAULTS.steps,
+    backend: str = DEFAULTS.backend,
+    batch_size: int = DEFAULTS.batch_size,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactuals (N, R, C, H, W) of x (N, C, H, W) towards `targets` (N,) at each radius, and p(target) (N, R).
 

@@ -25,15 +25,16 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..attacks.apgd import APGDTargeted, apgd_run, random_start_point
-from ..attacks.pgd import L2PGD
 from ..attacks.cuda_graph import GraphedCall
+from ..choices import ATTACKS, EVAL_ATTACKS, check_builders
+from ..config import EvalConfig
 from ..data.batches import BatchSpec, Loader
 from ..data.resident import ResidentLoader
 from ..digest import DamagedFile, load_torch
@@ -43,9 +44,7 @@ from ..models import eval_mode
 from .ood import max_confidence, ood_metrics
 from ..ops import sample_layout
 from ..progress import Progress
-from ..validation import SEED_RANGE, check_number
 
-ROBUST_ATTACKS = ("apgd-ce", "apgd-t")
 Z_95 = 1.959963984540054  # the standard normal quantile of a two-sided 95 % interval
 
 
@@ -60,7 +59,7 @@ def clean_accuracy(model: torch.nn.Module, batches) -> float:
     return float(correct) / max(total, 1)
 
 
-def robust_accuracy(model: torch.nn.Module, batches, attack: L2PGD) -> float:
+def robust_accuracy(model: torch.nn.Module, batches, attack: Callable) -> float:
     """Fraction still classified correctly after `attack` (an upper bound on the true robust accuracy).
 
     `attack` is any object called as attack(model, x, y) -> x_adv: L2PGD, APGD, APGDTargeted.
@@ -84,39 +83,6 @@ def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
     scale = 1 + z * z / trials
     return max(0.0, (centre - half) / scale), min(1.0, (centre + half) / scale)
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What `ratio-fast eval` measures; defaults follow the authors' evaluation (AutoAttack, L2 0.5, all images)."""
-
-    eps: float = 0.5  # L2 radius of the robust accuracy
-    steps: int = 100  # APGD steps per attack (and per target for apgd-t)
-    attacks: tuple[str, ...] = ROBUST_ATTACKS  # run in this order, each on the points still robust
-    targets: int = 9  # apgd-t target classes (AutoAttack: 9)
-    robust_samples: int = 0  # first test images under attack; 0: all
-    autoattack: bool = False  # also AutoAttack's standard L2 version, from its package
-    ood_eps: float = 1.0  # radius of the worst-case OOD attack (maximizes max confidence)
-    ood_steps: int = 100  # its APGD steps; 0 skips the worst case
-    batch_size: int = 256  # images per batch, and rows per attack call
-    seed: int = 0
-    backend: str = "auto"
-    cuda_graphs: bool | None = None  # attack calls replayed from CUDA graphs; None: on for CUDA
-
-    def validate(self) -> "EvalSettings":
-        for name in ("eps", "ood_eps"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0)
-        for name in ("robust_samples", "ood_steps"):  # ood_steps 0: no worst case
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=0, integer=True)
-        check_number("--seed", self.seed, integer=True, **SEED_RANGE)
-        for name in ("steps", "targets", "batch_size"):
-            check_number(f"--{name.replace('_', '-')}", getattr(self, name), at_least=1, integer=True)
-        unknown = [a for a in self.attacks if a not in ROBUST_ATTACKS]
-        if unknown:
-            raise UserError(f"--attacks: unknown attack {unknown[0]!r}; choose from {', '.join(ROBUST_ATTACKS)}")
-        if len(set(self.attacks)) < len(self.attacks):
-            raise UserError(f"--attacks: {','.join(self.attacks)} names an attack twice")
-        return self
 
 
 class EvalState:
@@ -253,14 +219,14 @@ def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loader],
-                   settings: EvalSettings, state: EvalState, test_images: int | None = None) -> dict:
+                   settings: EvalConfig, state: EvalState, test_images: int | None = None) -> dict:
     """Every metric of `settings` on `test` (labelled) and the unlabelled `ood_sets`; a JSON-ready dict.
 
     test_images: the size of the whole test split `test` is taken from (default: test.num_samples), so
     that accuracies on fewer images get a confidence interval. OOD sets are scored against the
     clean in-distribution scores of all of `test`.
     """
-    s = settings
+    s = settings if settings.eps is not None else replace(settings, eps=settings.radius())
     seed = s.seed
     device = next(model.parameters()).device
     graphs = device.type == "cuda" if s.cuda_graphs is None else s.cuda_graphs
@@ -331,9 +297,9 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
     return results
 
 
-def _robust_part_name(attacks: tuple[str, ...], s: EvalSettings, samples: int) -> str:
+def _robust_part_name(attacks: tuple[str, ...], s: EvalConfig, samples: int) -> str:
     """A part's results depend on the attacks before it (it attacks only what they left robust)."""
-    targets = f", {s.targets} targets" if "apgd-t" in attacks else ""
+    targets = f", {s.targets} targets" if any(ATTACKS[name].targeted for name in attacks) else ""
     return f"robust after {' + '.join(attacks)}, L2 {s.eps}, {s.steps} steps{targets}, {samples} images"
 
 
@@ -348,23 +314,35 @@ def _surviving(still_robust: torch.Tensor, fooled_by: Callable) -> Measure:
     return measure
 
 
-def _fooled_by(name: str, model, s: EvalSettings, calls: AttackCalls) -> Callable:
-    """fooled_by(x, y, generator) -> (N,) bool: AutoAttack's success of attack `name` on each point."""
-    if name == "apgd-ce":
-        def rows(x, y, start):
-            return apgd_run(model, x, y, eps=s.eps, steps=s.steps, objective="ce", start=start,
-                            count_misclassified=True, backend=s.backend, check_inputs=False)
+def _untargeted_apgd(name: str, model, s: EvalConfig, calls: AttackCalls) -> Callable:
+    """APGD on cross-entropy: fooled_by(x, y, generator) -> (N,) bool, AutoAttack's success on each point."""
+    def rows(x, y, start):
+        return apgd_run(model, x, y, eps=s.eps, steps=s.steps, objective="ce", start=start,
+                        count_misclassified=True, backend=s.backend, check_inputs=False)
 
-        def fooled_by(x, y, generator):
-            return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend)).fooled
-        return fooled_by
+    def fooled_by(x, y, generator):
+        return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend)).fooled
+    return fooled_by
 
+
+def _targeted_apgd(name: str, model, s: EvalConfig, calls: AttackCalls) -> Callable:
+    """APGD on the targeted DLR loss, --targets classes per point as one batch of (image, target) rows."""
     attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend, check_inputs=False)
     target_rows = attack.attack_rows(model)
 
     def fooled_by(x, y, generator):
         return attack.run(model, x, y, generator, attack_rows=lambda *r: calls(name, target_rows, *r)).fooled
     return fooled_by
+
+
+# eval --attacks (choices.EVAL_ATTACKS): name -> builder(name, model, settings, calls) -> fooled_by.
+BUILDERS: dict[str, Callable[..., Callable]] = {"apgd-ce": _untargeted_apgd, "apgd-t": _targeted_apgd}
+check_builders(BUILDERS, EVAL_ATTACKS, __name__)
+
+
+def _fooled_by(name: str, model, s: EvalConfig, calls: AttackCalls) -> Callable:
+    """fooled_by(x, y, generator) -> (N,) bool: AutoAttack's success of attack `name` on each point."""
+    return BUILDERS[name](name, model, s, calls)
 
 
 def _no_grad(model, x):
@@ -400,7 +378,8 @@ def format_table(results: dict) -> str:
         done = []
         for name in robust.get("attacks", []):
             done.append(name)
-            steps = f", {robust['steps']} steps" + (f", {robust['targets']} targets" if name == "apgd-t" else "")
+            targeted = name in ATTACKS and ATTACKS[name].targeted
+            steps = f", {robust['steps']} steps" + (f", {robust['targets']} targets" if targeted else "")
             where = f"(L2 {robust['eps']}{steps})"
             rows.append((f"robust accuracy, {' + '.join(done)}", f"{_accuracy(robust[name], n, population)}  {where}"))
         if "autoattack" in robust:

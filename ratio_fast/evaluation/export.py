@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from ..training.checkpoint import WEIGHTS, load_checkpoint
-from ..config import TrainConfig
+from ..training.checkpoint import load_checkpoint
+from ..choices import WEIGHTS, check_builders
+from ..config import ExportConfig, TrainConfig
 from ..datasets import get_dataset
 from ..errors import UserError
 from ..files import atomic_save, atomic_write_safetensors, make_directory
@@ -39,18 +40,22 @@ def clean_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return cleaned
 
 
+# --weights (choices.WEIGHTS): where each lies in a checkpoint's trainer state (RatioTrainer.state_dict).
+WEIGHTS_IN_STATE = {"ema": lambda trainer: trainer.get("ema", {}).get("model"), "model": lambda trainer: trainer.get("model")}
+check_builders(WEIGHTS_IN_STATE, WEIGHTS, __name__)
+
+
 def checkpoint_weights(state: dict, weights: str, path) -> dict[str, torch.Tensor]:
     """The 'ema' or 'model' state_dict of a loaded checkpoint, prefixes removed."""
     if weights not in WEIGHTS:
         raise UserError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    trainer = state.get("trainer", {})
-    found = trainer.get("ema", {}).get("model") if weights == "ema" else trainer.get("model")
+    found = WEIGHTS_IN_STATE[weights](state.get("trainer", {}))
     if not isinstance(found, dict):
         raise UserError(f"checkpoint {path}: holds no '{weights}' weights")
     return clean_state_dict(found)
 
 
-def model_from_checkpoint(path: str | Path, weights: str = "ema") -> tuple[torch.nn.Module, TrainConfig]:
+def model_from_checkpoint(path: str | Path, weights: str = ExportConfig.weights) -> tuple[torch.nn.Module, TrainConfig]:
     """The trained model (on the CPU, in eval mode) and the run's config; UserError if they do not fit."""
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
@@ -82,7 +87,7 @@ def _mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor])
     return "; ".join(parts)
 
 
-def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = "ema") -> tuple[Path, Path]:
+def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = ExportConfig.weights) -> tuple[Path, Path]:
     """Write out_dir/model.pt (plain state_dict) and out_dir/model.safetensors, each with its SHA-256
     (digest.py: `digest.verify(file)` checks one); returns both paths."""
     model, config = model_from_checkpoint(path, weights)  # checks the weights fit the architecture

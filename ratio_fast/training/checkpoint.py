@@ -12,7 +12,6 @@ FORMAT = "ratio-fast-checkpoint-v1"
 # The checkpoints of a run directory.
 CHECKPOINT = "checkpoint.pt"  # the last one: what --resume continues
 BEST = "best.pt"  # the EMA weights of the best clean test accuracy so far (the authors' "best_avg"): what eval takes
-WEIGHTS = ("ema", "model")  # the weights a checkpoint holds (--weights): the EMA's and the raw model's
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:

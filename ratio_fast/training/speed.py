@@ -14,20 +14,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..choices import AMP_TYPES, ATTACKS, SCHEDULES, SEQUENTIAL, check_builders, schedule_candidates
 from ..errors import UserError
 
-if TYPE_CHECKING:  # config.py takes its choices from here (AMP_DTYPES)
+if TYPE_CHECKING:
     from ..config import TrainConfig
 
-# --amp-dtype: the autocast type of each name.
+# --amp-dtype (choices.AMP_TYPES): the autocast type of each name.
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+check_builders(AMP_DTYPES, AMP_TYPES, __name__)
 
 
 @dataclass(frozen=True)
 class SpeedSettings:
     amp_dtype: torch.dtype | None  # autocast dtype; None: fp32 throughout
     channels_last: bool
-    attack_schedule: str  # sequential | streams | concat, or auto (the trainer measures it on CUDA)
+    attack_schedule: str  # a row of choices.SCHEDULES: auto until the trainer has measured the candidates
+    schedule_candidates: tuple[str, ...]  # what auto measures: choices.schedule_candidates of --attack
     cuda_graphs: bool
     compile: bool
     fp32_first_conv: bool  # only under autocast
@@ -63,19 +66,22 @@ def resolve_speed(config: TrainConfig, device: torch.device | str) -> SpeedSetti
     if config.cuda_graphs and not cuda:
         raise UserError(f"--cuda-graphs needs a CUDA device (this run is on {device}); use --no-cuda-graphs")
     amp = on_for_cuda(config.amp)
+    candidates = schedule_candidates(config.attack)
     schedule = config.attack_schedule
-    if config.attack == "apgd":
-        # APGD's per-sample step-size schedule has no joint in+out form: the attacks stay separate.
-        if schedule == "concat":
-            raise UserError("--attack-schedule concat works with --attack pgd only; use streams or sequential")
-        if schedule == "auto":
-            schedule = "streams"
-    if not cuda and schedule == "streams":
-        schedule = "sequential"  # a CPU has one stream; this computes the same thing
+    if SCHEDULES[schedule].one_batch and not ATTACKS[config.attack].shares_batch:
+        # e.g. APGD's per-sample step-size schedule has no joint in+out form: the attacks stay separate.
+        sharing = " or ".join(name for name, row in ATTACKS.items() if row.shares_batch)
+        raise UserError(f"--attack-schedule {schedule} works with --attack {sharing} only; use "
+                        f"{' or '.join(candidates + (SEQUENTIAL,))}")
+    if SCHEDULES[schedule].picks and len(candidates) == 1:
+        schedule = candidates[0]  # nothing to measure
+    if not cuda and SCHEDULES[schedule].concurrent:
+        schedule = SEQUENTIAL  # a CPU has one stream; this computes the same thing
     return SpeedSettings(
         amp_dtype=AMP_DTYPES[config.amp_dtype] if amp else None,
         channels_last=wants_channels_last(config, device),
         attack_schedule=schedule,
+        schedule_candidates=candidates,
         cuda_graphs=on_for_cuda(config.cuda_graphs),
         compile=on_for_cuda(config.compile),
         fp32_first_conv=config.fp32_first_conv and amp,

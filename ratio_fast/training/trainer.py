@@ -9,10 +9,11 @@ attack (maximize KL(U || p) within eps_out) with the model in eval mode, then ON
 forward on the joined batch (BatchNorm sees both; with --bn-groups N, N slices of it, as the
 authors' nn.DataParallel on N GPUs: models/grouped_batchnorm.py) with the loss
 0.5 * CE(x_adv) + 0.5 * lam * KL(U || p(z_adv)), SGD-Nesterov, per-step cosine LR, EMA.
-Mode 'at' drops the out-distribution term (plain L2 adversarial training); mode 'plain' also
-drops the in-distribution attack (clean training). The loop below is the whole algorithm.
+Other --mode rows (choices.MODES) drop terms: 'at' the out-distribution one (plain L2
+adversarial training), 'plain' also the in-distribution attack (clean training); the step
+reads what to do from the row. The loop below is the whole algorithm.
 
-Speed (see speed.py for the switches): the attack phase (attack_schedule.AttackPhase) runs the
+Speed (see speed.py for the switches): the attack phase (attack_phase.AttackPhase) runs the
 two attacks under one of its schedules, optionally replayed from a CUDA graph and through a
 torch.compile'd model. A step whose loss or gradients are not finite is skipped on the device
 (no host sync): weights, momentum, BatchNorm statistics and EMA stay bit-identical, and
@@ -27,19 +28,20 @@ from typing import Callable
 
 import torch
 
-from ..attacks.apgd import APGD
-from ..attacks.schedule import AttackPhase, ScheduleChoice
-from ..attacks.pgd import L2PGD
+from ..attacks.named import build_attack
+from ..attacks.objectives import mode_loss
+from ..attacks.schedule import ScheduleChoice
+from ..choices import MODES
 from ..config import TrainConfig
-from .ema import ModelEMA
-from ..attacks.objectives import ratio_loss
 from ..measure import Timer
 from ..models import keep_first_conv_fp32
 from ..models.grouped_batchnorm import group_batchnorm, grouped_joint_batch, split_grouped_logits
 from ..models.precision import ieee_fp32_convolutions
-from .speed import resolve_speed, wants_channels_last
+from .attack_phase import AttackPhase
+from .ema import ModelEMA
+from .speed import resolve_speed
 
-__all__ = ["RatioTrainer", "cosine_lr", "wants_channels_last"]
+__all__ = ["RatioTrainer", "cosine_lr", "training_attacks"]
 
 
 def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
@@ -53,7 +55,7 @@ class RatioTrainer:
     train_module: the module for the train-mode forward, e.g. a DistributedDataParallel wrapper
     of `model` (attacks and EMA use `model` itself). schedule_timer, schedule_cache: how
     attack_schedule 'auto' measures (default: CUDA events on the first batch) and where it keeps
-    the answer (default: attack_schedule.default_cache_path()). log: called with one line when
+    the answer (default: attacks/schedule.default_cache_path()). log: called with one line when
     'auto' has chosen.
     """
 
@@ -61,6 +63,7 @@ class RatioTrainer:
                  train_module: torch.nn.Module | None = None, schedule_timer: Timer | None = None,
                  schedule_cache: str | Path | None = None, log: Callable[[str], None] | None = None):
         self.config = config
+        self.mode = MODES[config.mode]  # which images each term of the loss sees, and its weight
         self.device = torch.device(device)
         self.speed = speed = resolve_speed(config, self.device)
         self.total_steps = total_steps
@@ -95,10 +98,6 @@ class RatioTrainer:
         self.skipped_in_a_row = torch.zeros((), device=self.device)
 
     @property
-    def uses_channels_last(self) -> bool:
-        return self.speed.channels_last
-
-    @property
     def attack_schedule(self) -> str:
         """The schedule the attacks run under: 'auto' until the first step has chosen one."""
         return self.attack_phase.schedule
@@ -120,15 +119,15 @@ class RatioTrainer:
     # ---- the step ----------------------------------------------------------------------------
 
     def _on_device(self, x, y, z):
-        if self.config.mode == "ratio" and z is None:
-            raise ValueError("mode 'ratio' needs an out-distribution batch z")
+        if self.mode.uses_out_data and z is None:
+            raise ValueError(f"mode {self.mode.name!r} needs an out-distribution batch z")
         x = x.to(self.device, memory_format=self.memory_format)
-        z = z.to(self.device, memory_format=self.memory_format) if self.config.mode == "ratio" else None
+        z = z.to(self.device, memory_format=self.memory_format) if self.mode.uses_out_data else None
         return x, y.to(self.device), z
 
     def _attacked(self, x, y, z):
         """(clean logits or None, x_adv, z_adv or None) for the configured mode and schedule."""
-        if self.config.mode == "plain":
+        if not self.mode.attacks_in:
             return None, x, None
         return self.attack_phase(x, y, z)
 
@@ -153,7 +152,7 @@ class RatioTrainer:
         with self.autocast():
             logits = self.train_module(grouped_joint_batch(x_adv, z_adv, cfg.bn_groups))
             logits_in, logits_out = split_grouped_logits(logits, x_adv.shape[0], cfg.bn_groups)
-            loss = ratio_loss(logits_in, y, logits_out, cfg.lam)
+            loss = mode_loss(self.mode, logits_in, y, logits_out, cfg.lam)
 
         lr = cosine_lr(cfg.lr, self.steps_done, self.total_steps)
         for group in self.optimizer.param_groups:
@@ -236,15 +235,13 @@ def _restore_where(skipped: torch.Tensor, tensors: list[torch.Tensor], before: l
 
 
 def training_attacks(config: TrainConfig, input_grad_only: bool = True):
-    """The in- and out-distribution attacks of --attack: the authors' ArgminPGD, or APGD."""
+    """The in- and out-distribution attacks of --attack (attacks/named.py), each maximizing its
+    term's objective of --mode."""
+    mode = MODES[config.mode]
     # No input check in the step (it would synchronize with the host, or break a CUDA graph capture).
-    if config.attack == "apgd":  # APGD sets its own step sizes and momentum
-        return (APGD(config.eps_in, config.steps_in, objective="ce", backend=config.backend, check_inputs=False),
-                APGD(config.eps_out, config.steps_out, objective="kl_uniform", backend=config.backend,
-                     check_inputs=False))
-    return (L2PGD(config.eps_in, config.steps_in, config.step_size_in, momentum=config.attack_momentum,
-                  keep_best=True, objective="ce", backend=config.backend, input_grad_only=input_grad_only,
-                  check_inputs=False),
-            L2PGD(config.eps_out, config.steps_out, config.step_size_out, momentum=config.attack_momentum,
-                  keep_best=True, objective="kl_uniform", backend=config.backend, input_grad_only=input_grad_only,
-                  check_inputs=False))
+    common = dict(momentum=config.attack_momentum, backend=config.backend, input_grad_only=input_grad_only,
+                  check_inputs=False)
+    return (build_attack(config.attack, eps=config.eps_in, steps=config.steps_in, step_size=config.step_size_in,
+                         objective=mode.in_objective, **common),
+            build_attack(config.attack, eps=config.eps_out, steps=config.steps_out, step_size=config.step_size_out,
+                         objective=mode.out_objective, **common))
