@@ -106,7 +106,7 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
     parser = ArgumentParser(prog="ratio-fast", description="Fast RATIO training for robust image classifiers.",
                             epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub, train_defaults or TrainConfig())
+    _train_parser(sub, (train_defaults or TrainConfig()).flag_defaults())
     sub.choices["train"].set_defaults(run=_run_train)
     if given_only:  # (set_defaults would store SUPPRESS as a value for argparse to convert)
         for action in sub.choices["train"]._actions:

@@ -1,7 +1,7 @@
-"""Visual counterfactuals: how an image must change, within growing L2 radii, to become a target class.
+"""Visual counterfactuals: how an image must change, within growing radii, to become a target class.
 
-For each image and radius, APGD maximizes log p(target) inside the L2 ball around the image
-(the authors use 500 steps and radii 0.5 ... 3.0). A robust model's counterfactuals show
+For each image and radius, APGD maximizes log p(target) inside the ball of the norm around the
+image (the authors use L2, 500 steps and radii 0.5 ... 3.0; L-infinity's radii are ours). A robust model's counterfactuals show
 features of the target class; a non-robust one's show noise. All radii of an image run in
 one batch, with per-sample eps. Output: a PNG grid (rows = images; columns = the original,
 then each radius; the target's confidence under every tile) and the raw tensors (both files
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..attacks.apgd import apgd_run
+from ..choices import NORMS
 from ..config import CounterfactualsConfig
 from ..models import eval_mode
 
@@ -33,16 +34,19 @@ def counterfactuals(
     model: torch.nn.Module,
     x: torch.Tensor,
     targets: torch.Tensor,
-    radii: Sequence[float] = DEFAULTS.radii,
+    radii: Sequence[float] | None = None,
     steps: int = DEFAULTS.steps,
     backend: str = DEFAULTS.backend,
     batch_size: int = DEFAULTS.batch_size,
+    norm: str = "l2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactuals (N, R, C, H, W) of x (N, C, H, W) towards `targets` (N,) at each radius, and p(target) (N, R).
 
     The attack starts at the image itself (no random start), so a radius's result is never less
     confident in the target than the original. `batch_size` bounds images x radii per APGD call.
+    radii: in `norm` (choices.NORMS); default: the norm's.
     """
+    radii = NORMS[norm].radii if radii is None else radii
     n, r = x.shape[0], len(radii)
     radius = torch.tensor([float(v) for v in radii], device=x.device)
     per_call = max(1, batch_size // r)
@@ -51,7 +55,7 @@ def counterfactuals(
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
         adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                       random_start=False, backend=backend).best
+                       random_start=False, backend=backend, norm=norm).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
     return torch.cat(images), torch.cat(confidence)
@@ -73,6 +77,7 @@ def save_grid(
     targets: torch.Tensor,
     class_names: Sequence[str] | None = None,
     scale: int = 4,
+    norm: str = "l2",
 ) -> None:
     """Write the PNG grid: a title row, then per image the original and one tile per radius.
 
@@ -91,7 +96,7 @@ def save_grid(
     def name(c: int) -> str:
         return class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
 
-    titles = ["original"] + [f"L2 radius {float(v):g}" for v in radii]
+    titles = ["original"] + [f"{NORMS[norm].title} radius {float(v):.3g}" for v in radii]
     for col, title in enumerate(titles):
         draw.text((gap + col * (w + gap), 5), title, fill="black", font=font)
     for row in range(n):

@@ -239,8 +239,8 @@ def training_attacks(config: TrainConfig, input_grad_only: bool = True):
     term's objective of --mode."""
     mode = MODES[config.mode]
     # No input check in the step (it would synchronize with the host, or break a CUDA graph capture).
-    common = dict(momentum=config.attack_momentum, backend=config.backend, input_grad_only=input_grad_only,
-                  check_inputs=False)
+    common = dict(momentum=config.attack_momentum, norm=config.norm, backend=config.backend,
+                  input_grad_only=input_grad_only, check_inputs=False)
     return (build_attack(config.attack, eps=config.eps_in, steps=config.steps_in, step_size=config.step_size_in,
                          objective=mode.in_objective, **common),
             build_attack(config.attack, eps=config.eps_out, steps=config.steps_out, step_size=config.step_size_out,
