@@ -29,8 +29,9 @@ def kl_uniform_per_sample(logits, y=None):
     return -F.log_softmax(logits, dim=1).mean(dim=1) - math.log(logits.shape[1])
 
 
-def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum):
-    """The authors' ArgminPGD in L2: returns the iterate of highest loss among steps + 1 (x included)."""
+def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum, norm="l2"):
+    """The authors' ArgminPGD in L2 or L-infinity (`norm` 'linf': a step along the velocity's sign,
+    clipped to the box): returns the iterate of highest loss among steps + 1 (x included)."""
     n = x.shape[0]
     pert = torch.zeros_like(x)
     velocity = torch.zeros_like(x)
@@ -49,10 +50,13 @@ def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum):
         with torch.no_grad():
             l1 = grad.abs().view(n, -1).sum(dim=1).view(-1, 1, 1, 1)
             velocity = momentum * velocity + grad / (l1 + 1e-10)
-            v_norm = velocity.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
-            pert = pert + step_size * velocity / (v_norm + 1e-12)
-            p_norm = pert.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
-            pert = pert * torch.clamp(eps / (p_norm + 1e-12), max=1.0)
+            if norm == "linf":
+                pert = torch.clamp(pert + step_size * velocity.sign(), -eps, eps)
+            else:
+                v_norm = velocity.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
+                pert = pert + step_size * velocity / (v_norm + 1e-12)
+                p_norm = pert.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
+                pert = pert * torch.clamp(eps / (p_norm + 1e-12), max=1.0)
             pert = torch.clamp(x + pert, 0, 1) - x
     return (x + best_pert).detach()
 
@@ -76,9 +80,9 @@ class ReferenceRatio:
         cfg, model = self.config, self.model
         model.eval()
         x_adv = argmin_pgd(model, x, y, cross_entropy_per_sample, cfg.eps_in, cfg.steps_in,
-                           cfg.step_size_in, cfg.attack_momentum)
+                           cfg.step_size_in, cfg.attack_momentum, cfg.norm)
         z_adv = argmin_pgd(model, z, None, kl_uniform_per_sample, cfg.eps_out, cfg.steps_out,
-                           cfg.step_size_out, cfg.attack_momentum)
+                           cfg.step_size_out, cfg.attack_momentum, cfg.norm)
         model.train()
         return x_adv, z_adv
 

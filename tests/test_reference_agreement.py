@@ -22,11 +22,12 @@ def load_reference():
     return module
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """(engine, reference) on identical copies of one initialized tiny model."""
+@pytest.fixture(scope="module", params=["l2", "linf"])
+def pair(request):
+    """(engine, reference) on identical copies of one initialized tiny model, in each norm."""
     reference_module = load_reference()
-    config = TrainConfig(arch="tiny", batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1)
+    config = TrainConfig(arch="tiny", batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1,
+                         norm=request.param)
     torch.manual_seed(0)
     model = create_model("tiny")
     twin = create_model("tiny")
