@@ -94,7 +94,7 @@ def test_eval_attacks_gpu(benchmark, graphs):
     x = torch.rand(256, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (256,), device="cuda")
     calls = AttackCalls(256, graphs)
-    targeted = APGDTargeted(EPS, STEPS, targets=TARGETS, check_inputs=False)  # as evaluate.py: no sync
+    targeted = APGDTargeted(EPS, STEPS, targets=TARGETS, check_inputs=False)  # as evaluation/evaluate.py: no sync
     target_rows = targeted.attack_rows(model)
     generator = torch.Generator(device="cuda").manual_seed(0)
 

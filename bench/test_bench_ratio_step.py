@@ -2,7 +2,8 @@
 the engine with each speed switch flipped, timed in the same process.
 
 GPU: WRN-34-10, batch 128 in + 128 out, 10 / 20 attack steps (the paper's setting). CPU: the
-tiny model at batch 64 + 64, so the whole suite runs on a laptop in a few minutes.
+tiny model at batch 64 + 64, so the whole suite runs on a laptop in a few minutes. The type-<mode>
+cases run each other training type (choices.MODES) against the reference of that type.
 
 Every engine row carries `speedup_vs_reference` (reference median / engine median, both
 measured in this process), `images_per_s` (in- plus out-distribution images per second),
@@ -23,6 +24,7 @@ import torch
 from cold_start import count_compiles
 from gpu_peaks import peak_for
 from ratio_fast import RatioTrainer, TrainConfig, create_model
+from ratio_fast.choices import MODES
 from ratio_fast.models.precision import fp32_conv_math
 from reference import ReferenceRatio
 from work_model import FLOP_PER_PAIR
@@ -57,6 +59,11 @@ GPU_CASES = {  # most telling first: a run that runs out of time loses the last 
     "no-fp32-first-conv": {"fp32_first_conv": False},
     "bn-groups-2": {"bn_groups": 2},  # not a speed switch: the authors' BatchNorm, and what it costs
 }
+# One case per other training type (--mode), each against the reference of its own type: what
+# each baseline costs at the engine's speed. On a GPU without torch.compile (each type's batch
+# would compile its own graphs; the no-compile case shows what compiling adds for RATIO).
+TYPE_CASES = {f"type-{mode}": {"mode": mode} for mode in MODES if mode != TrainConfig().mode}
+GPU_CASES.update({case: {**overrides, "compile": False} for case, overrides in TYPE_CASES.items()})
 # case -> the case whose measured attack schedule it takes instead of measuring its own. 'auto'
 # runs both candidates on the first batch, and under torch.compile that compiles the attack graphs
 # for 128 and for 256 (bench/cold_start.py counts them); the no-compile case, run just before in
@@ -71,6 +78,7 @@ CPU_CASES = {
     "no-fused-optimizer": {"fused_optimizer": False},
     "weight-grads": {"input_grad_only": False},
     "bn-groups-2": {"bn_groups": 2},
+    **TYPE_CASES,
 }
 
 
@@ -107,8 +115,8 @@ def median_seconds(run, warmup: int, rounds: int) -> float:
     return statistics.median(seconds)
 
 
-def reference_step(device: str, norm: str = "l2"):
-    cfg = config_for(device, norm=norm)
+def reference_step(device: str, mode: str = TrainConfig().mode, norm: str = TrainConfig().norm):
+    cfg = config_for(device, mode=mode, norm=norm)
     torch.manual_seed(0)
     reference = ReferenceRatio(create_model(cfg.arch), cfg, total_steps=1000, device=device)
     x, y, z = make_batch(device, cfg.batch_size)
@@ -129,24 +137,26 @@ def measured_schedules():
 
 @pytest.fixture(scope="module")
 def reference_medians():
-    """(device, norm) -> median seconds of the reference step, filled by the reference case (L2) or
-    measured on demand."""
+    """(device, mode, norm) -> median seconds of the reference step, filled by the reference case
+    (RATIO in L2) or measured on demand."""
     return {}
 
 
-def reference_seconds(reference_medians, device: str, norm: str) -> float:
-    if (device, norm) not in reference_medians:
-        reference_medians[device, norm] = median_seconds(reference_step(device, norm), **TIMING[device])
-    return reference_medians[device, norm]
+def reference_seconds(reference_medians, device: str, mode: str, norm: str) -> float:
+    if (device, mode, norm) not in reference_medians:
+        reference_medians[device, mode, norm] = median_seconds(reference_step(device, mode, norm), **TIMING[device])
+    return reference_medians[device, mode, norm]
 
 
 def describe(benchmark, device: str, seconds: float, reference: float | None = None, **info):
     batch = SIZES[device]["batch_size"]
+    mode = info.setdefault("mode", TrainConfig().mode)
+    images = 2 * batch if MODES[mode].uses_out_data else batch
     info.update(device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu", model=SIZES[device]["arch"],
-                batch=f"{batch}+{batch}", steps=f"{SIZES[device]['steps_in']}/{SIZES[device]['steps_out']}",
-                images_per_s=2 * batch / seconds)
+                batch=f"{batch}+{batch}" if images > batch else f"{batch}",
+                steps=f"{SIZES[device]['steps_in']}/{SIZES[device]['steps_out']}", images_per_s=images / seconds)
     peak = peak_for(info["device"]) if device == "cuda" else None
-    if peak is not None:
+    if peak is not None and mode == TrainConfig().mode:  # work_model.py counts RATIO's work
         info.update(mfu=FLOP_PER_PAIR * batch / seconds / peak.bf16_flops, mfu_peak_flops=peak.bf16_flops)
     if reference is not None:
         info["reference_s"] = reference
@@ -155,7 +165,7 @@ def describe(benchmark, device: str, seconds: float, reference: float | None = N
 
 
 def engine_conv_precision(speed) -> str:
-    """'fp32 (ieee)', 'bf16, first conv fp32 (ieee)' or 'bf16': the engine turns TF32 off itself (train.py)."""
+    """'fp32 (ieee)', 'bf16, first conv fp32 (ieee)' or 'bf16': the engine turns TF32 off itself (training/trainer.py)."""
     fp32 = f"fp32 ({'ieee' if speed.ieee_fp32_convs else 'tf32'})"
     if speed.amp_dtype is None:
         return fp32
@@ -179,7 +189,7 @@ def run_reference(benchmark, reference_medians, device):
     run = reference_step(device)
     timing = TIMING[device]
     benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"])
-    reference_medians[device, "l2"] = benchmark.stats.stats.median
+    reference_medians[device, TrainConfig().mode, TrainConfig().norm] = benchmark.stats.stats.median
     describe(benchmark, device, benchmark.stats.stats.median, implementation="reference",
              conv_precision=f"fp32 ({fp32_conv_math(device)})")
 
@@ -188,7 +198,8 @@ def run_engine(benchmark, reference_medians, device, case, overrides, schedule_c
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
         allow_recompiles()
-    reference = reference_seconds(reference_medians, device, overrides.get("norm", "l2"))
+    mode = overrides.get("mode", TrainConfig().mode)
+    reference = reference_seconds(reference_medians, device, mode, overrides.get("norm", TrainConfig().norm))
     schedule_from = SCHEDULE_FROM.get(case) if SCHEDULE_FROM.get(case) in measured_schedules else None
     if schedule_from is not None:
         overrides = {**overrides, "attack_schedule": measured_schedules[schedule_from]}
@@ -206,7 +217,7 @@ def run_engine(benchmark, reference_medians, device, case, overrides, schedule_c
     benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"] - 1)
     choice = trainer.schedule_choice
     speed = trainer.speed
-    describe(benchmark, device, benchmark.stats.stats.median, reference, implementation="engine", variant=case,
+    describe(benchmark, device, benchmark.stats.stats.median, reference, implementation="engine", variant=case, mode=mode,
              first_step_s=first_step_s, **compiled, schedule=trainer.attack_schedule, schedule_from=schedule_from,
              schedule_timings_ms=choice.timings_ms if choice is not None else None,
              amp=str(speed.amp_dtype).replace("torch.", "") if speed.amp_dtype else "fp32",

@@ -67,7 +67,7 @@ ENGINE_VARIANTS = {
     "concat, fused step": dict(attack_schedule="concat", backend="native"),
     "weight grads in attacks": dict(attack_schedule="sequential", backend="native", input_grad_only=False),
 }
-# Host calls of an attack phase replayed from a CUDA graph (ratio_fast/cuda_graph.py): x, y and
+# Host calls of an attack phase replayed from a CUDA graph (ratio_fast/attacks/cuda_graph.py): x, y and
 # z copied into the graph's static inputs, then one replay.
 GRAPHED_PHASE_HOST_CALLS = 4
 # Allocations without a kernel (views are recognized by their schema).

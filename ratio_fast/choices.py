@@ -204,44 +204,84 @@ EVAL_ATTACKS = rows_where(ATTACKS, command=EVAL)
 
 CLEAN = "clean"  # a loss term's images as the loader gives them
 ADVERSARIAL = "adversarial"  # a loss term's images after the attack that maximizes its objective
+CE = "ce"  # the in-distribution attack of Madry et al.: maximize the cross-entropy (attacks/objectives.py)
+TRADES_KL = "trades_kl"  # TRADES' attack: maximize KL(p(x) || p(x_adv)), p(x) the clean prediction
+KL_UNIFORM = "kl_uniform"  # the out-distribution term and its attack: KL(U || p), U uniform
 
 
 @dataclass(frozen=True)
 class Mode:
-    """A --mode value, a training type: which images each term of the loss sees and its weight.
+    """A --mode value, a training type of the in/out-robustness family, as the authors' code
+    (utils/train_types/) weighs it. The loss of one step, in ONE train-mode forward of the joined
+    batch [x, x_adv, z, z_adv] (the images a term needs, in this order):
 
-    loss = in_weight * mean in_objective(f(x or x_adv), y) + out_weight * lam * mean out_objective(f(z or z_adv)),
-    in ONE train-mode forward of the joined batch. An ADVERSARIAL term's images come from the
-    --attack that maximizes the same objective within the term's radius (--eps-in, --eps-out).
-    The objectives are names of attacks/objectives.py's OBJECTIVES.
+        loss = in_weight * in_part + out_weight * lam * out_part
+        in_part  = CE(f(x))                          if clean_in (or --train-clean where clean_in_optional)
+                 + CE(f(x_adv))                      if in_attack is CE
+                 + trades_beta * KL(p(x) || p(x_adv)) if in_attack is TRADES_KL
+        out_part = KL(U || p(z or z_adv))            as out_images says
+                 + trades_beta_out * KL(p(z) || p(z_adv))  if out_trades
+
+    each a mean over its batch (KL: summed over classes, TRADES' 'batchmean'). An attack
+    maximizes its term's objective within --eps-in / --eps-out with --attack; TRADES' target
+    p(x) is the clean prediction, computed once without gradient before the attack.
     """
 
     name: str
     help: str
-    in_images: str  # CLEAN or ADVERSARIAL
-    out_images: str | None  # CLEAN, ADVERSARIAL, or None: no out-distribution data at all
-    in_weight: float
-    out_weight: float = 0.0  # times --lam
-    in_objective: str = "ce"
-    out_objective: str = "kl_uniform"  # KL(U || p): the out-distribution term pulls p to uniform
+    in_attack: str | None  # CE, TRADES_KL, or None: no in-distribution attack
+    out_images: str | None  # CLEAN, ADVERSARIAL: what the KL(U || p) term sees; None: no out-distribution data
+    in_weight: float = 1.0  # the authors' id_weight
+    out_weight: float = 0.0  # the authors' od_weight, times --lam
+    clean_in: bool = True  # the in part has CE on the clean images
+    clean_in_optional: bool = False  # --train-clean adds that term (the authors' train_clean, weight 1)
+    out_trades: bool = False  # the out part has TRADES' KL on z, its attack maximizing it (trades-ceda)
 
     @property
     def attacks_in(self) -> bool:
-        return self.in_images == ADVERSARIAL
+        return self.in_attack is not None
+
+    @property
+    def out_attack(self) -> str | None:
+        """The objective the out-distribution attack maximizes, or None: no out-distribution attack."""
+        return TRADES_KL if self.out_trades else KL_UNIFORM if self.out_images == ADVERSARIAL else None
 
     @property
     def attacks_out(self) -> bool:
-        return self.out_images == ADVERSARIAL
+        return self.out_attack is not None
 
     @property
     def uses_out_data(self) -> bool:
         return self.out_images is not None
 
+    @property
+    def in_trades(self) -> bool:
+        return self.in_attack == TRADES_KL
+
+    def trains_on_clean_in(self, train_clean: bool) -> bool:
+        """Whether the train forward sees the clean x: its CE term, or TRADES' target p(x)."""
+        return self.clean_in or (train_clean and self.clean_in_optional) or self.in_trades
+
+    def trains_on_clean_out(self) -> bool:
+        """Whether the train forward sees the clean z: the CEDA term, or TRADES' target p(z)."""
+        return self.out_images == CLEAN or self.out_trades
+
 
 MODES: dict[str, Mode] = table(
-    Mode("ratio", "in- and out-distribution attacks", ADVERSARIAL, ADVERSARIAL, in_weight=0.5, out_weight=0.5),
-    Mode("at", "in-distribution only", ADVERSARIAL, None, in_weight=1.0),
-    Mode("plain", "no attacks", CLEAN, None, in_weight=1.0),
+    Mode("plain", "CE on clean x, no attacks", None, None),
+    Mode("ceda", "CEDA / Outlier Exposure: CE on x + lam KL(U||p) on clean z, no attacks", None, CLEAN,
+         out_weight=1.0),
+    Mode("acet", "ACET: CE on x + lam KL(U||p) on z_adv (out-distribution attack only)", None, ADVERSARIAL,
+         out_weight=1.0),
+    Mode("at", "adversarial training (Madry et al.): CE on x_adv, no out-distribution data", CE, None,
+         clean_in=False),
+    Mode("trades", "TRADES: CE on x + beta KL(p(x)||p(x_adv)), no out-distribution data", TRADES_KL, None),
+    Mode("ratio", "RATIO (the authors' AdvACET): 0.5 CE on x_adv + 0.5 lam KL(U||p) on z_adv, both attacked",
+         CE, ADVERSARIAL, in_weight=0.5, out_weight=0.5, clean_in=False, clean_in_optional=True),
+    Mode("trades-ceda", "0.5 TRADES on x + 0.5 lam (KL(U||p(z)) + beta-out KL(p(z)||p(z_adv)))", TRADES_KL, CLEAN,
+         in_weight=0.5, out_weight=0.5, out_trades=True),
+    Mode("trades-acet", "0.5 TRADES on x + 0.5 lam KL(U||p) on z_adv", TRADES_KL, ADVERSARIAL,
+         in_weight=0.5, out_weight=0.5),
 )
 
 

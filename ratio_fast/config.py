@@ -218,6 +218,13 @@ class TrainConfig:
     attack_momentum: float = setting(0.9, ATTACKS, "ArgminPGD's momentum on the L1-normalized gradient (0: plain "
                                      "PGD)", **MOMENTUM_RANGE)
     lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
+    trades_beta: float = setting(6.0, MODEL, "weight of TRADES' KL(p(x)||p(x_adv)) in the trades modes (TRADES' "
+                                 "paper and the authors' default: 6)", at_least=0)
+    trades_beta_out: float = setting(6.0, MODEL, "weight of the out-distribution KL(p(z)||p(z_adv)) in trades-ceda "
+                                     "(the authors' default: 6)", at_least=0)
+    train_clean: bool = setting(False, MODEL, "also CE on the clean x, weight 1 beside the adversarial term's (the "
+                                "authors' train_clean; --mode " + ", ".join(
+                                    name for name, row in MODES.items() if row.clean_in_optional) + ")", negatable=False)
 
     # Speed switches. None means "the fast choice for the device": on for CUDA, off for CPU.
     device: str = device_setting(SPEED)
@@ -269,6 +276,9 @@ class TrainConfig:
         if self.bn_groups > 1 and self.sync_bn:
             raise UserError(f"--bn-groups {self.bn_groups} and --sync-bn exclude each other: one normalizes over "
                             "slices of the batch, the other over all processes' batches together")
+        if self.train_clean and not MODES[self.mode].clean_in_optional:
+            has_it = "it already trains on clean x" if MODES[self.mode].clean_in else "it has no such term"
+            raise UserError(f"--train-clean does not apply to --mode {self.mode}: {has_it}")
         if self.synthetic_size is not None and self.synthetic_size < self.batch_size:
             raise UserError(f"--synthetic-size must be at least --batch-size ({self.batch_size}), got {self.synthetic_size}")
         return self

@@ -1,6 +1,6 @@
 """APGD: the schedule, the constraints, its strength against PGD, the objectives, the call contract.
 
-Iterate-for-iterate agreement with AutoAttack's own APGD is in test_apgd_autoattack.py.
+Iterate-for-iterate agreement with AutoAttack's own APGD is in test_attacks_apgd_autoattack.py.
 """
 import pytest
 import torch

@@ -91,3 +91,19 @@ def test_flags_take_their_choices_and_help_from_the_tables():
     assert fields["augment"].choices == tuple(AUGMENTATIONS)
     for name, row in {**LOADERS, **AUGMENTATIONS}.items():
         assert f"{name}: {row.help}" in fields["loader" if name in LOADERS else "augment"].help
+
+
+def test_every_builder_table_covers_exactly_its_rows():
+    """What "Adding to ratio-fast" promises: each table with code behind its rows has one builder
+    per row (each module also checks this at its import)."""
+    from ratio_fast.attacks import named
+    from ratio_fast.evaluation import evaluate, export
+    from ratio_fast.models import BUILDERS as architectures
+    from ratio_fast.training.speed import AMP_DTYPES
+
+    assert list(named.BUILDERS) == list(choices.TRAINING_ATTACKS) == ["pgd", "apgd"]
+    assert list(evaluate.BUILDERS) == list(choices.EVAL_ATTACKS) == ["apgd-ce", "apgd-t"]
+    assert set(choices.TRAINING_ATTACKS) | set(choices.EVAL_ATTACKS) == set(choices.ATTACKS)
+    assert set(architectures) == set(choices.ARCHITECTURES)
+    assert set(AMP_DTYPES) == set(choices.AMP_TYPES)
+    assert set(export.WEIGHTS_IN_STATE) == set(choices.WEIGHTS)

@@ -2,7 +2,7 @@
 
 `--loader auto` on a GPU: the candidates that can hold the set and give the reference batches for
 the run's --augment are measured once, the fastest wins, and the answer is cached. On CPU,
-timers are injected (as tests/test_speed.py does for the attack schedule): each fake timer still
+timers are injected (as tests/test_training_speed.py does for the attack schedule): each fake timer still
 runs the real loader's batches, then reports its time. Measured choices here use crop_flip,
 where every kind gives the reference batches; with AutoAugment DALI is left out.
 """

@@ -109,7 +109,7 @@ def test_the_dry_run_builds_collects_every_gpu_case_and_skips_each_with_a_reason
         if stage.pytest_args:  # every case collected, none run, none broken
             assert row["skipped"] > 0 and row["passed"] == row["failed"] == row["errors"] == 0, row
     # The kernel tests and the other GPU tests together are every GPU case of tests/ (and the
-    # modules skipped whole, such as test_apgd_autoattack.py without pyautoattack).
+    # modules skipped whole, such as test_attacks_apgd_autoattack.py without pyautoattack).
     assert stages["kernel-tests"]["skipped"] + stages["gpu-tests"]["skipped"] >= gpu_cases >= 100
     log = (out / "gpu_check.log").read_text()
     reasons = re.findall(r"^SKIPPED \[\d+\] \S+: (.*)$", log, flags=re.M)

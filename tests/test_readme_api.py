@@ -35,3 +35,31 @@ def test_the_readme_api_block_runs_and_does_what_its_comments_say(trained_tiny, 
     assert names["trainer"].steps_done == 1
     assert {"loss", "adv_acc", "clean_acc", "out_conf"} <= set(names["metrics"])
     assert torch.isfinite(names["metrics"]["loss"])
+
+
+def test_every_path_and_module_the_readme_names_exists():
+    """The files of the README's commands, its "Adding to ratio-fast" list and its text exist, and
+    each `ratio_fast.x.y` it names imports (a module, or a name in one)."""
+    import importlib
+
+    text, root = README.read_text(), README.parent
+    paths = {p for p in re.findall(r"(?<![\w/.-])((?:ratio_fast|tests|bench|kernels|configs)/[\w./-]*\w)", text)
+             if "<" not in p}
+    assert "ratio_fast/attacks/named.py" in paths and not [p for p in sorted(paths) if not (root / p).exists()]
+    names = set(re.findall(r"-m (ratio_fast[\w.]*)", text)) | set(re.findall(r"`(ratio_fast(?:\.\w+)+)`", text))
+
+    def module_and_rest(parts):  # the longest prefix that is a module, and the names after it
+        for k in range(len(parts), 0, -1):
+            try:
+                return importlib.import_module(".".join(parts[:k])), parts[k:]
+            except ModuleNotFoundError:
+                continue
+
+    missing = []
+    for name in sorted(names):
+        found, attributes = module_and_rest(name.split("."))
+        for attribute in attributes:
+            found = getattr(found, attribute, None)
+        if found is None:
+            missing.append(name)
+    assert "ratio_fast.cli" in names and missing == []

@@ -88,7 +88,7 @@ def test_trainer_auto_schedule_uses_the_injected_timer_and_logs(synthetic_split,
     measured = trainer(log=lines.append)
     measured.step(x, y, z)
     assert sorted(ran) == ["concat", "streams"]
-    assert measured.schedule_choice.schedule == "concat" and lines == [measured.schedule_choice.describe()]
+    assert measured.schedule_choice.best == "concat" and lines == [measured.schedule_choice.describe()]
     assert lines == ["attack schedule: concat (measured: streams 500.0 ms, concat 100.0 ms)"]
 
     cached = trainer()

@@ -31,7 +31,7 @@ The schedule is known before the loop, so the loop has a static structure: per-s
 sizes are tensors halved with `torch.where`, restarts are `torch.where` selections, and nothing
 in it synchronizes with the host (it can be replayed from a CUDA graph). Cost: `steps` gradients
 and one final forward (AutoAttack also differentiates the last iterate, whose gradient is never
-used). As in `attacks.py` (whose context it reuses), the model is put in eval mode and restored,
+used). As in `pgd.py` (whose context it reuses), the model is put in eval mode and restored,
 and only the input is differentiated: the backward computes no weight gradient.
 """
 from __future__ import annotations
@@ -99,7 +99,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     (logits, labels) -> per-sample loss. start: the first iterate (a point of the ball and the
     box), instead of a random one (`random_start`, drawn from `generator`) or x itself.
     count_misclassified: also track AutoAttack's success, argmax != y at some iterate.
-    check_inputs: refuse x outside [0,1] (one host synchronization; attacks.py says when not to).
+    check_inputs: refuse x outside [0,1] (one host synchronization; pgd.py says when not to).
     Returned points are detached, in x's dtype and memory layout.
     """
     check_norm(norm)
@@ -216,7 +216,7 @@ class APGD:
     objective: str | PerSampleLoss = "ce"
     random_start: bool = True
     backend: str = "auto"
-    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (attacks.py)
+    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (pgd.py)
     norm: str = "l2"
 
     def __post_init__(self):
@@ -237,7 +237,7 @@ class APGD:
 
 
 # attack_rows(x, y, targets, start, eps) -> APGDResult: the targeted runs of a set of (image, target)
-# rows; APGDTargeted runs them eagerly unless given another (evaluate.py replays a CUDA graph).
+# rows; APGDTargeted runs them eagerly unless given another (evaluation/evaluate.py replays a CUDA graph).
 RowAttack = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], APGDResult]
 
 
@@ -259,7 +259,7 @@ class APGDTargeted:
     targets: int = 9
     random_start: bool = True
     backend: str = "auto"
-    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (attacks.py)
+    check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (pgd.py)
     norm: str = "l2"
 
     def __post_init__(self):

@@ -35,16 +35,18 @@ class AttackSettings:
     backend: str = "auto"
     input_grad_only: bool = True  # the weights stay frozen while it attacks (PGD; APGD always is)
     check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (attacks/pgd.py)
+    start_noise: float = 0.0  # a Gaussian start around x (the objective's, objectives.Objective.start_noise)
 
 
 def _argmin_pgd(s: AttackSettings) -> PGD:
     """The authors' ArgminPGD: momentum on the L1-normalized gradient, the best iterate."""
     return PGD(s.eps, s.steps, s.step_size, momentum=s.momentum, keep_best=True, objective=s.objective,
-               backend=s.backend, input_grad_only=s.input_grad_only, check_inputs=s.check_inputs, norm=s.norm)
+               backend=s.backend, input_grad_only=s.input_grad_only, check_inputs=s.check_inputs,
+               start_noise=s.start_noise, norm=s.norm)
 
 
 def _apgd(s: AttackSettings) -> APGD:
-    """APGD with its own step-size schedule and momentum (the settings' are not used)."""
+    """APGD with its own step-size schedule, momentum and random start (the settings' are not used)."""
     return APGD(s.eps, s.steps, objective=s.objective, backend=s.backend, check_inputs=s.check_inputs, norm=s.norm)
 
 

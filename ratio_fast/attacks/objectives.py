@@ -1,7 +1,7 @@
 """The losses RATIO attacks and trains on, and the attack objectives by name.
 
 Per-sample forms are what the attacks maximize. `OBJECTIVES` names each with what its labels
-must be; every attack (L2PGD, APGD) and their callers turn a name into an `Objective` with
+must be; every attack (PGD, APGD) and their callers turn a name into an `Objective` with
 `resolve_objective`, the one place that knows the names.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..choices import MODES, Mode
+from ..choices import ADVERSARIAL, CE, KL_UNIFORM, MODES, TRADES_KL, Mode
 
 # loss(logits, labels) -> per-sample loss (N,); labels may be None where the loss ignores them
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -39,6 +39,14 @@ def kl_to_uniform(logits: torch.Tensor, labels: torch.Tensor | None = None) -> t
     """
     log_p = F.log_softmax(at_least_fp32(logits), dim=1)
     return -log_p.mean(dim=1) - math.log(logits.shape[1])
+
+
+def kl_from_target(logits: torch.Tensor, target_probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(q || softmax(logits)) = sum_k q_k (log q_k - log p_k), q the target
+    distribution (TRADES: the clean prediction p(x)); summed over classes as TRADES' 'batchmean'."""
+    log_p = F.log_softmax(at_least_fp32(logits), dim=1)
+    q = at_least_fp32(target_probabilities)
+    return (torch.xlogy(q, q) - q * log_p).sum(dim=1)
 
 
 def dlr(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -88,6 +96,9 @@ class Objective:
     loss: PerSampleLoss
     needs_labels: bool
     labels_are_true_classes: bool = False
+    # A PGD attack on it starts at x + start_noise * N(0, I), not at x: TRADES' KL has a zero
+    # gradient at x itself (TRADES' start, 0.001 * randn). APGD starts at a random point anyway.
+    start_noise: float = 0.0
 
     def check_labels(self, labels: torch.Tensor | None) -> None:
         if self.needs_labels and labels is None:
@@ -96,11 +107,13 @@ class Objective:
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     # in-distribution: push the true class down (training, APGD-CE)
-    Objective("ce", cross_entropy, needs_labels=True, labels_are_true_classes=True),
+    Objective(CE, cross_entropy, needs_labels=True, labels_are_true_classes=True),
     # APGD-DLR: the margin to the best other class, scale-free
     Objective("dlr", dlr, needs_labels=True, labels_are_true_classes=True),
     # out-distribution in training: make the model confident (no labels)
-    Objective("kl_uniform", kl_to_uniform, needs_labels=False),
+    Objective(KL_UNIFORM, kl_to_uniform, needs_labels=False),
+    # TRADES: move the prediction away from the clean one; the labels are p(x), (N, classes)
+    Objective(TRADES_KL, kl_from_target, needs_labels=True, start_noise=0.001),
     # out-distribution in evaluation: the worst-case max confidence (no labels)
     Objective("max_conf", max_log_confidence, needs_labels=False),
     # counterfactuals: the labels are the target classes
@@ -118,19 +131,52 @@ def resolve_objective(objective: str | PerSampleLoss) -> Objective:
     return OBJECTIVES[objective]
 
 
-def mode_loss(mode: Mode, logits_in: torch.Tensor, labels: torch.Tensor, logits_out: torch.Tensor | None,
-              lam: float) -> torch.Tensor:
-    """The training loss of --mode `mode` (a row of choices.MODES): in_weight * mean in-objective
-    + out_weight * lam * mean out-objective, the second term only with an out-distribution batch."""
-    loss_in = OBJECTIVES[mode.in_objective].loss(logits_in, labels).mean()
-    if logits_out is None:
-        return loss_in if mode.in_weight == 1.0 else mode.in_weight * loss_in
-    loss_out = OBJECTIVES[mode.out_objective].loss(logits_out, None).mean()
-    return mode.in_weight * loss_in + mode.out_weight * lam * loss_out
+@dataclass(frozen=True)
+class TrainLogits:
+    """The train forward's logits of each kind of image a --mode row trains on; None where it has none."""
+
+    clean_in: torch.Tensor | None  # f(x)
+    adversarial_in: torch.Tensor | None  # f(x_adv)
+    clean_out: torch.Tensor | None  # f(z)
+    adversarial_out: torch.Tensor | None  # f(z_adv)
+
+
+def _total(terms: list[torch.Tensor]) -> torch.Tensor:
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _weighted(weight: float, value: torch.Tensor) -> torch.Tensor:
+    return value if weight == 1.0 else weight * value
+
+
+def mode_loss(mode: Mode, logits: TrainLogits, labels: torch.Tensor, lam: float, trades_beta: float = 6.0,
+              trades_beta_out: float = 6.0, train_clean: bool = False) -> torch.Tensor:
+    """The training loss of --mode `mode` (a row of choices.MODES, whose docstring writes it out)."""
+    in_terms = []
+    if mode.clean_in or (train_clean and mode.clean_in_optional):
+        in_terms.append(cross_entropy(logits.clean_in, labels).mean())
+    if mode.attacks_in and not mode.in_trades:
+        in_terms.append(cross_entropy(logits.adversarial_in, labels).mean())
+    if mode.in_trades:  # the target p(x) keeps its gradient, as in TRADES and the authors' code
+        clean_p = at_least_fp32(logits.clean_in).softmax(dim=1)
+        in_terms.append(trades_beta * kl_from_target(logits.adversarial_in, clean_p).mean())
+    loss = _weighted(mode.in_weight, _total(in_terms))
+    if not mode.uses_out_data:
+        return loss
+    out_terms = [kl_to_uniform(logits.adversarial_out if mode.out_images == ADVERSARIAL else logits.clean_out).mean()]
+    if mode.out_trades:
+        clean_p = at_least_fp32(logits.clean_out).softmax(dim=1)
+        out_terms.append(trades_beta_out * kl_from_target(logits.adversarial_out, clean_p).mean())
+    return loss + mode.out_weight * lam * _total(out_terms)
 
 
 def ratio_loss(
     logits_in: torch.Tensor, labels: torch.Tensor, logits_out: torch.Tensor | None, lam: float
 ) -> torch.Tensor:
     """0.5 * CE(in) + 0.5 * lam * KL(U || p(out)); plain CE when there is no out-distribution batch."""
-    return mode_loss(MODES["ratio"] if logits_out is not None else MODES["at"], logits_in, labels, logits_out, lam)
+    if logits_out is None:
+        return mode_loss(MODES["at"], TrainLogits(None, logits_in, None, None), labels, lam)
+    return mode_loss(MODES["ratio"], TrainLogits(None, logits_in, None, logits_out), labels, lam)

@@ -91,12 +91,18 @@ def check_attack_settings(eps, steps, objective: str | PerSampleLoss | None = No
         resolve_objective(objective)
 
 
-def _start(x, eps, step_size, momentum, random_start, generator, backend, norm) -> _Iterates:
+def _start(x, eps, step_size, momentum, random_start, generator, backend, norm, start_noise=None) -> _Iterates:
+    """The first iterate: a random point of the ball in `norm` (random_start), x plus Gaussian noise
+    of per-sample deviation `start_noise` (an (N,) tensor; TRADES' start), or x itself."""
     x = x.detach()
     # Per-sample tensors once, not a fill kernel in every step.
     eps, step_size = per_sample(eps, x.shape[0], x), per_sample(step_size, x.shape[0], x)
     if random_start:
         x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend, norm=norm)
+    elif start_noise is not None:
+        noise = torch.empty_like(x, dtype=torch.float32).normal_(generator=generator)
+        x_adv = (x + start_noise.view(-1, *([1] * (x.dim() - 1))) * noise).clamp(0, 1).to(x.dtype)
+        delta = (x_adv - x).to(torch.float32)
     else:
         x_adv, delta = x, torch.zeros_like(x, dtype=torch.float32)
     velocity = torch.zeros_like(delta) if momentum else None
@@ -139,6 +145,7 @@ def pgd(
     norm: str = "l2",
     momentum: float = 0.0,
     random_start: bool = False,
+    start_noise: float = 0.0,
     keep_best: bool = False,
     objective: str | PerSampleLoss = "ce",
     backend: str = "auto",
@@ -153,7 +160,9 @@ def pgd(
     objective: a name in losses.OBJECTIVES or a callable (logits, labels) -> per-sample loss.
 
     eps and step_size are floats or per-sample (N,) tensors. momentum > 0 accumulates the
-    L1-normalized gradient (the authors' ArgminPGD, in either norm); keep_best returns, per sample, the iterate
+    L1-normalized gradient (the authors' ArgminPGD, in either norm); start_noise > 0 (without
+    random_start) starts at x + start_noise * N(0, I) in the box, for objectives flat at x (TRADES');
+    keep_best returns, per sample, the iterate
     with the highest loss among all of them (the starting point included); otherwise the last.
     input_grad_only=False also computes (and discards) the weight gradients in every step: the
     cost of a plain backward, there only to measure what skipping them saves. check_inputs: refuse
@@ -167,7 +176,8 @@ def pgd(
     objective.check_labels(y)
     loss_fn = objective.loss
     with attacking(model, input_grad_only):
-        it = _start(x, eps, step_size, momentum, random_start, generator, backend, norm)
+        noise = per_sample(start_noise, x.shape[0], x) if start_noise else None
+        it = _start(x, eps, step_size, momentum, random_start, generator, backend, norm, noise)
         it = _iterate(model, it, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only, norm)
         return _result(model, it, y, loss_fn, keep_best)
 
@@ -199,6 +209,7 @@ class PGD:
     step_size: float | torch.Tensor
     momentum: float = 0.0
     random_start: bool = False
+    start_noise: float = 0.0  # std of a Gaussian start around x (TRADES'); 0: start at x
     keep_best: bool = False
     objective: str | PerSampleLoss = "ce"
     backend: str = "auto"
@@ -209,13 +220,15 @@ class PGD:
     def __post_init__(self):
         check_attack_settings(self.eps, self.steps, self.objective, step_size=self.step_size)
         check_number("momentum", self.momentum, **MOMENTUM_RANGE)
+        check_number("start_noise", self.start_noise, at_least=0)
         check_norm(self.norm)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
         return pgd(
             model, x, y,
             eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm, momentum=self.momentum,
-            random_start=self.random_start, keep_best=self.keep_best, objective=self.objective,
+            random_start=self.random_start, start_noise=self.start_noise, keep_best=self.keep_best,
+            objective=self.objective,
             backend=self.backend, generator=generator, input_grad_only=self.input_grad_only,
             check_inputs=self.check_inputs,
         )
@@ -254,12 +267,14 @@ def joint_pgd(
     attack_x: PGD,
     attack_z: PGD,
     generator: torch.Generator | None = None,
+    labels_z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(attack_x(model, x, y), attack_z(model, z)) computed on the one batch cat([x, z]).
+    """(attack_x(model, x, y), attack_z(model, z, labels_z)) computed on the one batch cat([x, z]).
 
     In eval mode the samples of a batch are independent, so both attacks share each forward and
     backward: per-sample eps and step size, each half scored by its own objective, min(steps)
-    steps together, then the attack with more steps continues alone on its half. Equal to the
+    steps together, then the attack with more steps continues alone on its half (each its own start
+    noise). labels_z: z's labels where its objective reads them (TRADES' p(z)). Equal to the
     two separate calls up to the rounding differences of a larger batch (and, with random_start,
     different random draws).
     """
@@ -271,19 +286,22 @@ def joint_pgd(
         check_images(z, "z")
     objective_x, objective_z = resolve_objective(attack_x.objective), resolve_objective(attack_z.objective)
     objective_x.check_labels(y)
-    objective_z.check_labels(None)  # z, the out-distribution, has no labels
+    objective_z.check_labels(labels_z)
     loss_x, loss_z = objective_x.loss, objective_z.loss
     n = x.shape[0]
 
     def joint_loss(logits, labels):
-        return torch.cat([loss_x(logits[:n], labels), loss_z(logits[n:], None)])
+        return torch.cat([loss_x(logits[:n], labels), loss_z(logits[n:], labels_z)])
 
     a = attack_x  # the shared settings
     common = min(attack_x.steps, attack_z.steps)
     with attacking(model, a.input_grad_only):
         eps = torch.cat([per_sample(attack_x.eps, n, x), per_sample(attack_z.eps, z.shape[0], z)])
         step = torch.cat([per_sample(attack_x.step_size, n, x), per_sample(attack_z.step_size, z.shape[0], z)])
-        it = _start(torch.cat([x, z]), eps, step, a.momentum, a.random_start, generator, a.backend, a.norm)
+        noise = None
+        if attack_x.start_noise or attack_z.start_noise:
+            noise = torch.cat([per_sample(attack_x.start_noise, n, x), per_sample(attack_z.start_noise, z.shape[0], z)])
+        it = _start(torch.cat([x, z]), eps, step, a.momentum, a.random_start, generator, a.backend, a.norm, noise)
         it = _iterate(model, it, y, joint_loss, common, a.momentum, a.keep_best, a.backend, a.input_grad_only,
                       a.norm)
         if attack_x.steps == attack_z.steps:
@@ -291,7 +309,7 @@ def joint_pgd(
             return joint[:n], joint[n:]
         results = []
         for rows, attack, loss_fn, labels in ((slice(0, n), attack_x, loss_x, y),
-                                              (slice(n, None), attack_z, loss_z, None)):
+                                              (slice(n, None), attack_z, loss_z, labels_z)):
             part = _iterate(model, it.rows(rows), labels, loss_fn, attack.steps - common, a.momentum,
                             a.keep_best, a.backend, a.input_grad_only, a.norm)
             results.append(_result(model, part, labels, loss_fn, a.keep_best))

@@ -15,25 +15,25 @@ without measuring. training/attack_phase.py runs the phase of each step under th
 """
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..choices import SCHEDULE_KINDS, SCHEDULES
-from ..measure import cache_dir, fastest
+from ..measure import Measured, cache_dir, fastest
 from .pgd import PGD, joint_pgd
 
 
 def run_attacks(schedule: str, model, x, y, z, attack_in: PGD, attack_out: PGD,
-                side_stream: torch.cuda.Stream | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one."""
+                side_stream: torch.cuda.Stream | None = None,
+                labels_z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one.
+    labels_z: z's labels where the out-distribution objective reads them (TRADES' p(z))."""
     if schedule not in SCHEDULE_KINDS:
         raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {schedule!r}")
     if SCHEDULES[schedule].one_batch:
-        return joint_pgd(model, x, y, z, attack_in, attack_out)
+        return joint_pgd(model, x, y, z, attack_in, attack_out, labels_z=labels_z)
     if SCHEDULES[schedule].concurrent and side_stream is not None:
         # Fork: the side stream starts once the main stream has produced z; join: the main
         # stream continues once the side stream is done. Every tensor the side stream touches is
@@ -43,11 +43,11 @@ def run_attacks(schedule: str, model, x, y, z, attack_in: PGD, attack_out: PGD,
         main = torch.cuda.current_stream(x.device)
         side_stream.wait_stream(main)
         with torch.cuda.stream(side_stream):
-            z_adv = attack_out(model, z)
+            z_adv = attack_out(model, z, labels_z)
         x_adv = attack_in(model, x, y)
         main.wait_stream(side_stream)
         return x_adv, z_adv
-    return attack_in(model, x, y), attack_out(model, z)
+    return attack_in(model, x, y), attack_out(model, z, labels_z)
 
 
 def default_cache_path() -> Path:
@@ -55,22 +55,9 @@ def default_cache_path() -> Path:
     return cache_dir() / "attack_schedule.json"
 
 
-@dataclass
-class ScheduleChoice:
-    schedule: str
-    timings_ms: dict[str, float] = field(default_factory=dict)  # per candidate, per attack phase
-    key: str = ""
-    cached: bool = False  # read from the cache rather than measured now
-
-    def describe(self) -> str:
-        times = ", ".join(f"{name} {ms:.1f} ms" for name, ms in self.timings_ms.items())
-        origin = "cached" if self.cached else "measured"
-        return f"attack schedule: {self.schedule} ({origin}: {times})"
-
-
 def choose_schedule(key: str, measure: Callable[[str], float], candidates: tuple[str, ...],
-                    cache_path: str | Path | None = None) -> ScheduleChoice:
+                    cache_path: str | Path | None = None) -> Measured:
     """The fastest of `candidates` (choices.schedule_candidates of the attack) for `key`, measured
     once with measure(name) -> seconds, then cached."""
-    found = fastest(key, measure, candidates, cache_path if cache_path is not None else default_cache_path())
-    return ScheduleChoice(found.best, found.timings_ms, key, found.cached)
+    return fastest(key, measure, candidates, cache_path if cache_path is not None else default_cache_path(),
+                   what="attack schedule")

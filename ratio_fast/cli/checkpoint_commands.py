@@ -127,10 +127,10 @@ def describe_weights(path: str | Path, weights: str) -> str:
 
 
 def _run_counterfactuals(args) -> int:
-    import numpy as np
     import torch
 
     from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+    from ..evaluation.evaluate import batch_source
 
     settings = config_from_args(CounterfactualsConfig, args)
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
@@ -144,9 +144,8 @@ def _run_counterfactuals(args) -> int:
     if settings.target is not None and not 0 <= settings.target < test.num_classes:
         raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {settings.target}")
 
-    images = np.ascontiguousarray(test.images[indices])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
-    labels = torch.as_tensor(test.labels[indices], dtype=torch.int64, device=device)
+    # The chosen images as the model takes them (NCHW in [0, 1]), by the loader of the evaluation.
+    x, labels = batch_source(test.images[indices], test.labels[indices], len(indices), device).batch(0, 0)
     targets = runner_up(model, x, labels) if settings.target is None else torch.full_like(labels, settings.target)
     adv, conf = counterfactuals(model, x, targets, radii, steps=settings.steps, backend=settings.backend,
                                 batch_size=settings.batch_size, norm=settings.norm)

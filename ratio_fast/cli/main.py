@@ -41,7 +41,7 @@ class _Replaced(argparse.Action):
 def _train_parser(sub, d: TrainConfig) -> None:
     """The train flags: each TrainConfig setting's (see parser.add_settings), with the flags that are not
     settings placed among them: --out, --resume and --config, and the replaced --no-augment/--cutout."""
-    p = sub.add_parser("train", help="RATIO training (or plain adversarial / clean training with --mode)",
+    p = sub.add_parser("train", help="RATIO training, or another training type of its family (--mode)",
                        formatter_class=HelpFormatter, epilog=EXIT_CODES_HELP)
     p.set_defaults(interrupted="interrupted; the last checkpoint written is kept")
     g = add_settings(p, TrainConfig, DATA, d)

@@ -12,7 +12,7 @@ checkpoint, best.pt) that continues there, the original left as it was.
 
 Under torchrun every rank runs this same code on its slice of each global batch (DDP for the
 train-mode step); rank 0 alone writes logs, metrics and checkpoints. SIGTERM or SIGINT stops
-the run at the next step boundary with a checkpoint (see stop.py).
+the run at the next step boundary with a checkpoint (see training/stop.py).
 """
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def clean_accuracy(model: torch.nn.Module, batches) -> float:
 def robust_accuracy(model: torch.nn.Module, batches, attack: Callable) -> float:
     """Fraction still classified correctly after `attack` (an upper bound on the true robust accuracy).
 
-    `attack` is any object called as attack(model, x, y) -> x_adv: L2PGD, APGD, APGDTargeted.
+    `attack` is any object called as attack(model, x, y) -> x_adv: PGD, APGD, APGDTargeted.
     """
     correct = total = 0
     with eval_mode(model):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import MODES
 from ..datasets import CIFAR_NAMES, IMAGE_SHAPE, get_dataset, names_a_path
 from ..errors import UserError
 
@@ -83,7 +84,7 @@ def read_svhn_mat(path: str | os.PathLike) -> np.ndarray:
 
 def training_out_distribution(config) -> str | None:
     """The --out-data the run trained on (its default if none was given), or None if it trained without one."""
-    if config.mode != "ratio":
+    if not MODES[config.mode].uses_out_data:
         return None
     return config.out_distribution
 

@@ -88,24 +88,38 @@ def group_batchnorm(model: nn.Module, groups: int) -> nn.Module:
     return model
 
 
-def grouped_joint_batch(x: torch.Tensor, z: torch.Tensor | None, groups: int) -> torch.Tensor:
-    """The train forward's batch: group g is x's g-th slice followed by z's (module docstring);
-    x alone when there is no z. groups == 1: torch.cat([x, z])."""
-    if z is None:
-        return x
-    for batch in (x, z):
+def grouped_batch(parts: list[torch.Tensor], groups: int) -> torch.Tensor:
+    """The train forward's batch of several parts (x, x_adv, z, z_adv: those a --mode trains on):
+    group g is each part's g-th slice in turn (module docstring); one part as it is.
+    groups == 1: torch.cat(parts)."""
+    if len(parts) == 1:
+        return parts[0]
+    for batch in parts:
         _group_size(batch.shape[0], groups)
-    return torch.cat([part for pair in zip(x.chunk(groups), z.chunk(groups)) for part in pair])
+    return torch.cat([chunk for slices in zip(*(part.chunk(groups) for part in parts)) for chunk in slices])
+
+
+def split_grouped(logits: torch.Tensor, sizes: list[int], groups: int) -> list[torch.Tensor]:
+    """The logits of each part of grouped_batch(parts, groups), in its part's order; `sizes`:
+    the parts' numbers of images."""
+    if len(sizes) == 1:
+        return [logits]
+    per_group = logits.unflatten(0, (groups, -1))
+    return [part.flatten(0, 1) for part in per_group.split([size // groups for size in sizes], dim=1)]
+
+
+def grouped_joint_batch(x: torch.Tensor, z: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """grouped_batch of x and z (x alone when there is no z)."""
+    return grouped_batch([x] if z is None else [x, z], groups)
 
 
 def split_grouped_logits(logits: torch.Tensor, n_in: int, groups: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(logits of x, logits of z or None), each in its batch's order, from the logits of
-    grouped_joint_batch(x, z, groups) where x has n_in images."""
+    """(logits of x, logits of z or None) from the logits of grouped_joint_batch(x, z, groups)
+    where x has n_in images."""
     if logits.shape[0] == n_in:
         return logits, None
-    per_group = logits.unflatten(0, (groups, -1))
-    logits_in, logits_out = per_group.split([n_in // groups, per_group.shape[1] - n_in // groups], dim=1)
-    return logits_in.flatten(0, 1), logits_out.flatten(0, 1)
+    logits_in, logits_out = split_grouped(logits, [n_in, logits.shape[0] - n_in], groups)
+    return logits_in, logits_out
 
 
 def _side_by_side(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 One program handles one sample. Registers, spills and blocks per SM of every variant these
 choices produce, and the sweep behind the PGD step's multi-tile choice, are in
-bench/results/triton-kernels-sm90-sm80.md (`python -m ratio_fast.ops.aot --write`).
+bench/results/triton-kernels-sm90-sm80.md (`python3 bench/kernels_aot.py --write`).
 """
 from __future__ import annotations
 

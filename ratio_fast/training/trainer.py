@@ -1,20 +1,21 @@
-"""RatioTrainer: one RATIO optimizer step at a time, with EMA, cosine schedule, AMP and state.
+"""RatioTrainer: one training step at a time of a --mode row (RATIO by default), with EMA,
+cosine schedule, AMP and state.
 
     trainer = RatioTrainer(model, TrainConfig(), total_steps=epochs * len(loader), device="cuda")
     for x, y, z in batches:             # in-dist images + labels, out-dist images, all in [0,1]
         metrics = trainer.step(x, y, z)  # dict of 0-dim tensors; reading them syncs, so do it rarely
 
-Per step: the in-distribution attack (maximize CE within eps_in) and the out-distribution
-attack (maximize KL(U || p) within eps_out) with the model in eval mode, then ONE train-mode
-forward on the joined batch (BatchNorm sees both; with --bn-groups N, N slices of it, as the
-authors' nn.DataParallel on N GPUs: models/grouped_batchnorm.py) with the loss
+Per step, for RATIO: the in-distribution attack (maximize CE within eps_in) and the
+out-distribution attack (maximize KL(U || p) within eps_out) with the model in eval mode, then
+ONE train-mode forward on the joined batch (BatchNorm sees both; with --bn-groups N, N slices of
+it, as the authors' nn.DataParallel on N GPUs: models/grouped_batchnorm.py) with the loss
 0.5 * CE(x_adv) + 0.5 * lam * KL(U || p(z_adv)), SGD-Nesterov, per-step cosine LR, EMA.
-Other --mode rows (choices.MODES) drop terms: 'at' the out-distribution one (plain L2
-adversarial training), 'plain' also the in-distribution attack (clean training); the step
-reads what to do from the row. The loop below is the whole algorithm.
+Every --mode is a row of choices.MODES saying which attacks run, which images the train forward
+sees (those of x, x_adv, z, z_adv its loss needs, in that order) and the weights of the loss
+(attacks/objectives.mode_loss); the step reads the row. The loop below is the whole algorithm.
 
 Speed (see speed.py for the switches): the attack phase (attack_phase.AttackPhase) runs the
-two attacks under one of its schedules, optionally replayed from a CUDA graph and through a
+row's attacks under one of its schedules, optionally replayed from a CUDA graph and through a
 torch.compile'd model. A step whose loss or gradients are not finite is skipped on the device
 (no host sync): weights, momentum, BatchNorm statistics and EMA stay bit-identical, and
 `skipped_in_a_row` counts such steps until a finite one.
@@ -29,13 +30,12 @@ from typing import Callable
 import torch
 
 from ..attacks.named import build_attack
-from ..attacks.objectives import mode_loss
-from ..attacks.schedule import ScheduleChoice
-from ..choices import MODES
+from ..attacks.objectives import OBJECTIVES, TrainLogits, mode_loss
+from ..choices import MODES, SEQUENTIAL
 from ..config import TrainConfig
-from ..measure import Timer
+from ..measure import Measured, Timer
 from ..models import keep_first_conv_fp32
-from ..models.grouped_batchnorm import group_batchnorm, grouped_joint_batch, split_grouped_logits
+from ..models.grouped_batchnorm import group_batchnorm, grouped_batch, split_grouped
 from ..models.precision import ieee_fp32_convolutions
 from .attack_phase import AttackPhase
 from .ema import ModelEMA
@@ -91,21 +91,25 @@ class RatioTrainer:
                 self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=speed.amp_dtype == torch.float16)
         self.attack_in, self.attack_out = training_attacks(config, speed.input_grad_only)
-        self.attack_phase = AttackPhase(self.model, self.forward_model, self.attack_in, self.attack_out, speed,
-                                        self.device, timer=schedule_timer, cache_path=schedule_cache, log=log)
+        self.attack_phase = None  # a row without attacks (plain, ceda) has no attack phase
+        if self.attack_in is not None or self.attack_out is not None:
+            self.attack_phase = AttackPhase(self.model, self.forward_model, self.attack_in, self.attack_out, speed,
+                                            self.device, mode=self.mode, timer=schedule_timer,
+                                            cache_path=schedule_cache, log=log)
         # BatchNorm statistics change in the train forward, before the step is known to be finite.
         self._running_buffers = [b for b in self.model.buffers()]
         self.skipped_in_a_row = torch.zeros((), device=self.device)
 
     @property
     def attack_schedule(self) -> str:
-        """The schedule the attacks run under: 'auto' until the first step has chosen one."""
-        return self.attack_phase.schedule
+        """The schedule the attacks run under: 'auto' until the first step has chosen one;
+        sequential where the row has one attack or none."""
+        return SEQUENTIAL if self.attack_phase is None else self.attack_phase.schedule
 
     @property
-    def schedule_choice(self) -> ScheduleChoice | None:
+    def schedule_choice(self) -> Measured | None:
         """What 'auto' measured (or read from the cache) on the first step; None otherwise."""
-        return self.attack_phase.choice
+        return None if self.attack_phase is None else self.attack_phase.choice
 
     def fp32_convolutions(self):
         """The span of a step: fp32 convolutions in IEEE fp32 (not cuDNN's TF32) when the settings
@@ -126,14 +130,15 @@ class RatioTrainer:
         return x, y.to(self.device), z
 
     def _attacked(self, x, y, z):
-        """(clean logits or None, x_adv, z_adv or None) for the configured mode and schedule."""
-        if not self.mode.attacks_in:
-            return None, x, None
+        """(clean logits or None, x_adv or None, z_adv or None): the row's attacks, under the schedule."""
+        if self.attack_phase is None:
+            return None, None, None
         return self.attack_phase(x, y, z)
 
-    def adversarial_examples(self, x, y, z=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(x_adv, z_adv) that step() would train on now. Under CUDA graphs they are the graph's
-        output tensors, overwritten by the next call or step: clone them to keep them."""
+    def adversarial_examples(self, x, y, z=None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(x_adv, z_adv) that step() would train on now, None where the row has no such attack.
+        Under CUDA graphs they are the graph's output tensors, overwritten by the next call or
+        step: clone them to keep them."""
         with self.fp32_convolutions():
             return self._attacked(*self._on_device(x, y, z))[1:]
 
@@ -142,17 +147,29 @@ class RatioTrainer:
         with self.fp32_convolutions():  # the attacks and the train step, forward and backward
             return self._step(x, y, z)
 
+    def _train_images(self, x, x_adv, z, z_adv) -> TrainLogits:
+        """The images of each kind the row's loss needs (TrainLogits' fields), None for the others."""
+        mode = self.mode
+        return TrainLogits(x if mode.trains_on_clean_in(self.config.train_clean) else None, x_adv,
+                           z if mode.trains_on_clean_out() else None, z_adv)
+
     def _step(self, x, y, z) -> dict[str, torch.Tensor]:
         cfg, model = self.config, self.model
         x, y, z = self._on_device(x, y, z)
         clean_logits, x_adv, z_adv = self._attacked(x, y, z)
+        images = self._train_images(x, x_adv, z, z_adv)
+        kinds = [name for name in TrainLogits.__dataclass_fields__ if getattr(images, name) is not None]
+        parts = [getattr(images, name) for name in kinds]
 
         model.train()
         statistics_before = [b.clone() for b in self._running_buffers]
         with self.autocast():
-            logits = self.train_module(grouped_joint_batch(x_adv, z_adv, cfg.bn_groups))
-            logits_in, logits_out = split_grouped_logits(logits, x_adv.shape[0], cfg.bn_groups)
-            loss = mode_loss(self.mode, logits_in, y, logits_out, cfg.lam)
+            logits = self.train_module(grouped_batch(parts, cfg.bn_groups))
+            split = split_grouped(logits, [part.shape[0] for part in parts], cfg.bn_groups)
+            train_logits = TrainLogits(**{name: split[kinds.index(name)] if name in kinds else None
+                                          for name in TrainLogits.__dataclass_fields__})
+            loss = mode_loss(self.mode, train_logits, y, cfg.lam, cfg.trades_beta, cfg.trades_beta_out,
+                             cfg.train_clean)
 
         lr = cosine_lr(cfg.lr, self.steps_done, self.total_steps)
         for group in self.optimizer.param_groups:
@@ -169,14 +186,18 @@ class RatioTrainer:
         self.steps_done += 1
 
         with torch.no_grad():
-            adv_acc = (logits_in.argmax(1) == y).float().mean()
+            in_logits = train_logits.adversarial_in if x_adv is not None else train_logits.clean_in
+            adv_acc = (in_logits.argmax(1) == y).float().mean()
+            if clean_logits is None:
+                clean_logits = train_logits.clean_in if train_logits.clean_in is not None else in_logits
             metrics = {
                 "loss": loss.detach().float(),
                 "adv_acc": adv_acc,
-                "clean_acc": adv_acc if clean_logits is None else (clean_logits.argmax(1) == y).float().mean(),
+                "clean_acc": (clean_logits.argmax(1) == y).float().mean(),
                 "lr": torch.tensor(lr),
                 "skipped": skipped,
             }
+            logits_out = train_logits.adversarial_out if z_adv is not None else train_logits.clean_out
             if logits_out is not None:
                 metrics["out_conf"] = logits_out.float().softmax(1).amax(1).mean()
         return metrics
@@ -236,12 +257,16 @@ def _restore_where(skipped: torch.Tensor, tensors: list[torch.Tensor], before: l
 
 def training_attacks(config: TrainConfig, input_grad_only: bool = True):
     """The in- and out-distribution attacks of --attack (attacks/named.py), each maximizing its
-    term's objective of --mode."""
+    term's objective of --mode; None where the row has no such attack."""
     mode = MODES[config.mode]
     # No input check in the step (it would synchronize with the host, or break a CUDA graph capture).
     common = dict(momentum=config.attack_momentum, norm=config.norm, backend=config.backend,
                   input_grad_only=input_grad_only, check_inputs=False)
-    return (build_attack(config.attack, eps=config.eps_in, steps=config.steps_in, step_size=config.step_size_in,
-                         objective=mode.in_objective, **common),
-            build_attack(config.attack, eps=config.eps_out, steps=config.steps_out, step_size=config.step_size_out,
-                         objective=mode.out_objective, **common))
+
+    def attack(objective, eps, steps, step_size):
+        return build_attack(config.attack, eps=eps, steps=steps, step_size=step_size, objective=objective,
+                            start_noise=OBJECTIVES[objective].start_noise, **common)
+
+    return (attack(mode.in_attack, config.eps_in, config.steps_in, config.step_size_in) if mode.attacks_in else None,
+            attack(mode.out_attack, config.eps_out, config.steps_out, config.step_size_out) if mode.attacks_out
+            else None)
