@@ -252,7 +252,7 @@ class TrainConfig:
     sync_bn: bool = setting(False, MULTI_GPU, "BatchNorm statistics over all ranks' batches", negatable=False)
 
     def __post_init__(self):
-        lookup(NORMS, self.norm, "--norm", "norm")
+        check_settings(self)  # --norm among its choices before its row is read
         # The settings not given take the --norm's value; `flag_defaults` leaves them unset again.
         self._left_to_norm = tuple(name for name in NORM_DEFAULTS if getattr(self, name) is None)
         for name in self._left_to_norm:
