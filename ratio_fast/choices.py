@@ -10,7 +10,8 @@ without a row, fails at once.
 
 The tables follow the flow of a run: data (--augment, --loader), models (--arch), the threat
 model (norms), attacks (train --attack, eval --attacks), training (--mode, --attack-schedule,
---amp-dtype, --backend), evaluation (--weights, the built-in --ood sets).
+--amp-dtype, --backend), evaluation (--weights, the built-in --ood sets),
+counterfactuals (--start, --target).
 """
 from __future__ import annotations
 
@@ -394,4 +395,39 @@ OOD_SETS: dict[str, OodSet] = table(
     OodSet("smooth-noise", "blurred noise stretched to [0,1]", default=True),
     OodSet("permuted-pixels", "test images with shuffled pixels", default=True),
     OodSet("svhn", "SVHN's test split", default=False, file="test_32x32.mat"),
+)
+
+
+# ---- counterfactuals --start, --target --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterfactualStart:
+    """A counterfactuals --start value: where APGD begins in each radius's ball."""
+
+    name: str
+    help: str
+    random: bool  # a random point on the radius's sphere, drawn from --seed; False: the image itself
+
+
+COUNTERFACTUAL_STARTS: dict[str, CounterfactualStart] = table(
+    CounterfactualStart("random", "a random point on the sphere of each radius around the image, clipped to "
+                                  "[0,1], drawn from --seed (the authors' APGD)", random=True),
+    CounterfactualStart("image", "the image itself: no radius ends less confident in the target than the image",
+                        random=False),
+)
+
+
+@dataclass(frozen=True)
+class CounterfactualTarget:
+    """A counterfactuals --target rule (evaluation/counterfactuals.py holds the code of each)."""
+
+    name: str
+    help: str
+
+
+COUNTERFACTUAL_TARGETS: dict[str, CounterfactualTarget] = table(
+    CounterfactualTarget("runner-up", "per image, the most likely class but its label"),
+    CounterfactualTarget("true", "per image, its label (the authors' first row)"),
+    CounterfactualTarget("predicted", "per image, the model's prediction (the authors' second row)"),
 )

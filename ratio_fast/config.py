@@ -18,8 +18,9 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 
-from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, DEFAULT_NORM, EVAL_ATTACKS, LOADERS, MODES,
-                      NORMS, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help, per_norm, same_batches)
+from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS,
+                      DEFAULT_NORM, EVAL_ATTACKS, LOADERS, MODES, NORMS, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS,
+                      choices_help, per_norm, same_batches)
 from .datasets import CIFAR_NAMES, DATASETS, get_dataset
 from .errors import UserError
 from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
@@ -244,6 +245,10 @@ class TrainConfig:
     backend: str = backend_setting(SPEED)
 
     eval_samples: int = setting(1000, RUN, "test images for the per-epoch robust accuracy (0 to skip)", at_least=0)
+    test_every: int = setting(1, RUN, "test the EMA (best.pt keeps the best clean accuracy among tested epochs) "
+                              "after epochs 1, N+1, 2N+1, ... and after every epoch that begins at 80 percent of "
+                              "--epochs or later, as the authors' --test_epochs N (their run: 10); 1: every epoch",
+                              metavar="N", at_least=1)
     checkpoint_every: int | None = setting(None, RUN, "also checkpoint every STEPS optimizer steps (default: at "
                                            "the end of each epoch)", metavar="STEPS", at_least=1)
     max_skipped_steps: int = setting(20, RUN, "stop when this many steps in a row had a non-finite loss or "
@@ -365,8 +370,11 @@ class CounterfactualsConfig:
 
     weights: str = weights_setting()
     images: tuple[int, ...] = setting(tuple(range(8)), OPTIONS, "comma list of test-set indices")
-    target: int | None = setting(None, OPTIONS, "target class for every image (default: per image, the most likely "
-                                 "class but its own)")
+    target: str = setting("runner-up", OPTIONS, f"{choices_help(COUNTERFACTUAL_TARGETS)}; or a class number, for "
+                          "every image")
+    start: str = setting("random", OPTIONS, choices_help(COUNTERFACTUAL_STARTS), choices=tuple(COUNTERFACTUAL_STARTS),
+                         noun="start")
+    seed: int = setting(0, OPTIONS, "seeds the random start (0 to 2**63-1)", **SEED_RANGE)
     norm: str | None = setting(None, OPTIONS, "threat model of the attacks (default: the run's --norm). "
                                + choices_help(NORMS), choices=tuple(NORMS))
     radii: tuple[float, ...] | None = setting(None, OPTIONS, f"comma list of radii in --norm (default: "
@@ -379,6 +387,20 @@ class CounterfactualsConfig:
 
     def __post_init__(self):
         check_settings(self)
+        if self.target_class is None and self.target not in COUNTERFACTUAL_TARGETS:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class number, "
+                            f"got {self.target!r}")
+
+    @property
+    def target_class(self) -> int | None:
+        """The one class --target names for every image; None when it names a rule."""
+        return int(self.target) if self.target.isascii() and self.target.isdigit() else None
+
+    def check_target(self, num_classes: int) -> None:
+        """UserError unless --target is a rule or a class of a model of `num_classes` classes."""
+        if self.target_class is not None and self.target_class >= num_classes:
+            raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class in "
+                            f"0..{num_classes - 1}, got {self.target!r}")
 
     def for_run(self, run: TrainConfig | None = None) -> "CounterfactualsConfig":
         """These settings with --norm (else `run`'s) and --radii (else the norm's) filled in."""

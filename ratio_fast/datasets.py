@@ -48,7 +48,10 @@ class DataSet:
     std: tuple[float, float, float]  # the model's `sigma` buffer
     num_classes: int
     class_names: tuple[str, ...]  # empty: classes are shown as "class k"
-    out_data: str  # the default --out-data of a ratio run (offline-friendly; the authors use 300K random images)
+    # The default --out-data of a ratio run, offline-friendly. The authors train against 80M Tiny
+    # Images minus its CIFAR overlaps (configs/ratio-cifar10-wrn34.json); the "300K random images"
+    # are Outlier Exposure's subset of it, not the authors' out-distribution.
+    out_data: str
     ood_sets: tuple[str, ...]  # eval's default --ood sets besides the built-in ones (ood_sets.BUILT_IN)
     files: CifarFiles | None  # None: generated in memory, nothing on disk
 
@@ -73,6 +76,8 @@ CIFAR10 = DataSet(
         label_key=b"labels",
     ),
 )
+# CIFAR-100 models are normalized with CIFAR-100's own statistics; the authors' Cifar100Wrapper
+# carries CIFAR-10's (README: "Defaults that differ").
 CIFAR100 = DataSet(
     name="cifar100",
     title="CIFAR-100",

@@ -23,11 +23,12 @@ SHIPPED = Path(__file__).resolve().parent.parent / "configs" / "ratio-cifar10-wr
 #   --epochs 300 --ema True --ema_decay 0.999 --dataset cifar10 --schedule cosine --l2_eps 0.5
 #   --od_eps_factor 2   (defaults: --lr 0.1 --bs 128 --decay 5e-4 --momentum 0.9 --od_weight 1,
 #   ArgminPGD step 0.1 for both attacks, --od_dataset tinyImages --exclude_cifar True), and --gpu 0 1:
-#   nn.DataParallel on two GPUs, so BatchNorm over two groups
+#   nn.DataParallel on two GPUs, so BatchNorm over two groups; --test_epochs 10; fp32 (their
+#   --mixed_precision defaults to off)
 AUTHORS = dict(arch="wrn34", augment="autoaugment_cutout", steps_in=10, steps_out=20, mode="ratio", epochs=300,
                ema_decay=0.999, dataset="cifar10", eps_in=0.5, eps_out=1.0, lr=0.1, batch_size=128,
                weight_decay=5e-4, momentum=0.9, lam=1.0, attack="pgd", step_size_in=0.1, step_size_out=0.1,
-               bn_groups=2)
+               bn_groups=2, test_every=10, amp=False)
 # Their _load_cifar_exclusion_idcs with exclude_cifar and exclude_cifar10_1: the Outlier Exposure
 # list (1-based, "- 1") and their own lists (0-based).
 AUTHORS_LISTS = {"80mn_cifar_idxs.txt": 1, "80mn_cifar10_test_idxs.txt": 0, "80mn_cifar100_test_idxs.txt": 0,
@@ -40,6 +41,29 @@ def test_shipped_config_is_the_authors_command():
     assert config.out_data.endswith("tiny_images.bin")
     lists = {Path(item.rsplit(":", 1)[0]).name: int(item.rsplit(":", 1)[1]) for item in config.out_exclude}
     assert lists == AUTHORS_LISTS
+
+
+def test_shipped_config_runs_on_a_synthetic_stand_in(tmp_path):
+    """The shipped file with only its data and model swapped for the synthetic set and the tiny model
+    (and a small batch): every other flag as shipped (fp32, --bn-groups 2, --test-every 10, the
+    authors' augmentation, 10 / 20 attack steps) trains 3 steps; epoch 1 is tested, the cut-short
+    epoch 2 is not."""
+    from ratio_fast.cli.main import main
+
+    swapped = dict(dataset="synthetic", arch="tiny", out_data=None, out_exclude=[], data_dir=str(tmp_path / "data"),
+                   batch_size=32, synthetic_size=64)
+    shipped = json.loads(SHIPPED.read_text())
+    stand_in = tmp_path / "stand_in.json"
+    stand_in.write_text(json.dumps({**shipped, **swapped}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(stand_in), "--device", "cpu", "--max-steps", "3", "--eval-samples", "32",
+                 "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert {name: saved[name] for name in shipped if name not in swapped} == \
+           {name: value for name, value in shipped.items() if name not in swapped}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["steps"], "test_clean_acc" in r) for r in records] == [(1, 2, True), (2, 1, False)]
+    assert all(np.isfinite(r["loss"]) for r in records)
 
 
 def test_shipped_exclusion_lists_leave_out_what_the_authors_leave_out(tmp_path, monkeypatch):

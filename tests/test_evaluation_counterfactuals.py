@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from ratio_fast.training.checkpoint import save_checkpoint
 from ratio_fast.cli.main import main
 from ratio_fast.config import TrainConfig
-from ratio_fast.evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+from ratio_fast.evaluation.counterfactuals import (choose_targets, counterfactuals, runner_up, save_grid,
+                                                  target_probability)
 
 
 def test_counterfactuals_stay_in_each_radius_and_raise_the_target(trained_tiny, synthetic_split):
@@ -17,7 +18,7 @@ def test_counterfactuals_stay_in_each_radius_and_raise_the_target(trained_tiny, 
     targets = runner_up(trained_tiny, x, y)
     assert (targets != y).all()
     radii = (0.5, 1.5, 3.0)
-    adv, conf = counterfactuals(trained_tiny, x, targets, radii, steps=8, batch_size=6)  # 2 images per call
+    adv, conf = counterfactuals(trained_tiny, x, targets, radii, steps=8, batch_size=6, start="image")  # 2 per call
     assert adv.shape == (5, 3, 3, 32, 32) and conf.shape == (5, 3)
     norms = (adv - x[:, None]).flatten(2).norm(dim=2)
     assert (norms <= torch.tensor(radii) + 1e-5).all()
@@ -27,6 +28,45 @@ def test_counterfactuals_stay_in_each_radius_and_raise_the_target(trained_tiny, 
     assert (conf[:, -1] > 0.5).float().mean() >= 0.8, "radius 3 reaches the target for most images"
     assert torch.allclose(conf, target_probability(trained_tiny, adv.flatten(0, 1), targets.repeat_interleave(3))
                           .view(5, 3))
+
+
+def test_random_start_is_in_the_ball_not_the_image_and_seeded(trained_tiny, synthetic_split):
+    """The authors' start: a random point on each radius's sphere (clipped to [0,1]); 0 steps return it."""
+    x, y = synthetic_split["test"]
+    x, y = x[:4], y[:4]
+    targets = runner_up(trained_tiny, x, y)
+    radii = (0.5, 2.0)
+    start, _ = counterfactuals(trained_tiny, x, targets, radii, steps=0)
+    norms = (start - x[:, None]).flatten(2).norm(dim=2)
+    assert (norms <= torch.tensor(radii) + 1e-5).all() and (norms > 0.5 * torch.tensor(radii)).all()
+    assert ((start >= 0) & (start <= 1)).all()
+    assert not torch.equal(start[:, 0], start[:, 1]), "each radius draws its own point"
+    from_image, _ = counterfactuals(trained_tiny, x, targets, radii, steps=0, start="image")
+    assert torch.equal(from_image, x[:, None].expand_as(from_image))
+
+    first, conf = counterfactuals(trained_tiny, x, targets, radii, steps=3, seed=7)
+    again, conf_again = counterfactuals(trained_tiny, x, targets, radii, steps=3, seed=7)
+    other, _ = counterfactuals(trained_tiny, x, targets, radii, steps=3, seed=8)
+    assert torch.equal(first, again) and torch.equal(conf, conf_again), "the same seed, the same counterfactuals"
+    assert not torch.equal(first, other)
+
+
+def test_each_target_rule_picks_its_class(trained_tiny, synthetic_split):
+    x, y = synthetic_split["test"]
+    x, y = x[:16], y[:16]
+    labels = torch.where(torch.arange(16) % 2 == 0, y, (y + 1) % 10)  # half the labels are not the prediction
+    with torch.no_grad():
+        logits = trained_tiny.eval()(x)
+    prediction = logits.argmax(1)
+    assert (prediction != labels).any() and (prediction == labels).any()
+    assert torch.equal(choose_targets(trained_tiny, x, labels, "true"), labels)
+    assert torch.equal(choose_targets(trained_tiny, x, labels, "predicted"), prediction)
+    runner = choose_targets(trained_tiny, x, labels, "runner-up")
+    assert (runner != labels).all()
+    for i in range(16):  # the most likely class but the label
+        others = [c for c in range(10) if c != labels[i]]
+        assert int(runner[i]) == max(others, key=lambda c: float(logits[i, c]))
+    assert torch.equal(choose_targets(trained_tiny, x, labels, "4"), torch.full_like(labels, 4))
 
 
 def test_grid_png_is_written_and_opens(tmp_path, synthetic_split):
@@ -58,7 +98,7 @@ def write_checkpoint(path, model):
 def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     write_checkpoint(tmp_path / "checkpoint.pt", trained_tiny)
     assert main(["counterfactuals", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--images", "0,3,7",
-                 "--radii", "0.5,2", "--steps", "5", "--target", "4"]) == 0
+                 "--radii", "0.5,2", "--steps", "5", "--target", "4", "--start", "image"]) == 0
     out_dir = tmp_path / "counterfactuals"
     assert "counterfactuals.png" in capsys.readouterr().out
     with Image.open(out_dir / "counterfactuals.png") as img:
@@ -77,7 +117,11 @@ def test_counterfactuals_command(trained_tiny, tmp_path, capsys):
     (["--images", "a"], "--images: 'a' is not an integer"),
     (["--radii", "0.5,-1"], "--radii must be a finite number > 0, got -1.0"),
     (["--radii", "-1,2"], "--radii must be a finite number > 0, got -1.0"),  # a value, not an unknown flag -1,2
-    (["--target", "10"], "--target must be a class in 0..9"),
+    (["--target", "10"], "--target must be runner-up, true, predicted or a class in 0..9, got '10'"),
+    (["--target", "best"], "--target must be runner-up, true, predicted or a class number, got 'best'"),
+    (["--target", "-1"], "--target must be runner-up, true, predicted or a class number, got '-1'"),
+    (["--start", "zero"], "--start: unknown start 'zero'; choose one of random, image"),
+    (["--seed", "-1"], "--seed must be"),
 ])
 def test_counterfactuals_bad_flags(trained_tiny, tmp_path, capsys, extra, message):
     write_checkpoint(tmp_path / "checkpoint.pt", trained_tiny)

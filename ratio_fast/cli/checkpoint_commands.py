@@ -129,7 +129,7 @@ def describe_weights(path: str | Path, weights: str) -> str:
 def _run_counterfactuals(args) -> int:
     import torch
 
-    from ..evaluation.counterfactuals import counterfactuals, runner_up, save_grid, target_probability
+    from ..evaluation.counterfactuals import choose_targets, counterfactuals, save_grid, target_probability
     from ..evaluation.evaluate import batch_source
 
     settings = config_from_args(CounterfactualsConfig, args)
@@ -141,14 +141,14 @@ def _run_counterfactuals(args) -> int:
     bad = [i for i in indices if not 0 <= i < len(test)]
     if bad:
         raise UserError(f"--images: index {bad[0]} is outside the test set (0..{len(test) - 1})")
-    if settings.target is not None and not 0 <= settings.target < test.num_classes:
-        raise UserError(f"--target must be a class in 0..{test.num_classes - 1}, got {settings.target}")
+    settings.check_target(test.num_classes)
 
     # The chosen images as the model takes them (NCHW in [0, 1]), by the loader of the evaluation.
     x, labels = batch_source(test.images[indices], test.labels[indices], len(indices), device).batch(0, 0)
-    targets = runner_up(model, x, labels) if settings.target is None else torch.full_like(labels, settings.target)
+    targets = choose_targets(model, x, labels, settings.target)
     adv, conf = counterfactuals(model, x, targets, radii, steps=settings.steps, backend=settings.backend,
-                                batch_size=settings.batch_size, norm=settings.norm)
+                                batch_size=settings.batch_size, start=settings.start, seed=settings.seed,
+                                norm=settings.norm)
     original_conf = target_probability(model, x, targets)
 
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "counterfactuals"

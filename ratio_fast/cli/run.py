@@ -287,7 +287,8 @@ class Run:
         record["lr"] = float(metrics["lr"])
         record["seconds"] = round(seconds, 2)
         record["images_per_s"] = round(steps * cfg.batch_size / seconds, 1)
-        if not stopped:  # a preempted run has seconds left: checkpoint first, evaluate after resuming
+        # A preempted run has seconds left: checkpoint first, evaluate after resuming.
+        if not stopped and is_test_epoch(epoch + 1, cfg.epochs, cfg.test_every):
             record.update(self._evaluate())
         if self.ctx.is_main:
             self._append_metrics(record)
@@ -350,7 +351,7 @@ class Run:
 
     def _note_best(self, record: dict) -> bool:
         """Whether this epoch's EMA has the best clean test accuracy so far; if so, self.best says so."""
-        accuracy = record.get("test_clean_acc")  # absent when the epoch was cut short by a signal
+        accuracy = record.get("test_clean_acc")  # absent when not tested (--test-every) or cut short by a signal
         if accuracy is None or (self.best is not None and accuracy <= self.best["test_clean_acc"]):
             return False
         self.best = {"epoch": record["epoch"], "step": record["step"], "test_clean_acc": accuracy}
@@ -387,6 +388,14 @@ class Run:
     def _print(self, line: str) -> None:
         if self.log is not None:
             print(line, file=self.log, flush=True)
+
+
+def is_test_epoch(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the EMA is tested after `epoch` (1-based) of `epochs`: the authors' rule for their
+    --test_epochs `every` (train_type.py tests 0-based epoch e when e % every == 0 or e / epochs >= 0.8;
+    5 e >= 4 epochs is that comparison without floating point)."""
+    begun = epoch - 1  # the authors' 0-based epoch: the epochs completed before this one
+    return begun % every == 0 or 5 * begun >= 4 * epochs
 
 
 def non_finite_advice(precision: str) -> str:

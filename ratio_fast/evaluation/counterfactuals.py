@@ -1,11 +1,12 @@
 """Visual counterfactuals: how an image must change, within growing radii, to become a target class.
 
 For each image and radius, APGD maximizes log p(target) inside the ball of the norm around the
-image (the authors use L2, 500 steps and radii 0.5 ... 3.0; L-infinity's radii are ours). A robust model's counterfactuals show
-features of the target class; a non-robust one's show noise. All radii of an image run in
-one batch, with per-sample eps. Output: a PNG grid (rows = images; columns = the original,
-then each radius; the target's confidence under every tile) and the raw tensors (both files
-written by cli/checkpoint_commands.py).
+image (the authors use L2, 500 steps and radii 0.5 ... 3.0, and start at a random point of the
+ball; L-infinity's radii are ours). A robust model's counterfactuals show features of the target
+class; a non-robust one's show noise. All radii of an image run in one batch, with per-sample
+eps. Output: a PNG grid (rows = images; columns = the original, then each radius; the target's
+confidence under every tile) and the raw tensors (both files written by
+cli/checkpoint_commands.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..attacks.apgd import apgd_run
-from ..choices import NORMS
+from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, NORMS, check_builders
 from ..config import CounterfactualsConfig
 from ..models import eval_mode
 
@@ -30,6 +31,23 @@ def runner_up(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> 
     return logits.scatter(1, labels[:, None], float("-inf")).argmax(1)
 
 
+def predicted(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    with eval_mode(model), torch.no_grad():
+        return model(x).float().argmax(1)
+
+
+# --target's rules (choices.COUNTERFACTUAL_TARGETS): (model, x, labels) -> the target class of each image
+TARGET_RULES = {"runner-up": runner_up, "true": lambda model, x, labels: labels, "predicted": predicted}
+check_builders(TARGET_RULES, COUNTERFACTUAL_TARGETS, "counterfactuals.TARGET_RULES")
+
+
+def choose_targets(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+    """The target class of each image: `target` names a rule of TARGET_RULES or is one class for all."""
+    if target in TARGET_RULES:
+        return TARGET_RULES[target](model, x, labels)
+    return torch.full_like(labels, int(target))
+
+
 def counterfactuals(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -38,15 +56,24 @@ def counterfactuals(
     steps: int = DEFAULTS.steps,
     backend: str = DEFAULTS.backend,
     batch_size: int = DEFAULTS.batch_size,
+    start: str = DEFAULTS.start,
+    seed: int = DEFAULTS.seed,
     norm: str = "l2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactuals (N, R, C, H, W) of x (N, C, H, W) towards `targets` (N,) at each radius, and p(target) (N, R).
 
-    The attack starts at the image itself (no random start), so a radius's result is never less
-    confident in the target than the original. `batch_size` bounds images x radii per APGD call.
-    radii: in `norm` (choices.NORMS); default: the norm's.
+    radii: in `norm` (choices.NORMS); default: the norm's. start: a row of
+    choices.COUNTERFACTUAL_STARTS. A random one, as the authors' APGD, begins at a random point on
+    the sphere of each radius (in L-infinity AutoAttack's point of the box's surface; clipped to
+    [0,1]), drawn from `seed` (the same call gives the same result); "image" begins at the image,
+    so no radius ends less confident in the target than the original. `batch_size` bounds
+    images x radii per APGD call.
     """
+    if start not in COUNTERFACTUAL_STARTS:
+        raise ValueError(f"start must be one of {', '.join(COUNTERFACTUAL_STARTS)}, got {start!r}")
     radii = NORMS[norm].radii if radii is None else radii
+    random_start = COUNTERFACTUAL_STARTS[start].random
+    generator = torch.Generator(x.device).manual_seed(seed) if random_start else None
     n, r = x.shape[0], len(radii)
     radius = torch.tensor([float(v) for v in radii], device=x.device)
     per_call = max(1, batch_size // r)
@@ -55,7 +82,7 @@ def counterfactuals(
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
         adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                       random_start=False, backend=backend, norm=norm).best
+                       random_start=random_start, generator=generator, backend=backend, norm=norm).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
     return torch.cat(images), torch.cat(confidence)
