@@ -57,6 +57,12 @@ def test_linf_counterfactuals_stay_in_their_boxes(trained_tiny, synthetic_split)
     assert (largest <= torch.tensor(radii) + 1e-6).all()
     assert (largest[:, 1] > 15 / 255).all(), "the larger box is used"
     assert conf.shape == (2, 2)
+    # The random start (--start random, the default) is AutoAttack's: in each box, near its surface
+    # (clipping to [0,1] may pull the farthest pixel in), not the image.
+    start, _ = counterfactuals(trained_tiny, x, targets, radii, steps=0, norm="linf", seed=3)
+    largest = (start - x[:, None]).flatten(2).abs().amax(2)
+    assert (largest <= torch.tensor(radii) + 1e-6).all() and (largest > 0.5 * torch.tensor(radii)).all()
+    assert ((start >= 0) & (start <= 1)).all()
 
 
 FAST = ["train", "--dataset", "synthetic", "--arch", "tiny", "--device", "cpu", "--synthetic-size", "64",
