@@ -100,9 +100,9 @@ STAGES = (
           ("-m", "gpu", "tests/", *(f"--deselect={test}" for test in KERNEL_TESTS))),
     Stage("loaders", 20, "6 cases (3 loaders x 2 augmentations; DALI skips there), 6 rounds of a few batches",
           ("bench/test_bench_loaders.py::test_loader_cuda",)),
-    Stage("speed-switches", 35, "whatever time is left: 9 cases, each compiling its own variant, then one per "
-                                "training type (reference and engine, no compile); repeat them in a second call "
-                                "with --stages speed-switches",
+    Stage("speed-switches", 35, "whatever time is left: 10 cases (L-infinity first), each compiling its own variant, "
+                                "then one per training type (reference and engine, no compile); repeat them in a "
+                                "second call with --stages speed-switches",
           (f"{RATIO}::test_ratio_step_gpu", f"--deselect={RATIO}::test_ratio_step_gpu_reference",
            *(f"--deselect={RATIO}::test_ratio_step_gpu[{case}]" for case in HEADLINE_CASES))),
 )

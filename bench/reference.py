@@ -43,9 +43,10 @@ def trades_start(x):
     return torch.clamp(x + 0.001 * torch.randn_like(x), 0, 1) - x
 
 
-def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum, start=None):
-    """The authors' ArgminPGD in L2: returns the iterate of highest loss among steps + 1 (the start,
-    x itself unless a start perturbation is given, included)."""
+def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum, start=None, norm="l2"):
+    """The authors' ArgminPGD in L2 or L-infinity (`norm` 'linf': a step along the velocity's sign,
+    clipped to the box): returns the iterate of highest loss among steps + 1 (the start, x itself
+    unless a start perturbation is given, included)."""
     n = x.shape[0]
     pert = torch.zeros_like(x) if start is None else start
     velocity = torch.zeros_like(x)
@@ -64,10 +65,13 @@ def argmin_pgd(model, x, y, loss_fn, eps, steps, step_size, momentum, start=None
         with torch.no_grad():
             l1 = grad.abs().view(n, -1).sum(dim=1).view(-1, 1, 1, 1)
             velocity = momentum * velocity + grad / (l1 + 1e-10)
-            v_norm = velocity.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
-            pert = pert + step_size * velocity / (v_norm + 1e-12)
-            p_norm = pert.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
-            pert = pert * torch.clamp(eps / (p_norm + 1e-12), max=1.0)
+            if norm == "linf":
+                pert = torch.clamp(pert + step_size * velocity.sign(), -eps, eps)
+            else:
+                v_norm = velocity.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
+                pert = pert + step_size * velocity / (v_norm + 1e-12)
+                p_norm = pert.view(n, -1).norm(dim=1).view(-1, 1, 1, 1)
+                pert = pert * torch.clamp(eps / (p_norm + 1e-12), max=1.0)
             pert = torch.clamp(x + pert, 0, 1) - x
     return (x + best_pert).detach()
 
@@ -94,20 +98,20 @@ class ReferenceRatio:
         x_adv = z_adv = None
         if mode in ("at", "ratio"):
             x_adv = argmin_pgd(model, x, y, cross_entropy_per_sample, cfg.eps_in, cfg.steps_in,
-                               cfg.step_size_in, cfg.attack_momentum)
+                               cfg.step_size_in, cfg.attack_momentum, norm=cfg.norm)
         if mode in ("trades", "trades-ceda", "trades-acet"):
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
             x_adv = argmin_pgd(model, x, p_clean, trades_kl_per_sample, cfg.eps_in, cfg.steps_in,
-                               cfg.step_size_in, cfg.attack_momentum, start=trades_start(x))
+                               cfg.step_size_in, cfg.attack_momentum, start=trades_start(x), norm=cfg.norm)
         if mode in ("acet", "ratio", "trades-acet"):
             z_adv = argmin_pgd(model, z, None, kl_uniform_per_sample, cfg.eps_out, cfg.steps_out,
-                               cfg.step_size_out, cfg.attack_momentum)
+                               cfg.step_size_out, cfg.attack_momentum, norm=cfg.norm)
         if mode == "trades-ceda":
             with torch.no_grad():
                 p_clean_z = F.softmax(model(z), dim=1)
             z_adv = argmin_pgd(model, z, p_clean_z, trades_kl_per_sample, cfg.eps_out, cfg.steps_out,
-                               cfg.step_size_out, cfg.attack_momentum, start=trades_start(z))
+                               cfg.step_size_out, cfg.attack_momentum, start=trades_start(z), norm=cfg.norm)
         model.train()
         return x_adv, z_adv
 

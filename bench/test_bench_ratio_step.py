@@ -47,6 +47,7 @@ if os.environ.get("RATIO_FAST_BENCH_QUICK") == "1":  # seconds, not minutes: for
 GPU_CASES = {  # most telling first: a run that runs out of time loses the last ones
     "fast": {},
     "no-compile": {"compile": False},
+    "linf": {"norm": "linf"},  # the threat model, not a speed switch: its step against the L-infinity reference
     "fp32": {"amp": False},
     "no-cuda-graphs": {"cuda_graphs": False},
     "concat": {"attack_schedule": "concat"},
@@ -71,6 +72,7 @@ SCHEDULE_FROM = {"fast": "no-compile"}
 CPU_CASES = {
     "fast": {},  # on a CPU: fp32, NCHW, sequential, eager
     "concat": {"attack_schedule": "concat"},
+    "linf": {"norm": "linf"},
     "bf16": {"amp": True},
     "channels-last": {"channels_last": True},
     "no-fused-optimizer": {"fused_optimizer": False},
@@ -113,8 +115,8 @@ def median_seconds(run, warmup: int, rounds: int) -> float:
     return statistics.median(seconds)
 
 
-def reference_step(device: str, mode: str = TrainConfig().mode):
-    cfg = config_for(device, mode=mode)
+def reference_step(device: str, mode: str = TrainConfig().mode, norm: str = TrainConfig().norm):
+    cfg = config_for(device, mode=mode, norm=norm)
     torch.manual_seed(0)
     reference = ReferenceRatio(create_model(cfg.arch), cfg, total_steps=1000, device=device)
     x, y, z = make_batch(device, cfg.batch_size)
@@ -135,15 +137,15 @@ def measured_schedules():
 
 @pytest.fixture(scope="module")
 def reference_medians():
-    """(device, mode) -> median seconds of the reference step, filled by the reference case (RATIO)
-    or measured on demand."""
+    """(device, mode, norm) -> median seconds of the reference step, filled by the reference case
+    (RATIO in L2) or measured on demand."""
     return {}
 
 
-def reference_seconds(reference_medians, device: str, mode: str) -> float:
-    if (device, mode) not in reference_medians:
-        reference_medians[device, mode] = median_seconds(reference_step(device, mode), **TIMING[device])
-    return reference_medians[device, mode]
+def reference_seconds(reference_medians, device: str, mode: str, norm: str) -> float:
+    if (device, mode, norm) not in reference_medians:
+        reference_medians[device, mode, norm] = median_seconds(reference_step(device, mode, norm), **TIMING[device])
+    return reference_medians[device, mode, norm]
 
 
 def describe(benchmark, device: str, seconds: float, reference: float | None = None, **info):
@@ -187,7 +189,7 @@ def run_reference(benchmark, reference_medians, device):
     run = reference_step(device)
     timing = TIMING[device]
     benchmark.pedantic(run, rounds=timing["rounds"], iterations=1, warmup_rounds=timing["warmup"])
-    reference_medians[device, TrainConfig().mode] = benchmark.stats.stats.median
+    reference_medians[device, TrainConfig().mode, TrainConfig().norm] = benchmark.stats.stats.median
     describe(benchmark, device, benchmark.stats.stats.median, implementation="reference",
              conv_precision=f"fp32 ({fp32_conv_math(device)})")
 
@@ -197,7 +199,7 @@ def run_engine(benchmark, reference_medians, device, case, overrides, schedule_c
         torch.backends.cudnn.benchmark = True
         allow_recompiles()
     mode = overrides.get("mode", TrainConfig().mode)
-    reference = reference_seconds(reference_medians, device, mode)
+    reference = reference_seconds(reference_medians, device, mode, overrides.get("norm", TrainConfig().norm))
     schedule_from = SCHEDULE_FROM.get(case) if SCHEDULE_FROM.get(case) in measured_schedules else None
     if schedule_from is not None:
         overrides = {**overrides, "attack_schedule": measured_schedules[schedule_from]}

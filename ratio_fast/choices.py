@@ -137,18 +137,39 @@ ARCHITECTURES: dict[str, Architecture] = table(
 
 @dataclass(frozen=True)
 class Norm:
-    """A threat model: the set the perturbation delta of an attack stays in (and x + delta in [0, 1]).
+    """A threat model (--norm): the set the perturbation delta of an attack stays in (and x + delta
+    in [0, 1]), with the radii and step sizes every command takes in it unless told otherwise.
     ops/ holds each norm's fused step and random start."""
 
     name: str
     help: str
     title: str  # in tables and logs
+    autoattack: str  # AutoAttack's name of it (its norm=), which is also RobustBench's threat model
+    eps_in: float  # train --eps-in; eval --eps for a model trained in another norm
+    eps_out: float  # train --eps-out; eval --ood-eps
+    step_size: float  # train --step-size-in and --step-size-out
+    radii: tuple[float, ...]  # counterfactuals --radii
 
 
 NORMS: dict[str, Norm] = table(
-    Norm("l2", "the L2 ball ||delta||_2 <= eps", "L2"),
-    Norm("linf", "the L-infinity box |delta_j| <= eps for every pixel", "L-infinity"),
+    # The authors' CIFAR settings (utils/run_file_helpers.py: eps, step size; their RATIO runs'
+    # --od_eps_factor 2 for the out-distribution); the counterfactual radii in L2 are theirs.
+    Norm("l2", "the L2 ball ||delta||_2 <= eps", "L2", "L2", eps_in=0.5, eps_out=1.0, step_size=0.1,
+         radii=(0.5, 1.0, 1.5, 2.0, 2.5, 3.0)),
+    Norm("linf", "the L-infinity box |delta_j| <= eps for every pixel", "L-infinity", "Linf",
+         eps_in=8 / 255, eps_out=16 / 255, step_size=2 / 255, radii=(8 / 255, 16 / 255, 32 / 255, 64 / 255)),
 )
+DEFAULT_NORM = "l2"  # the paper's threat model, and that of every run saved before --norm
+
+
+def per_norm(fact: str) -> str:
+    """'L2 0.5; L-infinity 8/255': a fact of every norm, for a flag's help (fractions of 255 as such)."""
+    def shown(value):
+        if isinstance(value, tuple):
+            return ",".join(shown(v) for v in value)
+        in_255ths = value * 255
+        return f"{round(in_255ths)}/255" if abs(in_255ths - round(in_255ths)) < 1e-9 and value < 1 else f"{value:g}"
+    return "; ".join(f"{row.title} {shown(getattr(row, fact))}" for row in NORMS.values())
 
 
 # ---- train --attack, eval --attacks ---------------------------------------------------------

@@ -14,12 +14,13 @@ validation and errors, nothing of the machinery.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
 from .choices import (AMP_TYPES, ARCHITECTURES, AUGMENTATIONS, BACKENDS, COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS,
-                      EVAL_ATTACKS, LOADERS, MODES, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS, choices_help,
-                      same_batches)
+                      DEFAULT_NORM, EVAL_ATTACKS, LOADERS, MODES, NORMS, OOD_SETS, SCHEDULES, TRAINING_ATTACKS, WEIGHTS,
+                      choices_help, per_norm, same_batches)
 from .datasets import CIFAR_NAMES, DATASETS, get_dataset
 from .errors import UserError
 from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
@@ -29,11 +30,11 @@ from .validation import MOMENTUM_RANGE, SEED_RANGE, check_number, lookup
 OPTIONS = ""
 DATA = "data"
 MODEL = "model and optimization"
-ATTACKS = "attacks (L2, ArgminPGD: momentum on the L1-normalized gradient, best iterate)"
+ATTACKS = "attacks (ArgminPGD: momentum on the L1-normalized gradient, best iterate)"
 SPEED = "speed and hardware"
 RUN = "run"
 MULTI_GPU = "multi-GPU (launch with torchrun --nproc_per_node=N -m ratio_fast.cli train ...)"
-ROBUST = "robust accuracy (L2)"
+ROBUST = "robust accuracy"
 OOD = "out-of-distribution detection (max softmax confidence)"
 
 # What a resumed run may change: how long it runs, how often it saves and evaluates, where its
@@ -51,6 +52,8 @@ RESUME_MAY_CHANGE_IF = {
     "loader": lambda saved, given: (None if same_batches(saved.loader, given.loader, saved.augment)
                                     else f"not the same batches with --augment {saved.augment}"),
 }
+# TrainConfig's settings that default to a fact of the --norm's row of choices.NORMS.
+NORM_DEFAULTS = {"eps_in": "eps_in", "eps_out": "eps_out", "step_size_in": "step_size", "step_size_out": "step_size"}
 # Limits of one invocation, not settings of the run: a resume does not inherit them.
 PER_INVOCATION = frozenset({"max_steps"})
 
@@ -203,12 +206,19 @@ class TrainConfig:
                         **SEED_RANGE)
 
     attack: str = setting("pgd", ATTACKS, choices_help(TRAINING_ATTACKS), choices=tuple(TRAINING_ATTACKS))
-    eps_in: float = setting(0.5, ATTACKS, "L2 radius of the in-distribution attack", at_least=0)
-    eps_out: float = setting(1.0, ATTACKS, "L2 radius of the out-distribution attack", at_least=0)
+    norm: str = setting(DEFAULT_NORM, ATTACKS, "threat model of both attacks. " + choices_help(NORMS),
+                        choices=tuple(NORMS))
+    # None: the --norm's (choices.NORMS), filled in when the config is made.
+    eps_in: float | None = setting(None, ATTACKS, "radius of the in-distribution attack (default: "
+                                   f"{per_norm('eps_in')})", at_least=0)
+    eps_out: float | None = setting(None, ATTACKS, "radius of the out-distribution attack (default: "
+                                    f"{per_norm('eps_out')})", at_least=0)
     steps_in: int = setting(10, ATTACKS, "in-distribution attack steps", at_least=0)
     steps_out: int = setting(20, ATTACKS, "out-distribution attack steps", at_least=0)
-    step_size_in: float = setting(0.1, ATTACKS, "L2 length of each in-distribution attack step", above=0)
-    step_size_out: float = setting(0.1, ATTACKS, "L2 length of each out-distribution attack step", above=0)
+    step_size_in: float | None = setting(None, ATTACKS, "length of each in-distribution attack step in the norm "
+                                         f"(default: {per_norm('step_size')})", above=0)
+    step_size_out: float | None = setting(None, ATTACKS, "length of each out-distribution attack step in the norm "
+                                          f"(default: {per_norm('step_size')})", above=0)
     attack_momentum: float = setting(0.9, ATTACKS, "ArgminPGD's momentum on the L1-normalized gradient (0: plain "
                                      "PGD)", **MOMENTUM_RANGE)
     lam: float = setting(1.0, ATTACKS, "weight of the out-distribution loss", at_least=0)
@@ -261,7 +271,20 @@ class TrainConfig:
     sync_bn: bool = setting(False, MULTI_GPU, "BatchNorm statistics over all ranks' batches", negatable=False)
 
     def __post_init__(self):
+        check_settings(self)  # --norm among its choices before its row is read
+        # The settings not given take the --norm's value; `flag_defaults` leaves them unset again.
+        self._left_to_norm = tuple(name for name in NORM_DEFAULTS if getattr(self, name) is None)
+        for name in self._left_to_norm:
+            setattr(self, name, getattr(NORMS[self.norm], NORM_DEFAULTS[name]))
         self.validate()
+
+    def flag_defaults(self) -> "TrainConfig":
+        """This config with the settings it left to the --norm unset: the defaults of train's flags,
+        so that a --norm given on the command line brings its own radii and step sizes."""
+        defaults = copy.copy(self)
+        for name in self._left_to_norm:
+            setattr(defaults, name, None)
+        return defaults
 
     def validate(self) -> "TrainConfig":
         """Raise UserError naming the flag for any value that cannot work."""
@@ -312,15 +335,18 @@ class EvalConfig:
         f"{flag_name(name)} {value}" for name, value in QUICK_EVAL.items()) + " (flags given with it win)",
         negatable=False)
 
-    eps: float | None = setting(None, ROBUST, "attack radius (default: the run's --eps-in)", at_least=0)
+    norm: str | None = setting(None, ROBUST, "threat model of the robust accuracy and the worst-case OOD attack "
+                               "(default: the run's --norm). " + choices_help(NORMS), choices=tuple(NORMS))
+    eps: float | None = setting(None, ROBUST, "attack radius (default: the run's --eps-in in the run's --norm, "
+                                f"else {per_norm('eps_in')})", at_least=0)
     attacks: tuple[str, ...] = setting(tuple(EVAL_ATTACKS), ROBUST, "comma list, run in this order, each on the "
                                        f"points still robust. {choices_help(EVAL_ATTACKS)}; or none",
                                        choices=tuple(EVAL_ATTACKS), noun="attack")
     steps: int = setting(100, ROBUST, "APGD steps per attack (per target class for a targeted one)", at_least=1)
     targets: int = setting(9, ROBUST, "target classes of a targeted attack, most likely first (at most the "
                            "model's classes but one)", at_least=1)
-    autoattack: bool = setting(False, ROBUST, "also AutoAttack's standard L2 version, run by its package (pip "
-                               'install "ratio-fast[eval]")', negatable=False)
+    autoattack: bool = setting(False, ROBUST, "also AutoAttack's standard version in --norm, run by its package "
+                               '(pip install "ratio-fast[eval]")', negatable=False)
     robust_samples: int = setting(0, ROBUST, "first test images under attack (0: all, the authors' protocol; fewer "
                                   "get a 95% CI)", at_least=0)
 
@@ -330,7 +356,8 @@ class EvalConfig:
     ood_samples: int = setting(1000, OOD, "images per out-distribution set (0: all)", at_least=0)
     skip_bad_images: bool = setting(False, OOD, "leave out the images of --ood folders that cannot be decoded "
                                     "(counted in a note) instead of stopping", negatable=False)
-    ood_eps: float = setting(1.0, OOD, "radius of the worst-case attack (maximizes confidence)", at_least=0)
+    ood_eps: float | None = setting(None, OOD, "radius of the worst-case attack (maximizes confidence; default: "
+                                    f"{per_norm('eps_out')})", at_least=0)
     ood_steps: int = setting(100, OOD, "APGD steps of the worst-case attack (0: skip it)", at_least=0)
 
     samples: int = setting(0, RUN, "test images for clean accuracy and OOD (0: all)", at_least=0)
@@ -354,11 +381,16 @@ class EvalConfig:
             return self
         return dataclasses.replace(self, **{name: value for name, value in QUICK_EVAL.items() if name not in given})
 
-    def radius(self, run: TrainConfig | None = None) -> float:
-        """--eps, else the radius the model was trained at: `run`'s --eps-in (without a run, its default)."""
-        if self.eps is not None:
-            return self.eps
-        return run.eps_in if run is not None else TrainConfig.eps_in
+    def for_run(self, run: TrainConfig | None = None) -> "EvalConfig":
+        """These settings with the threat model filled in: --norm, else `run`'s (without a run, the
+        default); --eps, else the radius the model was trained at (`run`'s --eps-in) if in that
+        norm, else the norm's; --ood-eps, else the norm's out-distribution radius."""
+        norm = self.norm or (run.norm if run is not None else DEFAULT_NORM)
+        eps = self.eps
+        if eps is None:
+            eps = run.eps_in if run is not None and run.norm == norm else NORMS[norm].eps_in
+        ood_eps = NORMS[norm].eps_out if self.ood_eps is None else self.ood_eps
+        return dataclasses.replace(self, norm=norm, eps=eps, ood_eps=ood_eps)
 
 
 @dataclass(frozen=True)
@@ -373,7 +405,10 @@ class CounterfactualsConfig:
     start: str = setting("random", OPTIONS, choices_help(COUNTERFACTUAL_STARTS), choices=tuple(COUNTERFACTUAL_STARTS),
                          noun="start")
     seed: int = setting(0, OPTIONS, "seeds the random start (0 to 2**63-1)", **SEED_RANGE)
-    radii: tuple[float, ...] = setting((0.5, 1.0, 1.5, 2.0, 2.5, 3.0), OPTIONS, "comma list of L2 radii", above=0)
+    norm: str | None = setting(None, OPTIONS, "threat model of the attacks (default: the run's --norm). "
+                               + choices_help(NORMS), choices=tuple(NORMS))
+    radii: tuple[float, ...] | None = setting(None, OPTIONS, f"comma list of radii in --norm (default: "
+                                              f"{per_norm('radii')})", above=0)
     steps: int = setting(500, OPTIONS, "APGD steps per radius", at_least=1)
     batch_size: int = setting(256, OPTIONS, "images x radii per attack batch", at_least=1)
     differences: bool = setting(False, OPTIONS, "add under each image a row of |counterfactual - original|, each "
@@ -398,6 +433,11 @@ class CounterfactualsConfig:
         if self.target_class is not None and self.target_class >= num_classes:
             raise UserError(f"--target must be {', '.join(COUNTERFACTUAL_TARGETS)} or a class in "
                             f"0..{num_classes - 1}, got {self.target!r}")
+
+    def for_run(self, run: TrainConfig | None = None) -> "CounterfactualsConfig":
+        """These settings with --norm (else `run`'s) and --radii (else the norm's) filled in."""
+        norm = self.norm or (run.norm if run is not None else DEFAULT_NORM)
+        return dataclasses.replace(self, norm=norm, radii=NORMS[norm].radii if self.radii is None else self.radii)
 
 
 @dataclass(frozen=True)

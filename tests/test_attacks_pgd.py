@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ratio_fast import APGD, L2PGD, APGDTargeted, joint_l2_pgd, l2_pgd
+from ratio_fast import APGD, PGD, L2PGD, LinfPGD, APGDTargeted, joint_l2_pgd, joint_pgd, l2_pgd, pgd
 from ratio_fast.attacks.apgd import apgd_run
 from ratio_fast.errors import UserError
 from ratio_fast.attacks.objectives import cross_entropy, kl_to_uniform
@@ -30,7 +30,10 @@ ATTACKS_OF_THE_API = {
     "l2_pgd": lambda model, x, y, **check: l2_pgd(model, x, y, eps=0.5, steps=1, step_size=0.1, **check),
     "joint_l2_pgd": lambda model, x, y, **check: joint_l2_pgd(
         model, x[:2], y[:2], x[2:], L2PGD(0.5, 1, 0.1, **check), L2PGD(1.0, 1, 0.1, objective="kl_uniform", **check)),
+    "LinfPGD": lambda model, x, y, **check: LinfPGD(steps=1, **check)(model, x, y),
+    "pgd": lambda model, x, y, **check: pgd(model, x, y, eps=0.03, steps=1, step_size=0.01, norm="linf", **check),
     "APGD": lambda model, x, y, **check: APGD(0.5, 1, **check)(model, x, y),
+    "APGD linf": lambda model, x, y, **check: APGD(0.03, 1, norm="linf", **check)(model, x, y),
     "APGD.run": lambda model, x, y, **check: APGD(0.5, 1, **check).run(model, x, y),
     "APGDTargeted": lambda model, x, y, **check: APGDTargeted(0.5, 1, targets=2, **check)(model, x, y),
     "apgd_run": lambda model, x, y, **check: apgd_run(model, x, y, eps=0.5, steps=1, **check),
@@ -199,6 +202,101 @@ def test_channels_last_input_gives_the_same_attack(trained_tiny, batch):
     assert torch.allclose(a, b, atol=1e-5)
 
 
+def textbook_pgd_linf(model, x, y, eps, steps, step_size, delta):
+    """Madry et al.'s PGD-L-infinity from `delta`, written out plainly: sign step, clip to the box and to [0, 1]."""
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step_size * g.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 1) - x
+    return x + delta
+
+
+def argmin_pgd_linf(model, x, y, eps, steps, step_size, momentum, loss_fn):
+    """The authors' ArgminPGD in L-infinity (argmin_pgd.py with norm 'inf'), written out plainly:
+    velocity of the L1-normalized gradient, a step along its sign, clip to the box; the best iterate."""
+    delta, v = torch.zeros_like(x), torch.zeros_like(x)
+    best_x, best_loss = x.clone(), torch.full((x.shape[0],), -float("inf"))
+    for i in range(steps + 1):
+        delta.requires_grad_(True)
+        loss = loss_fn(model(x + delta), y)
+        improved = loss.detach() > best_loss
+        best_x[improved] = (x + delta.detach())[improved]
+        best_loss = torch.where(improved, loss.detach(), best_loss)
+        if i == steps:
+            break
+        (g,) = torch.autograd.grad(loss.sum(), delta)
+        v = momentum * v + g / g.abs().flatten(1).sum(1).view(-1, 1, 1, 1)
+        delta = (delta.detach() + step_size * v.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(0, 1) - x
+    return best_x
+
+
+def test_linf_pgd_defaults_are_madrys():
+    attack = LinfPGD()
+    assert (attack.eps, attack.steps, attack.step_size, attack.random_start, attack.norm) == (
+        8 / 255, 10, 2 / 255, True, "linf")
+    assert (attack.momentum, attack.keep_best) == (0.0, False)  # the last iterate of plain sign steps
+    assert L2PGD(0.5, 1, 0.1).norm == "l2" and PGD(0.5, 1, 0.1).norm == "l2"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_linf_pgd_takes_textbook_steps(trained_tiny, batch, backend):
+    x, y = batch
+    ours = LinfPGD(steps=5, random_start=False, backend=backend)(trained_tiny, x, y)
+    theirs = textbook_pgd_linf(trained_tiny, x, y, 8 / 255, 5, 2 / 255, torch.zeros_like(x))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert accuracy(trained_tiny, ours, y) < accuracy(trained_tiny, x, y)
+
+
+def test_linf_random_start_is_uniform_in_the_box(trained_tiny, batch):
+    """Madry et al.'s start: every pixel's offset uniform in [-eps, eps] (before the [0, 1] clip)."""
+    x, y = batch
+    eps = 8 / 255
+    start = LinfPGD(steps=0)(trained_tiny, x, y, generator=torch.Generator().manual_seed(3))
+    d = (start - x)[(x > eps) & (x < 1 - eps)] / eps  # pixels the clip cannot reach
+    assert d.numel() > 10_000 and d.abs().max() <= 1 + 1e-6
+    quarters = torch.histc(d, bins=4, min=-1, max=1) / d.numel()
+    assert torch.allclose(quarters, torch.full((4,), 0.25), atol=0.01), quarters
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("objective", ["ce", "kl_uniform"])
+def test_linf_argmin_pgd_is_the_authors(trained_tiny, synthetic_split, batch, backend, objective):
+    x, y = batch if objective == "ce" else (synthetic_split["out"][:64], None)
+    loss_fn = cross_entropy if objective == "ce" else kl_to_uniform
+    ours = LinfPGD(8 / 255, 6, 2 / 255, momentum=0.9, keep_best=True, random_start=False, objective=objective,
+                   backend=backend)(trained_tiny, x, y)
+    theirs = argmin_pgd_linf(trained_tiny, x, y, 8 / 255, 6, 2 / 255, 0.9, loss_fn)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_linf_attack_respects_box_with_per_sample_eps(trained_tiny, batch):
+    x, y = batch
+    eps = torch.linspace(0.0, 16 / 255, x.shape[0])
+    x_adv = pgd(trained_tiny, x, y, eps=eps, steps=4, step_size=4 / 255, norm="linf", momentum=0.9,
+                random_start=True)
+    largest = (x_adv - x).flatten(1).abs().amax(1)
+    assert (largest <= eps + 1e-6).all() and largest[0] == 0 and largest[-1] > 15 / 255
+    assert ((x_adv >= 0) & (x_adv <= 1)).all()
+
+
+def test_joint_linf_pgd_is_the_two_attacks(trained_tiny, synthetic_split, batch):
+    x, y = batch
+    z = synthetic_split["out"][:32]
+    attack_x = LinfPGD(8 / 255, 4, 2 / 255, momentum=0.9, keep_best=True, random_start=False)
+    attack_z = LinfPGD(16 / 255, 6, 4 / 255, momentum=0.9, keep_best=True, random_start=False,
+                       objective="kl_uniform")
+    x_adv, z_adv = joint_pgd(trained_tiny, x, y, z, attack_x, attack_z)
+    assert torch.allclose(x_adv, attack_x(trained_tiny, x, y), atol=1e-5)
+    assert torch.allclose(z_adv, attack_z(trained_tiny, z), atol=1e-5)
+    with pytest.raises(ValueError, match="norm"):
+        joint_pgd(trained_tiny, x, y, z, attack_x, L2PGD(1.0, 2, 0.1, momentum=0.9, keep_best=True,
+                                                           objective="kl_uniform"))
+    assert joint_l2_pgd is joint_pgd
+
+
 def test_bad_settings_are_rejected(trained_tiny, batch):
     x, _ = batch
     with pytest.raises(ValueError, match="eps"):
@@ -207,3 +305,7 @@ def test_bad_settings_are_rejected(trained_tiny, batch):
         L2PGD(eps=0.5, steps=1, step_size=0.1, objective="hinge")
     with pytest.raises(ValueError, match="labels"):
         L2PGD(eps=0.5, steps=1, step_size=0.1)(trained_tiny, x)
+    for build in (lambda: PGD(0.5, 1, 0.1, norm="l1"), lambda: APGD(0.5, 1, norm="L2"),
+                  lambda: APGDTargeted(0.5, 1, norm="inf")):
+        with pytest.raises(ValueError, match="norm must be one of"):
+            build()

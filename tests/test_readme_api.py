@@ -38,6 +38,8 @@ def test_the_readme_api_block_runs_and_does_what_its_comments_say(trained_tiny, 
     radius = (names["x_adv"] - x).flatten(1).norm(dim=1)
     assert 0 < radius.max() <= 0.5 + 1e-5  # the fused step, within eps of x
     assert 0 < (names["x_box"] - x).abs().max() <= 8 / 255 + 1e-6  # its L-infinity line, within the box
+    assert 0 < (names["x_linf"] - x).abs().max() <= 8 / 255 + 1e-6  # LinfPGD, within its box
+    assert names["fooled"].dtype == torch.bool and names["fooled"].shape == y.shape
     assert ((names["z_adv"] - z).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
     assert names["trainer"].steps_done == 1
     assert {"loss", "adv_acc", "clean_acc", "out_conf"} <= set(names["metrics"])

@@ -22,11 +22,12 @@ def load_reference():
     return module
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """(engine, reference) on identical copies of one initialized tiny model."""
+@pytest.fixture(scope="module", params=["l2", "linf"])
+def pair(request):
+    """(engine, reference) on identical copies of one initialized tiny model, in each norm."""
     reference_module = load_reference()
-    config = TrainConfig(arch="tiny", batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1)
+    config = TrainConfig(arch="tiny", batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1,
+                         norm=request.param)
     torch.manual_seed(0)
     model = create_model("tiny")
     twin = create_model("tiny")
@@ -68,12 +69,14 @@ def test_one_step_gives_the_same_loss_weights_and_ema(pair, batch):
     assert "linear.weight" in changed and any("running_mean" in k for k in changed)
 
 
-@pytest.mark.parametrize("mode", ["trades", "acet"])
-def test_trades_and_acet_agree_with_the_reference(mode, batch):
+@pytest.mark.parametrize("mode, norm", [("trades", "l2"), ("acet", "l2"), ("trades", "linf")])
+def test_trades_and_acet_agree_with_the_reference(mode, norm, batch):
     """TRADES (its clean target, 0.001 * randn start, KL batchmean) and ACET (1/1 weights, the
-    out-distribution attack alone) step for step against bench/reference.py's written-out types."""
+    out-distribution attack alone) step for step against bench/reference.py's written-out types;
+    TRADES in L-infinity too (a training type and a threat model together)."""
     reference_module = load_reference()
-    config = TrainConfig(arch="tiny", mode=mode, batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1)
+    config = TrainConfig(arch="tiny", mode=mode, batch_size=32, steps_in=3, steps_out=5, backend="triton", lr=0.1,
+                         norm=norm)
     torch.manual_seed(0)
     model = create_model("tiny")
     twin = create_model("tiny")

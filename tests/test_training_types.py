@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from ratio_fast import RatioTrainer, TrainConfig, create_model
-from ratio_fast.choices import MODES
+from ratio_fast.choices import MODES, NORMS
 from ratio_fast.cli.config_file import read_config_file
+from ratio_fast.cli.main import TRAIN_SETTINGS, build_parser
 from ratio_fast.errors import UserError
 from ratio_fast.training import trainer as trainer_module
 
@@ -133,6 +134,40 @@ def test_each_attack_raises_its_objective(mode, batch64):
             start, after = objectives[objective](clean, clean), objectives[objective](adversarial, clean)
             assert (after >= start - 1e-12).all(), (mode, objective)
             assert after.mean() > start.mean() + 1e-6, (mode, objective)  # it moved, beyond the start noise
+
+
+@pytest.mark.parametrize("mode", [name for name, row in MODES.items() if row.attacks_in or row.attacks_out])
+def test_a_types_attacks_take_the_norm_given_on_the_command_line(mode):
+    """`train --mode M --norm linf`: each attack of the row is an L-infinity one with the radius and
+    step size of NORMS' linf row (the flags left to --norm), the in-distribution one at eps_in, the
+    out-distribution one at eps_out; a row without an attack builds none."""
+    args = build_parser().parse_args(["train", "--mode", mode, "--norm", "linf"])
+    config = TrainConfig(**{name: value for name, value in vars(args).items() if name in TRAIN_SETTINGS})
+    linf, row = NORMS["linf"], MODES[mode]
+    attack_in, attack_out = trainer_module.training_attacks(config)
+    assert (attack_in is not None, attack_out is not None) == (row.attacks_in, row.attacks_out)
+    for attack, eps in ((attack_in, linf.eps_in), (attack_out, linf.eps_out)):
+        if attack is not None:
+            assert (attack.norm, attack.eps, attack.step_size) == ("linf", eps, linf.step_size), mode
+
+
+@pytest.mark.parametrize("mode", ["trades-ceda", "trades-acet"])
+def test_a_types_attacks_run_in_linf(mode, batch64):
+    """--norm linf with a training type: both attacks stay in their boxes (NORMS' linf radii), move
+    every sample by more than one sign step (TRADES' start noise alone stays below it) and raise
+    their objectives."""
+    x, y, z = batch64
+    model, _, x_adv, z_adv = recorded_step(mode, batch64, norm="linf")
+    model.eval()
+    row, linf = MODES[mode], NORMS["linf"]
+    with torch.no_grad():
+        objectives = attack_objectives(model, x, y, z)
+        for objective, clean, adversarial, eps in ((row.in_attack, x, x_adv, linf.eps_in),
+                                                   (row.out_attack, z, z_adv, linf.eps_out)):
+            moved = (adversarial - clean).abs().flatten(1).amax(dim=1)
+            assert (moved <= eps + 1e-12).all() and (moved > linf.step_size).all(), (mode, objective)
+            start, after = objectives[objective](clean, clean), objectives[objective](adversarial, clean)
+            assert after.mean() > start.mean() + 1e-6, (mode, objective)
 
 
 @pytest.mark.parametrize("mode", ["plain", "ceda"])

@@ -1,4 +1,4 @@
-"""APGD in L2 (Croce & Hein, ICML 2020), step for step AutoAttack's L2 APGD, on the fused PGD step.
+"""APGD in L2 or L-infinity (Croce & Hein, ICML 2020), step for step AutoAttack's APGD, on the fused PGD step.
 
     result = apgd_run(model, x, y, eps=0.5, steps=100, objective="ce", count_misclassified=True)
     result.fooled      # AutoAttack's success: some iterate (the start included) was misclassified
@@ -6,12 +6,15 @@
     x_adv = APGD(eps=0.5, steps=100)(model, x, y)                        # apgd_run(...).best
     z_adv = APGD(eps=1.0, steps=20, objective="kl_uniform")(model, z)    # RATIO's out-distribution
     fooled = APGDTargeted(eps=0.5, steps=100).run(model, x, y).fooled    # APGD-T, 9 targets in one batch
+    x_adv = APGD(eps=8 / 255, steps=100, norm="linf")(model, x, y)      # L-infinity
 
-The algorithm, per sample, is AutoAttack's (fra31/auto-attack, `autopgd_base.py`, norm L2);
-k counts steps, N = steps:
+The algorithm, per sample, is AutoAttack's (fra31/auto-attack, `autopgd_base.py`, norms L2 and
+Linf); k counts steps, N = steps:
 - x_0: a random point on the eps-sphere clipped to [0,1] (or the clean point, or a given start);
-- z = P(x_k + eta g / ||g||_2), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})), with
-  a = 1 at k = 0, else 0.75; P projects onto the eps-ball, then clips to [0,1]; eta starts at 2 eps;
+  in L-infinity AutoAttack's x + eps t / ||t||_inf, t uniform in [-1, 1]^D;
+- z = P(x_k + eta s(g)), x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1})), with
+  a = 1 at k = 0, else 0.75; s(g) = g / ||g||_2 in L2, sign(g) in L-infinity; P projects onto the
+  eps-ball (the box in L-infinity), then clips to [0,1]; eta starts at 2 eps;
 - checkpoints (`checkpoints`): the first after w = max(floor(0.22 N), 1) steps, then after every w
   more, w shrinking by max(floor(0.03 N), 1) after each, down to max(floor(0.06 N), 1). There eta
   halves, and the iterate jumps back to the best point with its gradient, when
@@ -42,7 +45,7 @@ from .pgd import attacking, check_attack_settings, check_images
 from .objectives import PerSampleLoss, resolve_objective, targeted_dlr
 from ..models import eval_mode
 from ..ops import pgd_step, sample_ball
-from ..ops import compute_dtype, per_sample, sample_layout
+from ..ops import check_norm, compute_dtype, per_sample, sample_layout
 from ..validation import check_number
 
 ALPHA = 0.75  # weight of the new step against the previous one (the paper's momentum)
@@ -80,17 +83,18 @@ class APGDResult(NamedTuple):
 
 
 def random_start_point(x: torch.Tensor, eps: float | torch.Tensor, generator: torch.Generator | None = None,
-                       backend: str = "auto") -> torch.Tensor:
-    """APGD's random start: a uniform point of the eps-sphere around each x, clipped to [0,1]."""
-    return sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend)[0]
+                       backend: str = "auto", norm: str = "l2") -> torch.Tensor:
+    """APGD's random start, clipped to [0,1]: in L2 a uniform point of the eps-sphere around each x;
+    in L-infinity AutoAttack's x + eps t / ||t||_inf, t uniform in [-1, 1]^D (a point of the box's surface)."""
+    return sample_ball(x, eps, on_sphere=True, generator=generator, backend=backend, norm=norm)[0]
 
 
 def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *, eps: float | torch.Tensor,
              steps: int, objective: str | PerSampleLoss = "ce", start: torch.Tensor | None = None,
              random_start: bool = True, count_misclassified: bool = False, backend: str = "auto",
-             generator: torch.Generator | None = None, check_inputs: bool = True,
+             generator: torch.Generator | None = None, check_inputs: bool = True, norm: str = "l2",
              on_step: Callable[[], None] | None = None) -> APGDResult:
-    """L2 APGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
+    """APGD maximizing `objective` within ||delta|| <= eps in `norm` ('l2' or 'linf'), x + delta in [0,1].
 
     eps: a float or per-sample (N,) tensor. objective: a name in losses.OBJECTIVES or a callable
     (logits, labels) -> per-sample loss. start: the first iterate (a point of the ball and the
@@ -100,6 +104,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     on_step: called on the host after each step's launches (a progress line; it must not sync).
     Returned points are detached, in x's dtype and memory layout.
     """
+    check_norm(norm)
     if check_inputs:
         check_images(x)
     objective = resolve_objective(objective)
@@ -112,7 +117,7 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
     eps = per_sample(eps, n, x)
     with attacking(model, input_grad_only=True):  # eval mode, weights frozen, grad enabled
         if start is None:
-            start = random_start_point(x, eps, generator, backend) if random_start else x
+            start = random_start_point(x, eps, generator, backend, norm) if random_start else x
         acc = compute_dtype(x, start)
         x_k, delta = start.detach(), start.detach().to(acc) - x.to(acc)
         loss, grad, wrong = _evaluate(model, loss_fn, x_k, y, count_misclassified, with_grad=steps > 0)
@@ -131,12 +136,14 @@ def apgd_run(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = N
         best_at_check = best_loss
         halved_at_check = torch.ones_like(eps, dtype=torch.bool)  # condition 2 waits for the 2nd checkpoint
         for k in range(steps):
-            _, delta_z, _ = pgd_step(x, delta, grad, eps, step * _shortening(grad), backend=backend)
+            # AutoAttack's L2 direction is g / (||g|| + 1e-12); its L-infinity one, sign(g), is exact.
+            step_k = step * _shortening(grad) if norm == "l2" else step
+            _, delta_z, _ = pgd_step(x, delta, grad, eps, step_k, backend=backend, norm=norm)
             if k == 0:
                 combined = delta_z
             else:
                 combined = torch.lerp(delta, delta_z, ALPHA).add_(delta - prev_delta, alpha=1 - ALPHA)
-            x_k, delta_next, _ = pgd_step(x, combined, zero_grad, eps, zero_step, backend=backend)
+            x_k, delta_next, _ = pgd_step(x, combined, zero_grad, eps, zero_step, backend=backend, norm=norm)
             prev_delta, delta = delta, delta_next
 
             last = k + 1 == steps  # the final iterate needs its loss, not its gradient
@@ -200,7 +207,7 @@ def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tenso
 
 @dataclass
 class APGD:
-    """An L2 APGD attack with fixed settings, called as `attack(model, x, y)` like `L2PGD`.
+    """An APGD attack in `norm` ('l2' or 'linf') with fixed settings, called as `attack(model, x, y)` like `PGD`.
 
     objective: a name in losses.OBJECTIVES ("ce" is APGD-CE, "dlr" APGD-DLR) or any callable
     (logits, labels) -> per-sample loss. Calling it returns the highest-loss iterate; `run`
@@ -214,9 +221,11 @@ class APGD:
     random_start: bool = True
     backend: str = "auto"
     check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (pgd.py)
+    norm: str = "l2"
 
     def __post_init__(self):
         check_attack_settings(self.eps, self.steps, self.objective)
+        check_norm(self.norm)
 
     def run(self, model, x, y=None, generator=None, start=None) -> APGDResult:
         counts = y is not None and resolve_objective(self.objective).labels_are_true_classes
@@ -228,7 +237,7 @@ class APGD:
     def _run(self, model, x, y, generator, start, count_misclassified: bool) -> APGDResult:
         return apgd_run(model, x, y, eps=self.eps, steps=self.steps, objective=self.objective, start=start,
                         random_start=self.random_start, count_misclassified=count_misclassified,
-                        backend=self.backend, generator=generator, check_inputs=self.check_inputs)
+                        backend=self.backend, generator=generator, check_inputs=self.check_inputs, norm=self.norm)
 
 
 # attack_rows(x, y, targets, start, eps) -> APGDResult: the targeted runs of a set of (image, target)
@@ -255,10 +264,12 @@ class APGDTargeted:
     random_start: bool = True
     backend: str = "auto"
     check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (pgd.py)
+    norm: str = "l2"
 
     def __post_init__(self):
         check_number("targets", self.targets, at_least=1, integer=True)
         check_attack_settings(self.eps, self.steps)
+        check_norm(self.norm)
 
     def rows(self, model, x, y, generator=None):
         """The (image, target) rows, target-major: (x, y, targets, start, eps), each (T*N, ...)."""
@@ -271,7 +282,8 @@ class APGDTargeted:
         repeat = (count, *([1] * (x.dim() - 1)))
         x_rows = x.detach().repeat(repeat).contiguous(memory_format=sample_layout(x))
         eps_rows = per_sample(self.eps, x.shape[0], x).repeat(count)
-        start = random_start_point(x_rows, eps_rows, generator, self.backend) if self.random_start else x_rows
+        start = (random_start_point(x_rows, eps_rows, generator, self.backend, self.norm) if self.random_start
+                 else x_rows)
         return x_rows, y.repeat(count), targets.t().reshape(-1), start, eps_rows
 
     def attack_rows(self, model) -> RowAttack:
@@ -279,7 +291,8 @@ class APGDTargeted:
         def attack(x, y, targets, start, eps):
             return apgd_run(model, x, y, eps=eps, steps=self.steps,
                             objective=lambda logits, labels: targeted_dlr(logits, labels, targets),
-                            start=start, count_misclassified=True, backend=self.backend, check_inputs=False)
+                            start=start, count_misclassified=True, backend=self.backend, check_inputs=False,
+                            norm=self.norm)
         return attack
 
     def run(self, model, x, y, generator=None, attack_rows: RowAttack | None = None) -> APGDResult:

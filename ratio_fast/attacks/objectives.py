@@ -1,7 +1,7 @@
 """The losses RATIO attacks and trains on, and the attack objectives by name.
 
 Per-sample forms are what the attacks maximize. `OBJECTIVES` names each with what its labels
-must be; every attack (L2PGD, APGD) and their callers turn a name into an `Objective` with
+must be; every attack (PGD, APGD) and their callers turn a name into an `Objective` with
 `resolve_objective`, the one place that knows the names.
 """
 from __future__ import annotations

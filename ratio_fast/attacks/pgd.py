@@ -1,10 +1,12 @@
-"""L2 PGD attacks built on the fused ops, usable in anyone's training loop.
+"""PGD attacks in L2 or L-infinity built on the fused ops, usable in anyone's training loop.
 
     attack = L2PGD(eps=0.5, steps=10, step_size=0.1)
+    attack = LinfPGD()        # Madry et al.: eps 8/255, step 2/255, 10 steps, uniform random start
+    attack = PGD(eps, steps, step_size, norm="linf")   # either norm by name (choices.NORMS)
     x_adv = attack(model, x, y)
 
-Inputs are images in [0,1]; the model returns logits. The public entry points (`L2PGD`,
-`l2_pgd`, `joint_l2_pgd`, and apgd.py's `APGD`, `APGDTargeted`, `apgd_run`) refuse other inputs
+Inputs are images in [0,1]; the model returns logits. The public entry points (`PGD`, `L2PGD`,
+`LinfPGD`, `pgd`, `l2_pgd`, `joint_pgd`, and apgd.py's `APGD`, `APGDTargeted`, `apgd_run`) refuse other inputs
 (0..255 pixels, normalized tensors, NaN) with a UserError, at the cost of one host
 synchronization per call (`check_images`). Where a synchronization is not allowed (a CUDA graph
 being captured, the trainer's step, evaluation's graphed attack calls) they are built or called
@@ -16,19 +18,19 @@ gradients for the duration, so autograd (and a torch.compile'd model's backward)
 weight gradient and no parameter's `.grad` is touched. The loop has no host synchronization:
 the best-iterate bookkeeping is done with `torch.where`.
 
-`joint_l2_pgd` runs RATIO's two attacks as one batch cat([x, z]) with per-sample eps, step
+`joint_pgd` runs RATIO's two attacks as one batch cat([x, z]) with per-sample eps, step
 size and objective: one launch per layer serves both distributions.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UserError
 from ..models import eval_mode
-from ..ops import per_sample, pgd_step, sample_ball
+from ..ops import check_norm, per_sample, pgd_step, sample_ball
 from ..validation import MOMENTUM_RANGE, check_number
 from .objectives import PerSampleLoss, resolve_objective
 
@@ -89,14 +91,14 @@ def check_attack_settings(eps, steps, objective: str | PerSampleLoss | None = No
         resolve_objective(objective)
 
 
-def _start(x, eps, step_size, momentum, random_start, generator, backend, start_noise=None) -> _Iterates:
-    """The first iterate: a random point of the ball (random_start), x plus Gaussian noise of
-    per-sample deviation `start_noise` (an (N,) tensor; TRADES' start), or x itself."""
+def _start(x, eps, step_size, momentum, random_start, generator, backend, norm, start_noise=None) -> _Iterates:
+    """The first iterate: a random point of the ball in `norm` (random_start), x plus Gaussian noise
+    of per-sample deviation `start_noise` (an (N,) tensor; TRADES' start), or x itself."""
     x = x.detach()
     # Per-sample tensors once, not a fill kernel in every step.
     eps, step_size = per_sample(eps, x.shape[0], x), per_sample(step_size, x.shape[0], x)
     if random_start:
-        x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend)
+        x_adv, delta = sample_ball(x, eps, generator=generator, backend=backend, norm=norm)
     elif start_noise is not None:
         noise = torch.empty_like(x, dtype=torch.float32).normal_(generator=generator)
         x_adv = (x + start_noise.view(-1, *([1] * (x.dim() - 1))) * noise).clamp(0, 1).to(x.dtype)
@@ -107,7 +109,8 @@ def _start(x, eps, step_size, momentum, random_start, generator, backend, start_
     return _Iterates(x, eps, step_size, x_adv, delta, velocity)
 
 
-def _iterate(model, it: _Iterates, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only) -> _Iterates:
+def _iterate(model, it: _Iterates, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only,
+             norm) -> _Iterates:
     """`steps` PGD steps: forward, input gradient, best-iterate bookkeeping, fused projected step."""
     # With input_grad_only the weights are frozen; otherwise their gradients are requested too
     # (and dropped), which is what a plain loss.backward() would cost.
@@ -119,7 +122,7 @@ def _iterate(model, it: _Iterates, y, loss_fn, steps, momentum, keep_best, backe
         if keep_best:
             it.best_x, it.best_loss = _keep_better(it.best_x, it.best_loss, x_in.detach(), loss.detach())
         it.x_adv, it.delta, it.velocity = pgd_step(it.x, it.delta, grad, it.eps, it.step_size, it.velocity,
-                                                   momentum, backend=backend)
+                                                   momentum, backend=backend, norm=norm)
     return it
 
 
@@ -131,7 +134,7 @@ def _result(model, it: _Iterates, y, loss_fn, keep_best) -> torch.Tensor:
     return _keep_better(it.best_x, it.best_loss, it.x_adv, loss)[0].detach()
 
 
-def l2_pgd(
+def pgd(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None = None,
@@ -139,6 +142,7 @@ def l2_pgd(
     eps: float | torch.Tensor,
     steps: int,
     step_size: float | torch.Tensor,
+    norm: str = "l2",
     momentum: float = 0.0,
     random_start: bool = False,
     start_noise: float = 0.0,
@@ -149,19 +153,23 @@ def l2_pgd(
     input_grad_only: bool = True,
     check_inputs: bool = True,
 ) -> torch.Tensor:
-    """Projected L2 PGD maximizing `objective` within ||delta||_2 <= eps, x + delta in [0,1].
+    """Projected PGD maximizing `objective` within ||delta|| <= eps in `norm`, x + delta in [0,1].
 
+    norm: 'l2' (steps along the normalized gradient, the L2 ball) or 'linf' (steps along its sign,
+    the box |delta_j| <= eps; random_start is then uniform in the box, as Madry et al.'s).
     objective: a name in losses.OBJECTIVES or a callable (logits, labels) -> per-sample loss.
 
     eps and step_size are floats or per-sample (N,) tensors. momentum > 0 accumulates the
-    L1-normalized gradient (the authors' ArgminPGD); start_noise > 0 (without random_start) starts
-    at x + start_noise * N(0, I) in the box, for objectives flat at x (TRADES'); keep_best returns, per sample, the iterate
+    L1-normalized gradient (the authors' ArgminPGD, in either norm); start_noise > 0 (without
+    random_start) starts at x + start_noise * N(0, I) in the box, for objectives flat at x (TRADES');
+    keep_best returns, per sample, the iterate
     with the highest loss among all of them (the starting point included); otherwise the last.
     input_grad_only=False also computes (and discards) the weight gradients in every step: the
     cost of a plain backward, there only to measure what skipping them saves. check_inputs: refuse
     x outside [0,1] (one host synchronization; see the module).
     Returns x_adv, detached, in x's dtype and memory layout.
     """
+    check_norm(norm)
     if check_inputs:
         check_images(x)
     objective = resolve_objective(objective)
@@ -169,9 +177,14 @@ def l2_pgd(
     loss_fn = objective.loss
     with attacking(model, input_grad_only):
         noise = per_sample(start_noise, x.shape[0], x) if start_noise else None
-        it = _start(x, eps, step_size, momentum, random_start, generator, backend, noise)
-        it = _iterate(model, it, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only)
+        it = _start(x, eps, step_size, momentum, random_start, generator, backend, norm, noise)
+        it = _iterate(model, it, y, loss_fn, steps, momentum, keep_best, backend, input_grad_only, norm)
         return _result(model, it, y, loss_fn, keep_best)
+
+
+def l2_pgd(model, x, y=None, **settings) -> torch.Tensor:
+    """`pgd` in L2."""
+    return pgd(model, x, y, norm="l2", **settings)
 
 
 def _keep_better(best_x, best_loss, x_new, loss_new):
@@ -184,11 +197,11 @@ def _keep_better(best_x, best_loss, x_new, loss_new):
 
 
 @dataclass
-class L2PGD:
-    """An L2 PGD attack with fixed settings; call it as `attack(model, x, y)`.
+class PGD:
+    """A PGD attack in `norm` ('l2' or 'linf') with fixed settings; call it as `attack(model, x, y)`.
 
-    The defaults are textbook PGD-L2 (no momentum, no random start, last iterate). The authors'
-    RATIO attack (ArgminPGD) is `L2PGD(eps, steps, 0.1, momentum=0.9, keep_best=True)`.
+    The defaults are textbook PGD (no momentum, no random start, last iterate). The authors'
+    RATIO attack (ArgminPGD) is `PGD(eps, steps, step_size, momentum=0.9, keep_best=True, norm=...)`.
     """
 
     eps: float | torch.Tensor
@@ -202,34 +215,57 @@ class L2PGD:
     backend: str = "auto"
     input_grad_only: bool = True
     check_inputs: bool = True  # refuse x outside [0,1], one host sync per call (False: see the module)
+    norm: str = "l2"
 
     def __post_init__(self):
         check_attack_settings(self.eps, self.steps, self.objective, step_size=self.step_size)
         check_number("momentum", self.momentum, **MOMENTUM_RANGE)
         check_number("start_noise", self.start_noise, at_least=0)
+        check_norm(self.norm)
 
     def __call__(self, model, x, y=None, generator=None) -> torch.Tensor:
-        return l2_pgd(
+        return pgd(
             model, x, y,
-            eps=self.eps, steps=self.steps, step_size=self.step_size, momentum=self.momentum,
-            random_start=self.random_start, start_noise=self.start_noise, keep_best=self.keep_best, objective=self.objective,
+            eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm, momentum=self.momentum,
+            random_start=self.random_start, start_noise=self.start_noise, keep_best=self.keep_best,
+            objective=self.objective,
             backend=self.backend, generator=generator, input_grad_only=self.input_grad_only,
             check_inputs=self.check_inputs,
         )
 
 
+@dataclass
+class L2PGD(PGD):
+    """PGD in L2. The authors' RATIO attack (ArgminPGD): `L2PGD(eps, steps, 0.1, momentum=0.9, keep_best=True)`."""
+
+    norm: str = field(default="l2", init=False)
+
+
+@dataclass
+class LinfPGD(PGD):
+    """PGD in L-infinity, by default Madry et al.'s: eps 8/255, step 2/255, 10 steps, a uniform
+    random start in the box, the last iterate. The authors' ArgminPGD in L-infinity:
+    `LinfPGD(eps, steps, step_size, momentum=0.9, keep_best=True, random_start=False)`."""
+
+    eps: float | torch.Tensor = 8 / 255
+    steps: int = 10
+    step_size: float | torch.Tensor = 2 / 255
+    random_start: bool = True
+    norm: str = field(default="linf", init=False)
+
+
 # Settings that must agree for two attacks to share one batch (per-sample eps, step size and
 # objective are what the joint batch can differ in).
-_SHARED = ("momentum", "random_start", "keep_best", "backend", "input_grad_only", "check_inputs")
+_SHARED = ("norm", "momentum", "random_start", "keep_best", "backend", "input_grad_only", "check_inputs")
 
 
-def joint_l2_pgd(
+def joint_pgd(
     model: torch.nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | None,
     z: torch.Tensor,
-    attack_x: L2PGD,
-    attack_z: L2PGD,
+    attack_x: PGD,
+    attack_z: PGD,
     generator: torch.Generator | None = None,
     labels_z: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,13 +274,13 @@ def joint_l2_pgd(
     In eval mode the samples of a batch are independent, so both attacks share each forward and
     backward: per-sample eps and step size, each half scored by its own objective, min(steps)
     steps together, then the attack with more steps continues alone on its half (each its own start
-noise). labels_z: z's labels where its objective reads them (TRADES' p(z)). Equal to the
+    noise). labels_z: z's labels where its objective reads them (TRADES' p(z)). Equal to the
     two separate calls up to the rounding differences of a larger batch (and, with random_start,
     different random draws).
     """
     mismatched = [name for name in _SHARED if getattr(attack_x, name) != getattr(attack_z, name)]
     if mismatched:
-        raise ValueError(f"joint_l2_pgd needs the two attacks to agree on {', '.join(mismatched)}")
+        raise ValueError(f"joint_pgd needs the two attacks to agree on {', '.join(mismatched)}")
     if attack_x.check_inputs:
         check_images(x)
         check_images(z, "z")
@@ -265,8 +301,9 @@ noise). labels_z: z's labels where its objective reads them (TRADES' p(z)). Equa
         noise = None
         if attack_x.start_noise or attack_z.start_noise:
             noise = torch.cat([per_sample(attack_x.start_noise, n, x), per_sample(attack_z.start_noise, z.shape[0], z)])
-        it = _start(torch.cat([x, z]), eps, step, a.momentum, a.random_start, generator, a.backend, noise)
-        it = _iterate(model, it, y, joint_loss, common, a.momentum, a.keep_best, a.backend, a.input_grad_only)
+        it = _start(torch.cat([x, z]), eps, step, a.momentum, a.random_start, generator, a.backend, a.norm, noise)
+        it = _iterate(model, it, y, joint_loss, common, a.momentum, a.keep_best, a.backend, a.input_grad_only,
+                      a.norm)
         if attack_x.steps == attack_z.steps:
             joint = _result(model, it, y, joint_loss, a.keep_best)
             return joint[:n], joint[n:]
@@ -274,6 +311,9 @@ noise). labels_z: z's labels where its objective reads them (TRADES' p(z)). Equa
         for rows, attack, loss_fn, labels in ((slice(0, n), attack_x, loss_x, y),
                                               (slice(n, None), attack_z, loss_z, labels_z)):
             part = _iterate(model, it.rows(rows), labels, loss_fn, attack.steps - common, a.momentum,
-                            a.keep_best, a.backend, a.input_grad_only)
+                            a.keep_best, a.backend, a.input_grad_only, a.norm)
             results.append(_result(model, part, labels, loss_fn, a.keep_best))
         return results[0], results[1]
+
+
+joint_l2_pgd = joint_pgd  # its name from before L-infinity

@@ -3,7 +3,7 @@ and the measured choice between the ways.
 
     sequential  in-distribution attack, then out-distribution attack (the authors' order)
     streams     the two attacks concurrently on two CUDA streams (sequential on a CPU)
-    concat      one batch cat([x, z]) with per-sample eps, step and objective (joint_l2_pgd),
+    concat      one batch cat([x, z]) with per-sample eps, step and objective (joint_pgd),
                 for attacks whose row shares_batch
 
 All three compute the same adversarial examples (concat up to the rounding of a larger batch).
@@ -22,10 +22,10 @@ import torch
 
 from ..choices import SCHEDULE_KINDS, SCHEDULES
 from ..measure import Measured, cache_dir, fastest
-from .pgd import L2PGD, joint_l2_pgd
+from .pgd import PGD, joint_pgd
 
 
-def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2PGD,
+def run_attacks(schedule: str, model, x, y, z, attack_in: PGD, attack_out: PGD,
                 side_stream: torch.cuda.Stream | None = None,
                 labels_z: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_adv, z_adv) under `schedule`; streams needs `side_stream` on CUDA and is sequential without one.
@@ -33,7 +33,7 @@ def run_attacks(schedule: str, model, x, y, z, attack_in: L2PGD, attack_out: L2P
     if schedule not in SCHEDULE_KINDS:
         raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {schedule!r}")
     if SCHEDULES[schedule].one_batch:
-        return joint_l2_pgd(model, x, y, z, attack_in, attack_out, labels_z=labels_z)
+        return joint_pgd(model, x, y, z, attack_in, attack_out, labels_z=labels_z)
     if SCHEDULES[schedule].concurrent and side_stream is not None:
         # Fork: the side stream starts once the main stream has produced z; join: the main
         # stream continues once the side stream is done. Every tensor the side stream touches is

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..training.checkpoint import BEST, CHECKPOINT
 from .parser import HelpFormatter, add_settings, config_from_args, setting_groups
-from ..choices import EVAL_ATTACKS, WEIGHTS
+from ..choices import EVAL_ATTACKS, NORMS, WEIGHTS
 from ..config import OPTIONS, CounterfactualsConfig, EvalConfig, ExportConfig
 from ..datasets import get_dataset
 from ..errors import UserError
@@ -68,7 +68,7 @@ def _run_eval(args) -> int:
 
     settings = config_from_args(EvalConfig, args).quickened(getattr(args, "given", ()))
     model, config, device, channels_last, args.checkpoint = _load(args.checkpoint, settings)
-    settings = dataclasses.replace(settings, eps=settings.radius(config))
+    settings = settings.for_run(config)
     classes = get_dataset(config.dataset).num_classes
     if any(EVAL_ATTACKS[name].targeted for name in settings.attacks) and settings.targets > classes - 1:
         raise UserError(f"--targets {settings.targets}: a model of {classes} classes has {classes - 1} other "
@@ -146,6 +146,7 @@ def _run_counterfactuals(args) -> int:
 
     settings = config_from_args(CounterfactualsConfig, args)
     model, config, device, _, args.checkpoint = _load(args.checkpoint, settings)
+    settings = settings.for_run(config)
     test = _test_split(config, settings.data_dir or config.data_dir)
     indices, radii = list(settings.images), list(settings.radii)
     bad = [i for i in indices if not 0 <= i < len(test)]
@@ -159,24 +160,28 @@ def _run_counterfactuals(args) -> int:
     x, labels = batch_source(test.images[indices], test.labels[indices], len(indices), device).batch(0, 0)
     targets = choose_targets(model, x, labels, settings.target)
     adv, conf = counterfactuals(model, x, targets, radii, steps=settings.steps, backend=settings.backend,
-                                batch_size=settings.batch_size, start=settings.start, seed=settings.seed)
+                                batch_size=settings.batch_size, start=settings.start, seed=settings.seed,
+                                norm=settings.norm)
     original_conf = target_probability(model, x, targets)
     predicted, predicted_conf = prediction(model, torch.cat([x[:, None], adv], 1))  # (N, R + 1), the original first
 
     atomic_write(out / "counterfactuals.png", lambda tmp: save_grid(
         tmp, x, adv, conf, original_conf, radii, labels, targets, predicted, predicted_conf,
-        class_names=get_dataset(config.dataset).class_names, differences=settings.differences))
+        class_names=get_dataset(config.dataset).class_names, differences=settings.differences, norm=settings.norm))
     tensors = dict(original=x, counterfactuals=adv, target_confidence=conf, original_target_confidence=original_conf,
                    predicted=predicted, predicted_confidence=predicted_conf, radii=torch.tensor(radii),
                    labels=labels, targets=targets, indices=torch.tensor(indices))
     atomic_write_safetensors(out / "counterfactuals.safetensors",
                              {name: t.detach().cpu().contiguous() for name, t in tensors.items()})
-    print(f"counterfactuals of {len(indices)} images at radii {', '.join(f'{r:g}' for r in radii)} "
+    print(f"counterfactuals of {len(indices)} images at {NORMS[settings.norm].title} radii "
+          f"{', '.join(f'{r:g}' for r in radii)} "
           f"({settings.steps} steps): {out / 'counterfactuals.png'}, {out / 'counterfactuals.safetensors'}")
     return 0
 
 
 def _run_export(args) -> int:
+    from safetensors import safe_open
+
     from ..evaluation.export import export_checkpoint
     from ..evaluation.load import resolve_checkpoint
 
@@ -184,7 +189,10 @@ def _run_export(args) -> int:
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     pt_path, st_path = export_checkpoint(args.checkpoint, out, settings.weights)
-    print(f"exported {settings.weights} weights: {pt_path}, {st_path}")
+    with safe_open(st_path, "pt") as exported:
+        trained_in = exported.metadata()
+    print(f"exported {settings.weights} weights (trained in threat model {trained_in['threat_model']}, eps "
+          f"{float(trained_in['eps']):.4g}): {pt_path}, {st_path}")
     return 0
 
 

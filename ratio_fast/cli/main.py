@@ -112,7 +112,7 @@ def build_parser(train_defaults: TrainConfig | None = None, given_only: bool = F
                             epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub, train_defaults or TrainConfig())
+    _train_parser(sub, (train_defaults or TrainConfig()).flag_defaults())
     sub.choices["train"].set_defaults(run=_run_train)
     for add in SUBCOMMANDS:
         add(sub)

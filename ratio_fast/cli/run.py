@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..attacks.named import build_attack
 from ..training.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
-from ..choices import LOADERS, MODES
+from ..choices import LOADERS, MODES, NORMS
 from ..config import TrainConfig, resume_differences
 from ..data import BatchSpec, choose_loader_kind, load_in_distribution, load_out_distribution, make_loader
 from ..datasets import get_dataset
@@ -149,8 +149,8 @@ class Run:
         self._step_on_device = torch.full((), self.trainer.steps_done, dtype=torch.int64, device=self.device)
         # The per-epoch robust accuracy: the in-distribution attack of --attack (loader images: no input check).
         self.eval_attack = build_attack(cfg.attack, eps=cfg.eps_in, steps=cfg.steps_in, step_size=cfg.step_size_in,
-                                        momentum=cfg.attack_momentum, objective="ce", backend=cfg.backend,
-                                        check_inputs=False)
+                                        momentum=cfg.attack_momentum, objective="ce", norm=cfg.norm,
+                                        backend=cfg.backend, check_inputs=False)
 
     def _loader_kind(self, images, spec: BatchSpec, said: set[str]) -> str:
         """--loader for these images. Logged: auto's choice with its rates and what it left out (a
@@ -542,6 +542,7 @@ def _summary_line(r: dict, cfg: TrainConfig) -> str:
     if "test_clean_acc" in r:
         parts.append(f"test clean {100 * r['test_clean_acc']:.1f}%")
     if "test_robust_acc" in r:
-        parts.append(f"robust(L2 {cfg.eps_in}, {cfg.steps_in} steps) {100 * r['test_robust_acc']:.1f}%")
+        parts.append(f"robust({NORMS[cfg.norm].title} {cfg.eps_in:.4g}, {cfg.steps_in} steps) "
+                     f"{100 * r['test_robust_acc']:.1f}%")
     parts.append(f"[{r['seconds']:.0f}s, {r['images_per_s']:.0f} img/s]")
     return " | ".join(parts)

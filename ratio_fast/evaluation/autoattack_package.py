@@ -6,6 +6,7 @@ in what `run_standard_evaluation` returns; `AutoAttackPackage` hides that. Impor
 `ratio-fast eval --autoattack` (or a test) asks for it.
 
     reference = AutoAttackPackage(eps=0.5)                      # the standard L2 version
+    AutoAttackPackage(8 / 255, norm="linf")                     # the standard L-infinity version
     robust = reference.robust(model, x, y, seed=0)              # (N,) bool, AutoAttack's verdict
     AutoAttackPackage(0.5, attacks=("apgd-ce", "apgd-t"))       # the same settings, fewer attacks
 """
@@ -15,6 +16,7 @@ import importlib
 
 import torch
 
+from ..choices import NORMS
 from ..errors import UserError
 
 MODULES = ("pyautoattack", "autoattack")  # the registry's name first
@@ -33,7 +35,8 @@ def import_autoattack():
 
 
 class AutoAttackPackage:
-    """AutoAttack's L2 evaluation with the package's standard settings (one restart, 9 target classes).
+    """AutoAttack's evaluation in `norm` (a name of choices.NORMS) with the package's standard settings
+    (one restart, 9 target classes).
 
     attacks: a subset of STANDARD_ATTACKS, run in the standard order (default: all four, the
     standard version). square_queries, fab_iterations: smaller budgets than the standard 5000
@@ -41,12 +44,12 @@ class AutoAttackPackage:
     """
 
     def __init__(self, eps: float, attacks: tuple[str, ...] = STANDARD_ATTACKS,
-                 square_queries: int | None = None, fab_iterations: int | None = None):
+                 square_queries: int | None = None, fab_iterations: int | None = None, norm: str = "l2"):
         unknown = [a for a in attacks if a not in STANDARD_ATTACKS]
         if unknown:
             raise ValueError(f"attacks must be among {STANDARD_ATTACKS}, got {unknown}")
         self.module = import_autoattack()
-        self.eps = eps
+        self.eps, self.norm = eps, NORMS[norm]
         self.attacks = tuple(a for a in STANDARD_ATTACKS if a in attacks)
         self.square_queries, self.fab_iterations = square_queries, fab_iterations
 
@@ -72,7 +75,7 @@ class AutoAttackPackage:
         return labels.to(y.device) == y
 
     def _adversary(self, model, device, seed: int):
-        options = dict(norm="L2", eps=self.eps, version="standard", device=device, seed=seed)
+        options = dict(norm=self.norm.autoattack, eps=self.eps, version="standard", device=device, seed=seed)
         if self.module.__name__ != "pyautoattack":
             options["verbose"] = False
         adversary = self.module.AutoAttack(model, **options)

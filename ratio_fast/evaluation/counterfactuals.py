@@ -1,12 +1,12 @@
-"""Visual counterfactuals: how an image must change, within growing L2 radii, to become a target class.
+"""Visual counterfactuals: how an image must change, within growing radii, to become a target class.
 
-For each image and radius, APGD maximizes log p(target) inside the L2 ball around the image
-(the authors use 500 steps and radii 0.5 ... 3.0, and start at a random point of the ball). A
-robust model's counterfactuals show features of the target class; a non-robust one's show
-noise. All radii of an image run in one batch, with per-sample eps. Output: a PNG grid (rows =
-images; columns = the original, then each radius; under every tile the predicted class and the
-target's confidence; optionally a row of differences) and the raw tensors (both files written
-by cli/checkpoint_commands.py).
+For each image and radius, APGD maximizes log p(target) inside the ball of the norm around the
+image (the authors use L2, 500 steps and radii 0.5 ... 3.0, and start at a random point of the
+ball; L-infinity's radii are ours). A robust model's counterfactuals show features of the target
+class; a non-robust one's show noise. All radii of an image run in one batch, with per-sample
+eps. Output: a PNG grid (rows = images; columns = the original, then each radius; under every
+tile the predicted class and the target's confidence; optionally a row of differences) and the
+raw tensors (both files written by cli/checkpoint_commands.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..attacks.apgd import apgd_run
-from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, check_builders
+from ..choices import COUNTERFACTUAL_STARTS, COUNTERFACTUAL_TARGETS, NORMS, check_builders
 from ..config import CounterfactualsConfig
 from ..models import eval_mode
 from ..progress import Progress
@@ -63,22 +63,26 @@ def counterfactuals(
     model: torch.nn.Module,
     x: torch.Tensor,
     targets: torch.Tensor,
-    radii: Sequence[float] = DEFAULTS.radii,
+    radii: Sequence[float] | None = None,
     steps: int = DEFAULTS.steps,
     backend: str = DEFAULTS.backend,
     batch_size: int = DEFAULTS.batch_size,
     start: str = DEFAULTS.start,
     seed: int = DEFAULTS.seed,
+    norm: str = "l2",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Counterfactuals (N, R, C, H, W) of x (N, C, H, W) towards `targets` (N,) at each radius, and p(target) (N, R).
 
-    start: a row of choices.COUNTERFACTUAL_STARTS. A random one, as the authors' APGD, begins at a
-    random point on the sphere of each radius (clipped to [0,1]), drawn from `seed` (the same call
-    gives the same result); "image" begins at the image, so no radius ends less confident in the
-    target than the original. `batch_size` bounds images x radii per APGD call.
+    radii: in `norm` (choices.NORMS); default: the norm's. start: a row of
+    choices.COUNTERFACTUAL_STARTS. A random one, as the authors' APGD, begins at a random point on
+    the sphere of each radius (in L-infinity AutoAttack's point of the box's surface; clipped to
+    [0,1]), drawn from `seed` (the same call gives the same result); "image" begins at the image,
+    so no radius ends less confident in the target than the original. `batch_size` bounds
+    images x radii per APGD call.
     """
     if start not in COUNTERFACTUAL_STARTS:
         raise ValueError(f"start must be one of {', '.join(COUNTERFACTUAL_STARTS)}, got {start!r}")
+    radii = NORMS[norm].radii if radii is None else radii
     random_start = COUNTERFACTUAL_STARTS[start].random
     generator = torch.Generator(x.device).manual_seed(seed) if random_start else None
     n, r = x.shape[0], len(radii)
@@ -91,7 +95,7 @@ def counterfactuals(
         xs = x[lo:lo + per_call].repeat_interleave(r, dim=0)
         ts = targets[lo:lo + per_call].repeat_interleave(r)
         adv = apgd_run(model, xs, ts, eps=radius.repeat(xs.shape[0] // r), steps=steps, objective="target_ce",
-                       random_start=random_start, generator=generator, backend=backend,
+                       random_start=random_start, generator=generator, backend=backend, norm=norm,
                        on_step=progress.update).best
         images.append(adv.view(-1, r, *x.shape[1:]))
         confidence.append(target_probability(model, adv, ts).view(-1, r))
@@ -135,6 +139,7 @@ def save_grid(
     class_names: Sequence[str] | None = None,
     differences: bool = False,
     scale: int = 4,
+    norm: str = "l2",
 ) -> None:
     """Write the PNG grid: a title row, then per image the original and one tile per radius.
 
@@ -164,7 +169,7 @@ def save_grid(
             draw.text((left, top + h + 3 + k * line), text, fill="black" if k < len(lines) - 1 else (170, 0, 0),
                       font=font)
 
-    titles = ["original"] + [f"L2 radius {float(v):g}" for v in radii]
+    titles = ["original"] + [f"{NORMS[norm].title} radius {float(v):.3g}" for v in radii]
     for col, title in enumerate(titles):
         draw.text((gap + col * (w + gap), 5), title, fill="black", font=font)
     for row in range(n):

@@ -33,7 +33,7 @@ import torch
 
 from ..attacks.apgd import APGDTargeted, apgd_run, random_start_point
 from ..attacks.cuda_graph import GraphedCall
-from ..choices import ATTACKS, EVAL_ATTACKS, check_builders
+from ..choices import ATTACKS, DEFAULT_NORM, EVAL_ATTACKS, NORMS, check_builders
 from ..config import EvalConfig
 from ..data.batches import BatchSpec, Loader
 from ..data.resident import ResidentLoader
@@ -62,7 +62,7 @@ def clean_accuracy(model: torch.nn.Module, batches) -> float:
 def robust_accuracy(model: torch.nn.Module, batches, attack: Callable) -> float:
     """Fraction still classified correctly after `attack` (an upper bound on the true robust accuracy).
 
-    `attack` is any object called as attack(model, x, y) -> x_adv: L2PGD, APGD, APGDTargeted.
+    `attack` is any object called as attack(model, x, y) -> x_adv: PGD, APGD, APGDTargeted.
     """
     correct = total = 0
     with eval_mode(model):
@@ -264,7 +264,8 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
     clean in-distribution scores of all of `test`. scores: filled with the max confidences behind
     the OOD metrics, {"in": test's, name: {"clean": ..., "worst": ...}} (for the pictures).
     """
-    s = settings if settings.eps is not None else replace(settings, eps=settings.radius())
+    s = settings.for_run()  # the threat model filled in where the caller has not (cli: from the run)
+    title = NORMS[s.norm].title
     seed = s.seed
     device = next(model.parameters()).device
     graphs = device.type == "cuda" if s.cuda_graphs is None else s.cuda_graphs
@@ -281,10 +282,10 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
 
     def worst_case_rows(x, start):
         return apgd_run(model, x, None, eps=s.ood_eps, steps=s.ood_steps, objective="max_conf", start=start,
-                        backend=s.backend, check_inputs=False)  # loader images: in [0,1], and maybe graphed
+                        backend=s.backend, check_inputs=False, norm=s.norm)  # loader images: in [0,1], and maybe graphed
 
     def ood_worst(x, _y, generator, _rows):
-        start = random_start_point(x, s.ood_eps, generator, s.backend)
+        start = random_start_point(x, s.ood_eps, generator, s.backend, s.norm)
         worst = calls("worst-case ood", worst_case_rows, x, start).best
         return {"conf": max_confidence(_no_grad(model, worst))}
 
@@ -299,7 +300,7 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
         if s.eps > 0 and (s.attacks or s.autoattack):
             robust_set = test.first(s.robust_samples) if s.robust_samples else test
             n = robust_set.num_samples
-            robust = {"eps": s.eps, "steps": s.steps, "targets": s.targets, "samples": n, "attacks": list(s.attacks)}
+            robust = {"norm": s.norm, "eps": s.eps, "steps": s.steps, "targets": s.targets, "samples": n, "attacks": list(s.attacks)}
             still_robust = clean_part["correct"][:n]
             for k, name in enumerate(s.attacks):
                 part = _robust_part_name(s.attacks[:k + 1], s, n)
@@ -309,12 +310,12 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
             if s.autoattack:
                 from .autoattack_package import AutoAttackPackage
 
-                reference = AutoAttackPackage(s.eps)
+                reference = AutoAttackPackage(s.eps, norm=s.norm)
 
                 def autoattack(x, y, generator, _rows):
                     return {"robust": reference.robust(model, x, y, seed=generator.initial_seed() % 2**31)}
 
-                part = f"{reference.description}, L2 {s.eps}, {n} images"
+                part = f"{reference.description}, {title} {s.eps:g}, {n} images"
                 reference_robust = run_part(state, part, robust_set, autoattack, seed, progress,
                                             costs["autoattack"])["robust"]
                 robust["autoattack"] = float(reference_robust.double().mean())
@@ -330,10 +331,10 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
             metrics = ood_metrics(clean_part["conf"], conf)
             worst = None
             if s.ood_steps > 0 and s.ood_eps > 0:
-                part = f"ood {name}, worst case L2 {s.ood_eps}, {s.ood_steps} steps, {source.num_samples} images"
+                part = f"ood {name}, worst case {title} {s.ood_eps:g}, {s.ood_steps} steps, {source.num_samples} images"
                 worst = run_part(state, part, source, ood_worst, seed, progress, costs["worst-case ood"])["conf"]
                 metrics.update({f"worst_case_{k}": v for k, v in ood_metrics(clean_part["conf"], worst).items()})
-                metrics.update(worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
+                metrics.update(worst_case_norm=s.norm, worst_case_eps=s.ood_eps, worst_case_steps=s.ood_steps)
             metrics["samples"] = source.num_samples
             results["ood"][name] = metrics
             if scores is not None:
@@ -346,7 +347,8 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
 def _robust_part_name(attacks: tuple[str, ...], s: EvalConfig, samples: int) -> str:
     """A part's results depend on the attacks before it (it attacks only what they left robust)."""
     targets = f", {s.targets} targets" if any(ATTACKS[name].targeted for name in attacks) else ""
-    return f"robust after {' + '.join(attacks)}, L2 {s.eps}, {s.steps} steps{targets}, {samples} images"
+    return (f"robust after {' + '.join(attacks)}, {NORMS[s.norm].title} {s.eps:g}, {s.steps} steps{targets}, "
+            f"{samples} images")
 
 
 def _surviving(still_robust: torch.Tensor, fooled_by: Callable) -> Measure:
@@ -364,16 +366,16 @@ def _untargeted_apgd(name: str, model, s: EvalConfig, calls: AttackCalls) -> Cal
     """APGD on cross-entropy: fooled_by(x, y, generator) -> (N,) bool, AutoAttack's success on each point."""
     def rows(x, y, start):
         return apgd_run(model, x, y, eps=s.eps, steps=s.steps, objective="ce", start=start,
-                        count_misclassified=True, backend=s.backend, check_inputs=False)
+                        count_misclassified=True, backend=s.backend, check_inputs=False, norm=s.norm)
 
     def fooled_by(x, y, generator):
-        return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend)).fooled
+        return calls(name, rows, x, y, random_start_point(x, s.eps, generator, s.backend, s.norm)).fooled
     return fooled_by
 
 
 def _targeted_apgd(name: str, model, s: EvalConfig, calls: AttackCalls) -> Callable:
     """APGD on the targeted DLR loss, --targets classes per point as one batch of (image, target) rows."""
-    attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend, check_inputs=False)
+    attack = APGDTargeted(s.eps, s.steps, targets=s.targets, backend=s.backend, check_inputs=False, norm=s.norm)
     target_rows = attack.attack_rows(model)
 
     def fooled_by(x, y, generator):
@@ -460,16 +462,17 @@ def format_table(results: dict) -> str:
     robust = results.get("robust")
     if robust:
         n = robust["samples"]
+        title = NORMS[robust.get("norm", DEFAULT_NORM)].title  # results saved before --norm: L2
         done = []
         for name in robust.get("attacks", []):
             done.append(name)
             targeted = name in ATTACKS and ATTACKS[name].targeted
             steps = f", {robust['steps']} steps" + (f", {robust['targets']} targets" if targeted else "")
-            where = f"(L2 {robust['eps']}{steps})"
+            where = f"({title} {robust['eps']:g}{steps})"
             rows.append((f"robust accuracy, {' + '.join(done)}", f"{_accuracy(robust[name], n, population)}  {where}"))
         if "autoattack" in robust:
             rows.append(("robust accuracy, AutoAttack", f"{_accuracy(robust['autoattack'], n, population)}  "
-                                                        f"({robust['autoattack_version']}, L2 {robust['eps']})"))
+                                                        f"({robust['autoattack_version']}, {title} {robust['eps']:g})"))
         if len(robust.get("attacks", [])) + ("autoattack" in robust) > 1:
             rows.append(("robust accuracy, all attacks", _accuracy(robust["all"], n, population)))
     rows.append(("mean max confidence, in-dist", f"{results['mean_max_conf_in']:.4f}"))
@@ -478,7 +481,8 @@ def format_table(results: dict) -> str:
         rows.append((f"OOD {name}: FPR at 95% TPR", f"{100 * m['fpr95']:.2f} %"))
         rows.append((f"OOD {name}: mean max confidence", f"{m['mean_max_conf']:.4f}"))
         if "worst_case_auroc" in m:
-            how = f"(L2 {m['worst_case_eps']}, {m['worst_case_steps']} steps)"
+            how = (f"({NORMS[m.get('worst_case_norm', DEFAULT_NORM)].title} {m['worst_case_eps']:g}, "
+                   f"{m['worst_case_steps']} steps)")
             rows.append((f"OOD {name}: worst-case AUROC", f"{100 * m['worst_case_auroc']:.2f} %  {how}"))
             rows.append((f"OOD {name}: worst-case mean max conf", f"{m['worst_case_mean_max_conf']:.4f}"))
     width = max(len(name) for name, _ in rows)

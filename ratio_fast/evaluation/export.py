@@ -5,8 +5,9 @@ and counterfactuals. `export_checkpoint` writes what RobustBench and plain-PyTor
 `model.pt`, a plain state_dict (no `module.` / `_orig_mod.` prefixes, the `mu`/`sigma`
 normalization buffers included; our WideResNet's names are RobustBench's, key for key, so it
 loads into `Augustin2020AdversarialWideNet` with strict=True), and `model.safetensors`, the
-same tensors with the architecture and the run's settings in the metadata (`ratio-fast eval`
-takes the pair, evaluation/load.py). Both carry a SHA-256 of their bytes, the
+same tensors with the architecture, the run's settings (`ratio-fast eval` takes the pair,
+evaluation/load.py) and the threat model it was trained in (RobustBench's name of the norm,
+`threat_model`: L2 or Linf, and the radius, `eps`) in the metadata. Both carry a SHA-256 of their bytes, the
 formats unchanged (digest.py), and get the file mode a plain open() gives (0666 less the umask).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..training.checkpoint import load_checkpoint
-from ..choices import WEIGHTS, check_builders
+from ..choices import NORMS, WEIGHTS, check_builders
 from ..config import ExportConfig, TrainConfig
 from ..datasets import get_dataset
 from ..errors import UserError
@@ -91,6 +92,11 @@ def _mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor])
     return "; ".join(parts)
 
 
+def threat_model(config: TrainConfig) -> dict[str, str]:
+    """The threat model a run was trained in, as a RobustBench entry names it: its norm and radius."""
+    return {"threat_model": NORMS[config.norm].autoattack, "eps": repr(config.eps_in)}
+
+
 def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = ExportConfig.weights) -> tuple[Path, Path]:
     """Write out_dir/model.pt (plain state_dict) and out_dir/model.safetensors, each with its SHA-256
     (digest.py: `digest.verify(file)` checks one); returns both paths."""
@@ -102,6 +108,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, weights: str = Expo
     atomic_save(pt_path, tensors)
     metadata = {"format": "pt", "arch": config.arch, "dataset": config.dataset, "weights": weights,
                 "num_classes": str(get_dataset(config.dataset).num_classes), "input": "NCHW RGB in [0,1]",
-                "config": json.dumps(config.to_dict())}  # the run's settings: `ratio-fast eval` of the export
+                "config": json.dumps(config.to_dict()),  # the run's settings: `ratio-fast eval` of the export
+                **threat_model(config)}
     atomic_write_safetensors(st_path, tensors, metadata)
     return pt_path, st_path

@@ -264,8 +264,8 @@ def training_attacks(config: TrainConfig, input_grad_only: bool = True):
     term's objective of --mode; None where the row has no such attack."""
     mode = MODES[config.mode]
     # No input check in the step (it would synchronize with the host, or break a CUDA graph capture).
-    common = dict(momentum=config.attack_momentum, backend=config.backend, input_grad_only=input_grad_only,
-                  check_inputs=False)
+    common = dict(momentum=config.attack_momentum, norm=config.norm, backend=config.backend,
+                  input_grad_only=input_grad_only, check_inputs=False)
 
     def attack(objective, eps, steps, step_size):
         return build_attack(config.attack, eps=eps, steps=steps, step_size=step_size, objective=objective,
