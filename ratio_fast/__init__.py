@@ -21,7 +21,7 @@ from .training.trainer import RatioTrainer
 from .version import __version__
 
 __all__ = ["APGD", "APGDTargeted", "PGD", "L2PGD", "LinfPGD", "joint_pgd", "joint_l2_pgd", "l2_pgd", "pgd", "pgd_step",
-           "RatioTrainer", "TrainConfig", "create_model", "evaluate", "load_run"]
+           "RatioTrainer", "TrainConfig", "create_model", "evaluate", "load_run", "__version__"]
 
 
 def __getattr__(name: str):

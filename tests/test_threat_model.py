@@ -118,3 +118,28 @@ def test_linf_run_trains_evaluates_with_autoattack_and_exports(tmp_path, capsys,
     with safe_open(tmp_path / "export" / "model.safetensors", "pt") as exported:
         metadata = exported.metadata()
     assert (metadata["threat_model"], float(metadata["eps"])) == ("Linf", 8 / 255)
+
+
+@pytest.mark.parametrize("config_file", ["configs/ratio-cifar10-wrn34.json", "run config.json"])
+def test_a_config_files_radii_do_not_cross_into_another_norm(tmp_path, capsys, config_file):
+    """--config with L2 radii and --norm linf on the command line: refused in one line, not an
+    L-infinity box of 0.5; the radii given on the command line as well, it runs."""
+    from pathlib import Path
+
+    if config_file == "run config.json":  # a finished run's settings, every radius written out
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(TrainConfig(arch="tiny", dataset="synthetic").to_dict()))
+    else:
+        path = Path(__file__).parent.parent / config_file
+    assert main(["train", "--config", str(path), "--norm", "linf", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ratio-fast: error: --norm linf: --config {path} sets --eps-in, "
+                                                   "--eps-out, --step-size-in, --step-size-out for l2;"), err
+    assert not (tmp_path / "run").exists()
+
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"eps_in": 0.5, "step_size_in": 0.1}))
+    assert main([*FAST, "--config", str(small), "--norm", "linf", "--eps-in", "0.02", "--step-size-in", "0.005",
+                 "--max-steps", "1", "--out", str(tmp_path / "given")]) == 0
+    saved = json.loads((tmp_path / "given" / "config.json").read_text())
+    assert (saved["norm"], saved["eps_in"], saved["step_size_in"], saved["eps_out"]) == ("linf", 0.02, 0.005, 16 / 255)

@@ -5,7 +5,6 @@ stack are imported only when a command runs.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path

@@ -9,7 +9,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from ..config import TrainConfig, upgrade_legacy_settings, value_type
+from ..choices import DEFAULT_NORM
+from ..config import NORM_DEFAULTS, TrainConfig, upgrade_legacy_settings, value_type
 from ..errors import UserError
 
 # Field type (as written in config.py, without "| None") -> JSON types accepted for it; null
@@ -50,3 +51,15 @@ def read_config_file(path: str | Path) -> dict:
     except UserError as e:
         raise UserError(f"--config {path}: {e}") from None
     return values
+
+
+def check_norm_change(path: str | Path, file_settings: dict, given: set[str], norm: str) -> None:
+    """UserError if --norm on the command line differs from the file's norm while the file sets
+    radii or step sizes (of its norm) that the command line leaves as they are: an L2 radius of
+    0.5 would otherwise become an L-infinity box of 0.5."""
+    file_norm = file_settings.get("norm", DEFAULT_NORM)
+    stale = [name for name in NORM_DEFAULTS if file_settings.get(name) is not None and name not in given]
+    if "norm" in given and norm != file_norm and stale:
+        flags = ", ".join("--" + name.replace("_", "-") for name in stale)
+        raise UserError(f"--norm {norm}: --config {path} sets {flags} for {file_norm}; give them for {norm} "
+                        f"on the command line too, or take them out of the file")

@@ -147,6 +147,10 @@ def _main(argv: list[str]) -> int:
         named = set(vars(build_parser(given_only=True).parse_args(argv)))  # the flags on the command line
         args.given = named
         if args.command == "train":
+            if file_settings:
+                from .config_file import check_norm_change
+
+                check_norm_change(args.config, file_settings, named, args.norm)
             args.given_settings = set(file_settings) | (named & TRAIN_SETTINGS)
         return args.run(args)
     except UserError as e:

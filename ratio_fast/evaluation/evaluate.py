@@ -25,7 +25,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,7 @@ from ..datasets import get_dataset
 from ..digest import DamagedFile, verify
 from ..errors import UserError
 from ..models import create_model
-from ..training.checkpoint import BEST, CHECKPOINT, load_checkpoint
+from ..training.checkpoint import BEST, CHECKPOINT
 from .export import EXPORT_PT, EXPORT_SAFETENSORS, _mismatch, model_from_checkpoint
 
 METRICS = "metrics.jsonl"
