@@ -339,6 +339,9 @@ class EvalConfig:
                                "(default: the run's --norm). " + choices_help(NORMS), choices=tuple(NORMS))
     eps: float | None = setting(None, ROBUST, "attack radius (default: the run's --eps-in in the run's --norm, "
                                 f"else {per_norm('eps_in')})", at_least=0)
+    radii: tuple[float, ...] = setting((), ROBUST, "comma list of more radii in --norm: the robust accuracy under "
+                                       "--attacks at each as well, drawn with --eps's as robust_vs_radius.png",
+                                       above=0)
     attacks: tuple[str, ...] = setting(tuple(EVAL_ATTACKS), ROBUST, "comma list, run in this order, each on the "
                                        f"points still robust. {choices_help(EVAL_ATTACKS)}; or none",
                                        choices=tuple(EVAL_ATTACKS), noun="attack")

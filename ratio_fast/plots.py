@@ -4,7 +4,9 @@
   epoch, and per --log-every interval when logged), the accuracies, the out-distribution
   confidence and the learning rate;
 - `ood.png` beside eval.json: per OOD set the ROC curve (in-distribution test images against the
-  set, scored by max confidence) and the histograms of max confidence, clean and worst case.
+  set, scored by max confidence) and the histograms of max confidence, clean and worst case;
+- `robust_vs_radius.png` beside it when eval measured several radii (--radii): robust accuracy
+  against the radius.
 
 Without matplotlib nothing is drawn and `missing` says so in one line. Files are written
 atomically (files.py); figures are made without pyplot, so no display or global state is used.
@@ -18,6 +20,7 @@ from .files import atomic_write
 
 CURVES = "curves.png"
 OOD_PICTURE = "ood.png"
+RADIUS_CURVE = "robust_vs_radius.png"
 
 
 def missing(what: str) -> str | None:
@@ -89,6 +92,22 @@ def ood_pictures(in_conf, sets: dict[str, dict], path: Path) -> None:
         histogram.set(title="max confidence", xlabel="max softmax confidence", ylabel="density")
         roc.legend(loc="lower right")
         histogram.legend(loc="upper center")
+    _save(figure, path)
+
+
+def radius_curve(curve: dict, clean_accuracy: float, path: Path) -> None:
+    """robust_vs_radius.png of eval.json's robust_curve: accuracy at radius 0 (clean) and at each radius."""
+    from matplotlib.figure import Figure
+
+    from .choices import NORMS
+
+    radii, accuracies = zip(*([[0.0, clean_accuracy]] + curve["points"]))
+    figure = Figure(figsize=(5.5, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(radii, [100 * a for a in accuracies], "o-")
+    axes.set(title=f"robust accuracy ({' + '.join(curve['attacks'])}, {curve['samples']} images)",
+             xlabel=f"{NORMS[curve['norm']].title} radius", ylabel="accuracy (%)", ylim=(0, 100))
+    axes.grid(alpha=0.3)
     _save(figure, path)
 
 

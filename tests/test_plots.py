@@ -86,3 +86,21 @@ def test_eval_without_matplotlib_says_so_in_one_line(checkpoint, capsys, monkeyp
     assert main(["eval", str(checkpoint), *EVAL]) == 0
     assert 'note: no ood.png: matplotlib is not installed (pip install "ratio-fast[plots]")\n' in capsys.readouterr().err
     assert not (checkpoint.parent / "eval" / "ood.png").exists()
+
+
+def test_eval_at_several_radii_draws_robust_accuracy_against_the_radius(checkpoint, capsys):
+    robust = ["--device", "cpu", "--samples", "64", "--attacks", "apgd-ce", "--steps", "3", "--ood", "none"]
+    assert main(["eval", str(checkpoint), *robust, "--radii", "1.0,0.25"]) == 0
+    out = capsys.readouterr().out
+    results = json.loads((checkpoint.parent / "eval" / "eval.json").read_text())
+    curve = results["robust_curve"]
+    assert [eps for eps, _ in curve["points"]] == [0.25, 0.5, 1.0]  # --eps (the run's 0.5) among them, in order
+    accuracy = dict(map(tuple, curve["points"]))
+    assert accuracy[0.5] == results["robust"]["apgd-ce"]
+    assert accuracy[1.0] < accuracy[0.25] <= results["clean_accuracy"]
+    assert "robust accuracy at L2 1 " in out and "robust accuracy against the radius: " in out
+    assert_picture(checkpoint.parent / "eval" / "robust_vs_radius.png", (440, 320))
+
+    # A point of the curve is the robust accuracy an evaluation at that radius reports.
+    assert main(["eval", str(checkpoint), *robust, "--eps", "1.0", "--out", str(checkpoint.parent / "at1")]) == 0
+    assert json.loads((checkpoint.parent / "at1" / "eval.json").read_text())["robust"]["apgd-ce"] == accuracy[1.0]

@@ -101,7 +101,22 @@ def _run_eval(args) -> int:
     print(format_table(results))
     print(f"results: {out / EVAL_RESULTS}")
     _draw_ood(scores, out)
+    _draw_radius_curve(results, out)
     return 0
+
+
+def _draw_radius_curve(results: dict, out: Path) -> None:
+    """robust_vs_radius.png beside eval.json when eval measured several radii, or why not."""
+    from .. import plots
+
+    if "robust_curve" not in results:
+        return
+    why_not = plots.missing(plots.RADIUS_CURVE)
+    if why_not:
+        print(why_not, file=sys.stderr)
+        return
+    plots.radius_curve(results["robust_curve"], results["clean_accuracy"], out / plots.RADIUS_CURVE)
+    print(f"robust accuracy against the radius: {out / plots.RADIUS_CURVE}")
 
 
 def _draw_ood(scores: dict, out: Path) -> None:

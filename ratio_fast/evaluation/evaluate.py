@@ -25,7 +25,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +205,10 @@ def _costs(s: EvalConfig) -> dict[str, int]:
 def _total_work(s: EvalConfig, test: Loader, ood_sets: dict[str, Loader]) -> int:
     costs = _costs(s)
     total = len(test) * costs["clean"]
+    robust_batches = len(test.first(s.robust_samples)) if s.robust_samples else len(test)
     if s.eps > 0 and (s.attacks or s.autoattack):
-        robust_batches = len(test.first(s.robust_samples)) if s.robust_samples else len(test)
         total += robust_batches * sum(costs[a] for a in (*s.attacks, *(("autoattack",) if s.autoattack else ())))
+    total += robust_batches * len(_curve_radii(s)) * sum(costs[a] for a in s.attacks)
     worst = costs["worst-case ood"] if s.ood_steps > 0 and s.ood_eps > 0 else 0
     return total + sum(len(source) * (costs["clean"] + worst) for source in ood_sets.values())
 
@@ -280,6 +281,15 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
     def ood_clean(x, _y, _generator, _rows):
         return {"conf": max_confidence(_no_grad(model, x))}
 
+    def robust_after_each_attack(s_at: EvalConfig, calls_at: AttackCalls):
+        """(attack, points still robust after it and those before) for s_at's attacks at s_at.eps."""
+        still_robust = clean_part["correct"][:n]
+        for k, name in enumerate(s_at.attacks):
+            part = _robust_part_name(s_at.attacks[:k + 1], s_at, n)
+            measure = _surviving(still_robust, _fooled_by(name, model, s_at, calls_at))
+            still_robust = run_part(state, part, robust_set, measure, seed, progress, costs[name])["robust"]
+            yield name, still_robust
+
     def worst_case_rows(x, start):
         return apgd_run(model, x, None, eps=s.ood_eps, steps=s.ood_steps, objective="max_conf", start=start,
                         backend=s.backend, check_inputs=False, norm=s.norm)  # loader images: in [0,1], and maybe graphed
@@ -297,15 +307,12 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
         results["clean_accuracy"] = float(clean_part["correct"].double().mean())
         results["mean_max_conf_in"] = float(clean_part["conf"].double().mean())
 
+        robust_set = test.first(s.robust_samples) if s.robust_samples else test
+        n = robust_set.num_samples
         if s.eps > 0 and (s.attacks or s.autoattack):
-            robust_set = test.first(s.robust_samples) if s.robust_samples else test
-            n = robust_set.num_samples
             robust = {"norm": s.norm, "eps": s.eps, "steps": s.steps, "targets": s.targets, "samples": n, "attacks": list(s.attacks)}
             still_robust = clean_part["correct"][:n]
-            for k, name in enumerate(s.attacks):
-                part = _robust_part_name(s.attacks[:k + 1], s, n)
-                measure = _surviving(still_robust, _fooled_by(name, model, s, calls))
-                still_robust = run_part(state, part, robust_set, measure, seed, progress, costs[name])["robust"]
+            for name, still_robust in robust_after_each_attack(s, calls):
                 robust[name] = float(still_robust.double().mean())  # after this attack and those before
             if s.autoattack:
                 from .autoattack_package import AutoAttackPackage
@@ -323,6 +330,13 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
                 still_robust = still_robust & reference_robust
             robust["all"] = float(still_robust.double().mean())  # robust against every attack run
             results["robust"] = robust
+        if _curve_radii(s):
+            curve = {s.eps: robust[s.attacks[-1]]} if s.eps > 0 and s.attacks else {}
+            for radius in _curve_radii(s):  # each radius its own AttackCalls: its CUDA graphs hold its eps
+                after = list(robust_after_each_attack(replace(s, eps=radius), AttackCalls(s.batch_size, graphs)))
+                curve[radius] = float(after[-1][1].double().mean())
+            results["robust_curve"] = {"norm": s.norm, "attacks": list(s.attacks), "samples": n,
+                                       "points": [[eps, curve[eps]] for eps in sorted(curve)]}
 
         results["ood"] = {}
         for name, source in ood_sets.items():
@@ -342,6 +356,11 @@ def evaluate_model(model: torch.nn.Module, test: Loader, ood_sets: dict[str, Loa
     progress.close()
     results["settings"] = {**asdict(s), "attacks": list(s.attacks)}
     return results
+
+
+def _curve_radii(s: EvalConfig) -> list[float]:
+    """The radii of --radii besides --eps's, where there are attacks to run."""
+    return sorted(set(s.radii) - {s.eps}) if s.attacks else []
 
 
 def _robust_part_name(attacks: tuple[str, ...], s: EvalConfig, samples: int) -> str:
@@ -475,6 +494,12 @@ def format_table(results: dict) -> str:
                                                         f"({robust['autoattack_version']}, {title} {robust['eps']:g})"))
         if len(robust.get("attacks", [])) + ("autoattack" in robust) > 1:
             rows.append(("robust accuracy, all attacks", _accuracy(robust["all"], n, population)))
+    curve = results.get("robust_curve")
+    if curve:
+        title = NORMS[curve["norm"]].title
+        for eps, accuracy in curve["points"]:
+            rows.append((f"robust accuracy at {title} {eps:g}", f"{_accuracy(accuracy, curve['samples'], population)}  "
+                                                             f"({' + '.join(curve['attacks'])})"))
     rows.append(("mean max confidence, in-dist", f"{results['mean_max_conf_in']:.4f}"))
     for name, m in results.get("ood", {}).items():
         rows.append((f"OOD {name}: AUROC", f"{100 * m['auroc']:.2f} %  ({m['samples']} images)"))
