@@ -59,8 +59,8 @@ class Budget:
     batch_size: int = 128  # in-distribution; the out-distribution batch is as large
     seed: int = 0  # training: data order, augmentation, initialization, attack starts; eval: attack starts
     synthetic_size: int = 10240  # training images: 80 steps per epoch at batch 128
-    robust_samples: int = 200  # first test images under APGD-CE + APGD-T
-    ood_samples: int = 200  # images per OOD set, clean and worst case
+    robust_samples: int = 32  # first test images under APGD-CE + APGD-T (each: 100 + 9 x 100 steps)
+    ood_samples: int = 50  # images per OOD set, clean and worst case (100 steps)
     ood: tuple[str, ...] = BUILT_IN  # the same sets for every type (see the module's docstring)
     device: str = "auto"
 
