@@ -16,9 +16,10 @@ the JSON line). The OOD sets are given explicitly: eval's default leaves out the
 out-distribution, which only the types with an out-distribution term have, so the defaults
 would differ between rows; the synthetic out-distribution is left out of every row.
 
-Each type's run lies in <work>/<budget key>/<mode> (the key is a digest of the budget): a type
-whose directory holds an eval.json is not run again, and a killed run continues (train --resume,
-eval resumes on its own). One JSON line per type goes to the results file as soon as it is done.
+Each type's run lies in <work>/<training key>/<mode>, its evaluation in eval-<eval key> inside it
+(digests of the budget's training and evaluation settings, so another evaluation budget reuses
+the trained runs): a type whose evaluation holds an eval.json is not run again, and a killed run
+continues (train --resume, eval resumes on its own). One JSON line per type goes to the results file as soon as it is done.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ from ratio_fast.evaluation.ood_sets import BUILT_IN  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORK = ROOT / "runs" / "training-types"
-EVAL_DIR, EVAL_RESULTS, CHECKPOINT = "eval", "eval.json", "checkpoint.pt"
+EVAL_RESULTS, CHECKPOINT = "eval.json", "checkpoint.pt"
 LOG_TAIL = 3000  # characters of a failed command's log shown
 
 
@@ -59,14 +60,18 @@ class Budget:
     batch_size: int = 128  # in-distribution; the out-distribution batch is as large
     seed: int = 0  # training: data order, augmentation, initialization, attack starts; eval: attack starts
     synthetic_size: int = 10240  # training images: 80 steps per epoch at batch 128
-    robust_samples: int = 32  # first test images under APGD-CE + APGD-T (each: 100 + 9 x 100 steps)
-    ood_samples: int = 50  # images per OOD set, clean and worst case (100 steps)
+    robust_samples: int = 100  # first test images under APGD-CE + APGD-T (each: 100 + 9 x 100 steps)
+    ood_samples: int = 100  # images per OOD set, clean and worst case (100 steps)
     ood: tuple[str, ...] = BUILT_IN  # the same sets for every type (see the module's docstring)
     device: str = "auto"
 
-    def key(self) -> str:
-        """A short digest naming this budget's work directory."""
-        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+    def training_key(self) -> str:
+        """A short digest of what the training runs depend on: it names their directory."""
+        return _digest({name: getattr(self, name) for name in TRAINING_FIELDS})
+
+    def eval_key(self) -> str:
+        """A short digest of what the evaluation depends on: it names its directory in each run."""
+        return _digest({name: getattr(self, name) for name in EVAL_FIELDS})
 
     def describe(self) -> str:
         d = TrainConfig
@@ -75,6 +80,18 @@ class Budget:
                 f"seed {self.seed}, every other training setting at its default (attacks: {d.steps_in} steps at L2 "
                 f"{d.eps_in} in, {d.steps_out} at {d.eps_out} out); eval: robust accuracy on the first "
                 f"{self.robust_samples} test images, OOD sets {', '.join(self.ood)} with {self.ood_samples} images each")
+
+
+TRAINING_FIELDS = ("arch", "epochs", "batch_size", "seed", "synthetic_size", "device")
+EVAL_FIELDS = ("robust_samples", "ood_samples", "ood", "seed", "device")
+
+
+def _digest(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def eval_dir(budget: Budget, run_dir: Path) -> Path:
+    return run_dir / f"eval-{budget.eval_key()}"
 
 
 def training_types() -> list[str]:
@@ -93,7 +110,7 @@ def eval_args(budget: Budget, run_dir: Path) -> list[str]:
     """`ratio-fast eval`'s arguments for one type's run: the same flags for every type."""
     return ["eval", str(run_dir), "--robust-samples", str(budget.robust_samples), "--ood", ",".join(budget.ood),
             "--ood-samples", str(budget.ood_samples), "--seed", str(budget.seed), "--device", budget.device,
-            "--out", str(run_dir / EVAL_DIR)]
+            "--out", str(eval_dir(budget, run_dir))]
 
 
 def summary(results: dict) -> dict:
@@ -149,7 +166,7 @@ def run_logged(args: list[str], log: Path) -> float:
 
 def measure(mode: str, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
     """(eval.json, what was run) of one type: trained and evaluated, or continued, or read as it is."""
-    results_path = run_dir / EVAL_DIR / EVAL_RESULTS
+    results_path = eval_dir(budget, run_dir) / EVAL_RESULTS
     train, evaluate = train_args(mode, budget, run_dir), eval_args(budget, run_dir)
     ran = {"train_command": "ratio-fast " + shlex.join(train), "eval_command": "ratio-fast " + shlex.join(evaluate),
            "run_dir": str(run_dir), "reused": results_path.is_file()}
@@ -157,7 +174,8 @@ def measure(mode: str, budget: Budget, run_dir: Path) -> tuple[dict, dict]:
         run_dir.mkdir(parents=True, exist_ok=True)
         resume = ["--resume"] if (run_dir / CHECKPOINT).is_file() else []  # a killed run continues
         ran["train_s"] = round(run_logged(train + resume, run_dir / "train.log"), 1)
-        ran["eval_s"] = round(run_logged(evaluate, run_dir / "eval.log"), 1)  # resumes from its eval_state.pt
+        results_path.parent.mkdir(exist_ok=True)
+        ran["eval_s"] = round(run_logged(evaluate, results_path.parent / "eval.log"), 1)  # resumes from its eval_state.pt
     return json.loads(results_path.read_text()), ran
 
 
@@ -176,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--robust-samples", type=int, default=d.robust_samples)
     p.add_argument("--ood-samples", type=int, default=d.ood_samples)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--work", default=str(WORK), help="runs go to WORK/<budget key>/<mode>")
+    p.add_argument("--work", default=str(WORK), help="runs go to WORK/<training key>/<mode>")
     p.add_argument("--out", default=str(RESULTS), help="folder for <date>-training-types.jsonl")
     p.add_argument("--commit", default=None, help="commit of the code measured (default: git HEAD)")
     args = p.parse_args(argv)
@@ -192,7 +210,7 @@ def main(argv=None) -> int:
               "budget": dataclasses.asdict(budget)}
     path = Path(args.out) / f"{date[:10]}-training-types.jsonl"
     path.unlink(missing_ok=True)  # this invocation's rows only (a type done before is read back, not rerun)
-    work = Path(args.work) / budget.key()
+    work = Path(args.work) / budget.training_key()
     types = training_types()
     print(f"budget: {budget.describe()}; runs in {work}", flush=True)
     lines = []

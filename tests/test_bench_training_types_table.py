@@ -51,14 +51,21 @@ def test_every_type_trains_and_is_evaluated_with_the_same_settings(table, tmp_pa
     assert (s.robust_samples, s.ood_samples, s.seed, s.ood) == (50, 40, 7, table.BUILT_IN)
     assert (s.attacks, s.steps, s.ood_steps) == (EvalConfig.attacks, EvalConfig.steps, EvalConfig.ood_steps)
     assert [(args.checkpoint, args.out) for args in evals] == [
-        (str(tmp_path / mode), str(tmp_path / mode / "eval")) for mode in MODES]
+        (str(tmp_path / mode), str(tmp_path / mode / f"eval-{budget.eval_key()}")) for mode in MODES]
 
 
-def test_the_budget_key_names_the_budget(table):
+def test_the_keys_name_what_training_and_evaluation_depend_on(table):
     budget = table.Budget()
-    assert budget.key() == table.Budget().key()
-    assert len({dataclasses.replace(budget, **change).key() for change in (
-        {}, {"epochs": 2}, {"seed": 1}, {"robust_samples": 100}, {"ood_samples": 100}, {"arch": "resnet18"})}) == 6
+    assert (budget.training_key(), budget.eval_key()) == (table.Budget().training_key(), table.Budget().eval_key())
+    training = [{"epochs": 2}, {"batch_size": 64}, {"synthetic_size": 640}, {"arch": "resnet18"}]
+    evaluation = [{"robust_samples": 100}, {"ood_samples": 100}, {"ood": ("uniform-noise",)}]
+    both = [{"seed": 1}, {"device": "cuda"}]
+    for changes, trains, evaluates in ((training, True, False), (evaluation, False, True), (both, True, True)):
+        for change in changes:
+            other = dataclasses.replace(budget, **change)
+            assert (other.training_key() != budget.training_key(), other.eval_key() != budget.eval_key()) == \
+                (trains, evaluates), change
+    assert set(table.TRAINING_FIELDS) | set(table.EVAL_FIELDS) == {f.name for f in dataclasses.fields(budget)}
 
 
 HAND_MADE = {  # the fields of an eval.json the table reads, with numbers whose row is worked out by hand
@@ -102,10 +109,10 @@ def test_a_row_from_what_eval_writes(table, synthetic_split, tmp_path):
 def test_a_type_with_an_eval_json_is_not_run_again(table, tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(table, "run_logged", lambda args, log: ran.append(args) or 1.0)
-    done = tmp_path / "ceda"
-    (done / "eval").mkdir(parents=True)
-    (done / "eval" / "eval.json").write_text(json.dumps(HAND_MADE))
-    results, what = table.measure("ceda", table.Budget(), done)
+    done, budget = tmp_path / "ceda", table.Budget()
+    table.eval_dir(budget, done).mkdir(parents=True)
+    (table.eval_dir(budget, done) / "eval.json").write_text(json.dumps(HAND_MADE))
+    results, what = table.measure("ceda", budget, done)
     assert results == HAND_MADE and what["reused"] and ran == []
 
 
@@ -115,8 +122,7 @@ def test_a_killed_run_continues(table, tmp_path, monkeypatch):
     def run_logged(args, log: Path):
         ran.append(args)
         if args[0] == "eval":
-            (run_dir / "eval").mkdir()
-            (run_dir / "eval" / "eval.json").write_text(json.dumps(HAND_MADE))
+            (table.eval_dir(budget, run_dir) / "eval.json").write_text(json.dumps(HAND_MADE))
         return 2.0
 
     ran = []
