@@ -52,8 +52,9 @@ LOG_TAIL = 3000  # characters of a failed command's log shown
 
 @dataclasses.dataclass(frozen=True)
 class Budget:
-    """What every type gets, training and evaluation alike. The defaults finish all types in about
-    20 minutes on a 2-core CPU (the measurement in the README)."""
+    """What every type gets, training and evaluation alike. On the 2-core development machine a type
+    took well under 2 minutes with the CPUs to itself and up to 20 when other jobs shared them (the
+    README gives the whole measured run)."""
 
     arch: str = "tiny"
     epochs: int = 1

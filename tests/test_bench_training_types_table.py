@@ -58,7 +58,7 @@ def test_the_keys_name_what_training_and_evaluation_depend_on(table):
     budget = table.Budget()
     assert (budget.training_key(), budget.eval_key()) == (table.Budget().training_key(), table.Budget().eval_key())
     training = [{"epochs": 2}, {"batch_size": 64}, {"synthetic_size": 640}, {"arch": "resnet18"}]
-    evaluation = [{"robust_samples": 100}, {"ood_samples": 100}, {"ood": ("uniform-noise",)}]
+    evaluation = [{"robust_samples": 7}, {"ood_samples": 9}, {"ood": ("uniform-noise",)}]
     both = [{"seed": 1}, {"device": "cuda"}]
     for changes, trains, evaluates in ((training, True, False), (evaluation, False, True), (both, True, True)):
         for change in changes:
