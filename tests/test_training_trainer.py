@@ -75,7 +75,7 @@ def test_ratio_step_runs_and_reports(synthetic_split):
     before = copy.deepcopy(trainer.model.state_dict())
     x, y, z = next(batches(synthetic_split, 1))
     metrics = trainer.step(x, y, z)
-    assert set(metrics) == {"loss", "adv_acc", "clean_acc", "lr", "out_conf", "skipped"}
+    assert set(metrics) == {"loss", "loss_in", "loss_out", "adv_acc", "clean_acc", "lr", "out_conf", "skipped"}
     assert metrics["skipped"] == 0
     assert all(torch.isfinite(v) for v in metrics.values())
     assert trainer.steps_done == 1 and trainer.model.training

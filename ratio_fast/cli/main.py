@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -132,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = lambda message, category, *rest: (
             print(f"note: {message}", file=sys.stderr) if issubclass(category, Note)
             else showwarning(message, category, *rest))
-        return _main(argv)
+        code = _main(argv)
+    if code == EXIT_PREEMPTED and threading.current_thread() is threading.main_thread():
+        # The checkpoint is written and the process only exits now, which takes the interpreter
+        # most of a second; a repeated SIGTERM (schedulers signal every process of a job) must
+        # not turn exit 75 into "killed" meanwhile.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
 
 
 def _main(argv: list[str]) -> int:

@@ -213,18 +213,23 @@ class Run:
 
     def fit(self) -> dict:
         """Train until --epochs or --max-steps (or a stop signal); returns the last epoch's metrics."""
+        # The handlers stay installed through the cleanup: a second SIGTERM while it runs (schedulers
+        # signal every process of a job) is the same request, not a kill with the checkpoint written.
+        # The process group goes last, after StopRequest has finished its pending all-reduce.
         try:
             with StopRequest(self.ctx) as stop:
-                return self._fit(stop)
+                try:
+                    return self._fit(stop)
+                finally:
+                    for loader in (self.train_loader, self.out_loader):
+                        if hasattr(loader, "close"):  # streaming loaders own worker processes
+                            loader.close()
+                    self.log.close()
+                    if self.tensorboard is not None:
+                        self.tensorboard.close()
+                    if self._lock is not None:
+                        self._lock.release(clean=True)  # a directory made for a run that had nothing to do goes again
         finally:
-            for loader in (self.train_loader, self.out_loader):
-                if hasattr(loader, "close"):  # streaming loaders own worker processes
-                    loader.close()
-            self.log.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            if self._lock is not None:
-                self._lock.release(clean=True)  # a directory made for a run that had nothing to do goes again
             shutdown()
 
     def _fit(self, stop: StopRequest) -> dict:
