@@ -163,11 +163,12 @@ def save_grid(
     def name(c: int) -> str:
         return class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
 
-    def tile(image: torch.Tensor, left: int, top: int, lines: list[str]) -> None:
+    def tile(image: torch.Tensor, left: int, top: int, lines: list[str], target_last: bool = True) -> None:
+        """Paste a tile with its caption lines; the last one, p(target), in the target's red."""
         grid.paste(_to_pil(image).resize((w, h), Image.NEAREST), (left, top))
         for k, text in enumerate(lines):
-            draw.text((left, top + h + 3 + k * line), text, fill="black" if k < len(lines) - 1 else (170, 0, 0),
-                      font=font)
+            red = target_last and k == len(lines) - 1
+            draw.text((left, top + h + 3 + k * line), text, fill=(170, 0, 0) if red else "black", font=font)
 
     titles = ["original"] + [f"{NORMS[norm].title} radius {float(v):.3g}" for v in radii]
     for col, title in enumerate(titles):
@@ -187,7 +188,7 @@ def save_grid(
             for j in range(r):
                 change = (adversarial[row, j] - original[row]).abs()
                 peak = float(change.max())
-                tile(change / max(peak, 1e-12), gap + (j + 1) * (w + gap), top, [f"max {peak:.3f}"])
+                tile(change / max(peak, 1e-12), gap + (j + 1) * (w + gap), top, [f"max {peak:.3f}"], target_last=False)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     grid.save(path, format="PNG")  # by name, not by suffix: callers may write to a temporary file
 
