@@ -106,33 +106,35 @@ def _run_eval(args) -> int:
 
 
 def _draw_radius_curve(results: dict, out: Path) -> None:
-    """robust_vs_radius.png beside eval.json when eval measured several radii, or why not."""
+    """robust_vs_radius.png beside eval.json when eval measured several radii."""
     from .. import plots
 
-    if "robust_curve" not in results:
-        return
-    why_not = plots.missing(plots.RADIUS_CURVE)
-    if why_not:
-        print(why_not, file=sys.stderr)
-        return
-    plots.radius_curve(results["robust_curve"], results["clean_accuracy"], out / plots.RADIUS_CURVE)
-    print(f"robust accuracy against the radius: {out / plots.RADIUS_CURVE}")
+    if "robust_curve" in results:
+        _draw(plots.RADIUS_CURVE, "robust accuracy against the radius", out,
+              lambda path: plots.radius_curve(results["robust_curve"], results["clean_accuracy"], path))
 
 
 def _draw_ood(scores: dict, out: Path) -> None:
-    """ood.png beside eval.json (plots.py), or the line that says why not."""
+    """ood.png beside eval.json when eval scored OOD sets."""
     from .. import plots
 
     sets = {name: {kind: None if t is None else t.numpy() for kind, t in value.items()}
             for name, value in scores.items() if name != "in"}
-    if not sets:
-        return
-    why_not = plots.missing(plots.OOD_PICTURE)
+    if sets:
+        _draw(plots.OOD_PICTURE, "ROC curves and confidence histograms", out,
+              lambda path: plots.ood_pictures(scores["in"].numpy(), sets, path))
+
+
+def _draw(picture: str, what: str, out: Path, draw) -> None:
+    """draw(out / picture) and say where `what` is, or the line that says why it is not drawn."""
+    from .. import plots
+
+    why_not = plots.missing(picture)
     if why_not:
         print(why_not, file=sys.stderr)
         return
-    plots.ood_pictures(scores["in"].numpy(), sets, out / plots.OOD_PICTURE)
-    print(f"ROC curves and confidence histograms: {out / plots.OOD_PICTURE}")
+    draw(out / picture)
+    print(f"{what}: {out / picture}")
 
 
 def describe_weights(path: str | Path, weights: str) -> str:

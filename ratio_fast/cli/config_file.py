@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..choices import DEFAULT_NORM
-from ..config import NORM_DEFAULTS, TrainConfig, upgrade_legacy_settings, value_type
+from ..config import NORM_DEFAULTS, TrainConfig, flag_name, upgrade_legacy_settings, value_type
 from ..errors import UserError
 
 # Field type (as written in config.py, without "| None") -> JSON types accepted for it; null
@@ -60,6 +60,6 @@ def check_norm_change(path: str | Path, file_settings: dict, given: set[str], no
     file_norm = file_settings.get("norm", DEFAULT_NORM)
     stale = [name for name in NORM_DEFAULTS if file_settings.get(name) is not None and name not in given]
     if "norm" in given and norm != file_norm and stale:
-        flags = ", ".join("--" + name.replace("_", "-") for name in stale)
+        flags = ", ".join(flag_name(name) for name in stale)
         raise UserError(f"--norm {norm}: --config {path} sets {flags} for {file_norm}; give them for {norm} "
                         f"on the command line too, or take them out of the file")
